@@ -1,0 +1,106 @@
+//! Attacks: turn a batch into perturbed inputs, for training or for evaluation.
+use crate::batch::Batch;
+use crate::error::{catch, PluginError};
+use crate::oracle::{Oracle, OracleRef};
+use crate::tensor::RTensor;
+use abi_stable::{
+    sabi_trait,
+    std_types::{RBox, RResult},
+    StableAbi,
+};
+use tch::Tensor;
+
+/// The norm of an attack's perturbation budget.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Norm {
+    /// ℓ∞.
+    Linf,
+    /// ℓ2.
+    L2,
+}
+
+impl Norm {
+    /// `"linf"` or `"l2"`, as written in configs and `metrics.json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Norm::Linf => "linf",
+            Norm::L2 => "l2",
+        }
+    }
+}
+
+/// The threat model an attack works in, as reported in evaluation results.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq)]
+pub struct ThreatModel {
+    /// Norm of the budget.
+    pub norm: Norm,
+    /// Radius of the budget in `[0, 1]` pixel units.
+    pub epsilon: f64,
+    /// Gradient steps per input (0 for gradient-free perturbations).
+    pub steps: u32,
+}
+
+/// An attack as plugin authors write it.
+///
+/// `perturb` returns `x_adv` shaped like `batch.images`, float32, on the same device,
+/// inside `[0, 1]` and inside the threat model's ball around the images. It must not
+/// modify `batch.images` and must leave the model's mode and parameters alone (the
+/// oracle already runs the model in eval mode without parameter gradients).
+pub trait Attack: Send + 'static {
+    /// Whether `batch.saliency` must be filled in (the host then asks the configured
+    /// saliency source first).
+    fn requires_saliency(&self) -> bool {
+        false
+    }
+    /// The budget this attack works within.
+    fn threat_model(&self) -> ThreatModel;
+    /// Computes the adversarial inputs for `batch`.
+    fn perturb(&mut self, batch: &Batch, oracle: Oracle<'_, '_>) -> Result<Tensor, PluginError>;
+}
+
+/// The ABI-stable face of an [`Attack`]. Calls never unwind.
+#[sabi_trait]
+pub trait AttackAbi: Send {
+    /// See [`Attack::requires_saliency`].
+    fn requires_saliency(&self) -> bool;
+    /// See [`Attack::threat_model`].
+    fn threat_model(&self) -> ThreatModel;
+    /// See [`Attack::perturb`].
+    #[sabi(last_prefix_field)]
+    fn perturb(&mut self, batch: &Batch, oracle: &OracleRef<'_>) -> RResult<RTensor, PluginError>;
+}
+
+/// An owned attack created by a plugin library.
+pub type AttackBox = AttackAbi_TO<'static, RBox<()>>;
+
+/// Adapts an [`Attack`] to the ABI, catching panics and naming the component.
+pub(crate) struct AttackAdapter {
+    pub(crate) name: String,
+    pub(crate) inner: Box<dyn Attack>,
+}
+
+impl AttackAdapter {
+    fn who(&self) -> String {
+        format!("attack `{}`", self.name)
+    }
+}
+
+impl AttackAbi for AttackAdapter {
+    fn requires_saliency(&self) -> bool {
+        let inner = &self.inner;
+        catch(&self.who(), || Ok(inner.requires_saliency())).unwrap_or(false)
+    }
+    fn threat_model(&self) -> ThreatModel {
+        let inner = &self.inner;
+        catch(&self.who(), || Ok(inner.threat_model()))
+            .unwrap_or(ThreatModel { norm: Norm::Linf, epsilon: f64::NAN, steps: 0 })
+    }
+    fn perturb(&mut self, batch: &Batch, oracle: &OracleRef<'_>) -> RResult<RTensor, PluginError> {
+        let who = self.who();
+        let inner = &mut self.inner;
+        catch(&who, || inner.perturb(batch, Oracle::new(oracle)).map(RTensor::new)).into()
+    }
+}
+

@@ -1,0 +1,136 @@
+//! The root module every plugin library exports, and the macro that builds it.
+use crate::attack::{AttackAbi_TO, AttackAdapter, AttackBox};
+use crate::component::{registrations, ComponentInfo, Constructor};
+use crate::error::{catch, ErrorKind, PluginError};
+use crate::saliency::{SaliencyAdapter, SaliencyBox, SaliencySourceAbi_TO};
+use abi_stable::{
+    declare_root_module_statics,
+    library::RootModule,
+    package_version_strings,
+    sabi_trait::TD_Opaque,
+    sabi_types::VersionStrings,
+    std_types::{RResult, RStr, RVec},
+    StableAbi,
+};
+
+/// The versions a library was built against. The host refuses a library whose versions
+/// differ from its own.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildInfo {
+    /// `sat-core` version.
+    pub sat_core: RStr<'static>,
+    /// `tch` version.
+    pub tch: RStr<'static>,
+    /// libtorch version (without local suffix such as `+cu130`).
+    pub libtorch: RStr<'static>,
+}
+
+/// The versions this copy of `sat-core` was compiled with.
+pub const BUILD_INFO: BuildInfo = BuildInfo {
+    sat_core: RStr::from_str(crate::SAT_CORE_VERSION),
+    tch: RStr::from_str(crate::TCH_VERSION),
+    libtorch: RStr::from_str(crate::LIBTORCH_VERSION),
+};
+
+/// The root module of a plugin library.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PluginModuleRef)))]
+#[sabi(missing_field(panic))]
+pub struct PluginModule {
+    /// Name of the crate that built the library.
+    pub library: RStr<'static>,
+    /// Version of that crate.
+    pub library_version: RStr<'static>,
+    /// Versions of `sat-core`, `tch` and libtorch it was built against.
+    pub build: BuildInfo,
+    /// Lists the library's components.
+    pub components: extern "C" fn() -> RVec<ComponentInfo>,
+    /// Makes the saliency source `name` from its TOML configuration.
+    pub create_saliency: extern "C" fn(name: RStr<'_>, config: RStr<'_>) -> RResult<SaliencyBox, PluginError>,
+    /// Makes the attack `name` from its TOML configuration.
+    #[sabi(last_prefix_field)]
+    pub create_attack: extern "C" fn(name: RStr<'_>, config: RStr<'_>) -> RResult<AttackBox, PluginError>,
+}
+
+impl RootModule for PluginModuleRef {
+    declare_root_module_statics! {PluginModuleRef}
+    const BASE_NAME: &'static str = "sat_plugin";
+    const NAME: &'static str = "sat plugin";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+extern "C" fn components() -> RVec<ComponentInfo> {
+    // Listing cannot fail; should a registration's code panic, list nothing rather
+    // than unwind.
+    catch("listing components", || Ok(registrations().map(|r| r.info()).collect())).unwrap_or_default()
+}
+
+fn construct<T>(
+    name: RStr<'_>,
+    config: RStr<'_>,
+    pick: impl FnOnce(Constructor, &str, &str) -> Option<Result<T, PluginError>>,
+) -> RResult<T, PluginError> {
+    let (name, config) = (name.as_str(), config.as_str());
+    catch(&format!("constructing `{name}`"), || {
+        let registration = registrations()
+            .find(|r| r.name == name)
+            .ok_or_else(|| PluginError::new(ErrorKind::UnknownComponent, format!("no component `{name}`")))?;
+        pick(registration.constructor, name, config).unwrap_or_else(|| {
+            Err(PluginError::new(
+                ErrorKind::UnknownComponent,
+                format!("`{name}` is a {}, not the kind asked for", registration.constructor.kind()),
+            ))
+        })
+    })
+    .into()
+}
+
+extern "C" fn create_saliency(name: RStr<'_>, config: RStr<'_>) -> RResult<SaliencyBox, PluginError> {
+    construct(name, config, |c, name, config| match c {
+        Constructor::Saliency(make) => Some(make(config).map(|inner| {
+            SaliencySourceAbi_TO::from_value(SaliencyAdapter { name: name.to_owned(), inner }, TD_Opaque)
+        })),
+        Constructor::Attack(_) => None,
+    })
+}
+
+extern "C" fn create_attack(name: RStr<'_>, config: RStr<'_>) -> RResult<AttackBox, PluginError> {
+    construct(name, config, |c, name, config| match c {
+        Constructor::Attack(make) => Some(
+            make(config)
+                .map(|inner| AttackAbi_TO::from_value(AttackAdapter { name: name.to_owned(), inner }, TD_Opaque)),
+        ),
+        Constructor::Saliency(_) => None,
+    })
+}
+
+/// Builds the root module of the library this code is compiled into. Called by
+/// [`export_plugin!`]; `library` and `version` name the plugin crate.
+pub fn root_module(library: &'static str, version: &'static str) -> PluginModuleRef {
+    use abi_stable::prefix_type::PrefixTypeTrait;
+    PluginModule {
+        library: RStr::from_str(library),
+        library_version: RStr::from_str(version),
+        build: BUILD_INFO,
+        components,
+        create_saliency,
+        create_attack,
+    }
+    .leak_into_prefix()
+}
+
+/// Exports the components registered in this crate as a `sat` plugin library.
+/// Use once per `cdylib` crate, at the crate root; the crate must also depend on
+/// `abi_stable` (the export attribute refers to it by name).
+#[macro_export]
+macro_rules! export_plugin {
+    () => {
+        /// The root module `sat-host` loads.
+        #[::abi_stable::export_root_module]
+        pub fn sat_plugin_root_module() -> $crate::PluginModuleRef {
+            $crate::module::root_module(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))
+        }
+    };
+}

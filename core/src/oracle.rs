@@ -1,0 +1,169 @@
+//! The host callback: plugins ask the host's model for logits and input gradients.
+use crate::error::{catch, PluginError};
+use crate::tensor::RTensor;
+use abi_stable::{
+    sabi_trait,
+    sabi_trait::TD_Opaque,
+    sabi_types::RRef,
+    std_types::RResult,
+    StableAbi,
+};
+use tch::Tensor;
+
+/// The scalar whose input gradient a plugin asks for. Every objective is a per-sample
+/// value (shape `[N]`); the gradient is that of their sum, so samples do not interact.
+#[repr(u8)]
+#[derive(StableAbi, Debug)]
+pub enum Objective {
+    /// Cross-entropy of the model's logits against `labels` (`[N]`, int64).
+    CrossEntropy {
+        /// Target classes.
+        labels: RTensor,
+    },
+    /// `KL(softmax(reference_logits) ‖ softmax(f(x)))` (TRADES' inner maximisation).
+    KlDivergence {
+        /// Logits `[N, K]` of the reference (usually clean) inputs.
+        reference_logits: RTensor,
+    },
+    /// The logit of one class per sample (`classes`: `[N]`, int64).
+    Logit {
+        /// Class whose logit is differentiated.
+        classes: RTensor,
+    },
+    /// Carlini-Wagner margin `max_{j≠y} z_j − z_y` (`labels`: `[N]`, int64).
+    Margin {
+        /// True classes.
+        labels: RTensor,
+    },
+}
+
+impl Objective {
+    /// Cross-entropy against `labels` (shares storage, no copy).
+    pub fn cross_entropy(labels: &Tensor) -> Self {
+        Self::CrossEntropy { labels: RTensor::from_ref(labels) }
+    }
+    /// KL divergence from the softmax of `reference_logits`.
+    pub fn kl_divergence(reference_logits: &Tensor) -> Self {
+        Self::KlDivergence { reference_logits: RTensor::from_ref(reference_logits) }
+    }
+    /// The logit of `classes`.
+    pub fn logit(classes: &Tensor) -> Self {
+        Self::Logit { classes: RTensor::from_ref(classes) }
+    }
+    /// The CW margin against `labels`.
+    pub fn margin(labels: &Tensor) -> Self {
+        Self::Margin { labels: RTensor::from_ref(labels) }
+    }
+}
+
+/// Objective values, their input gradient and the logits, as returned across the boundary.
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct GradientAbi {
+    /// Per-sample objective, `[N]`.
+    pub value: RTensor,
+    /// Gradient of the summed objective with respect to the input, shaped like the input.
+    pub gradient: RTensor,
+    /// The model's logits on the input, `[N, K]`.
+    pub logits: RTensor,
+}
+
+/// [`GradientAbi`] with plain tensors.
+#[derive(Debug)]
+pub struct Gradient {
+    /// Per-sample objective, `[N]`.
+    pub value: Tensor,
+    /// Gradient of the summed objective with respect to the input.
+    pub gradient: Tensor,
+    /// The model's logits on the input, `[N, K]`.
+    pub logits: Tensor,
+}
+
+impl From<GradientAbi> for Gradient {
+    fn from(g: GradientAbi) -> Self {
+        Self { value: g.value.into_tensor(), gradient: g.gradient.into_tensor(), logits: g.logits.into_tensor() }
+    }
+}
+
+impl From<Gradient> for GradientAbi {
+    fn from(g: Gradient) -> Self {
+        Self { value: g.value.into(), gradient: g.gradient.into(), logits: g.logits.into() }
+    }
+}
+
+/// The oracle as an ABI-stable trait object. Calls never unwind.
+#[sabi_trait]
+pub trait OracleAbi {
+    /// Logits `[N, K]` of the model on `images`, without gradient, in eval mode.
+    fn logits(&self, images: RTensor) -> RResult<RTensor, PluginError>;
+    /// Objective, gradient and logits at `images`, in eval mode; the model's parameters
+    /// receive no gradient.
+    fn input_gradient(&self, images: RTensor, objective: Objective) -> RResult<GradientAbi, PluginError>;
+    /// Number of classes of the model.
+    #[sabi(last_prefix_field)]
+    fn num_classes(&self) -> u32;
+}
+
+/// A borrowed oracle trait object, as handed to plugins.
+pub type OracleRef<'a> = OracleAbi_TO<'a, RRef<'a, ()>>;
+
+/// What the host implements to answer oracle calls (plain Rust, may panic: the
+/// adapter catches it).
+pub trait OracleBackend {
+    /// See [`OracleAbi::logits`].
+    fn logits(&self, images: &Tensor) -> Result<Tensor, PluginError>;
+    /// See [`OracleAbi::input_gradient`].
+    fn input_gradient(&self, images: &Tensor, objective: &Objective) -> Result<Gradient, PluginError>;
+    /// See [`OracleAbi::num_classes`].
+    fn num_classes(&self) -> u32;
+}
+
+/// Wraps an [`OracleBackend`] so that it can be handed across the boundary.
+pub struct OracleAdapter<B>(pub B);
+
+impl<B: OracleBackend> OracleAbi for OracleAdapter<B> {
+    fn logits(&self, images: RTensor) -> RResult<RTensor, PluginError> {
+        catch("the host's oracle", || self.0.logits(&images.into_tensor()).map(RTensor::new)).into()
+    }
+    fn input_gradient(&self, images: RTensor, objective: Objective) -> RResult<GradientAbi, PluginError> {
+        catch("the host's oracle", || {
+            self.0.input_gradient(&images.into_tensor(), &objective).map(GradientAbi::from)
+        })
+        .into()
+    }
+    fn num_classes(&self) -> u32 {
+        self.0.num_classes()
+    }
+}
+
+impl<B: OracleBackend> OracleAdapter<B> {
+    /// The trait object plugins receive, borrowing this adapter.
+    pub fn as_ref(&self) -> OracleRef<'_> {
+        OracleAbi_TO::from_ptr(self, TD_Opaque)
+    }
+}
+
+/// The oracle as plugin code uses it: plain tensors in and out.
+#[derive(Clone, Copy)]
+pub struct Oracle<'r, 'o> {
+    inner: &'r OracleRef<'o>,
+}
+
+impl<'r, 'o> Oracle<'r, 'o> {
+    /// Wraps the trait object received across the boundary.
+    pub fn new(inner: &'r OracleRef<'o>) -> Self {
+        Self { inner }
+    }
+    /// Logits `[N, K]` on `images` (no gradient, eval mode).
+    pub fn logits(&self, images: &Tensor) -> Result<Tensor, PluginError> {
+        self.inner.logits(RTensor::from_ref(images)).into_result().map(RTensor::into_tensor)
+    }
+    /// Objective value, input gradient and logits at `images`.
+    pub fn input_gradient(&self, images: &Tensor, objective: Objective) -> Result<Gradient, PluginError> {
+        self.inner.input_gradient(RTensor::from_ref(images), objective).into_result().map(Gradient::from)
+    }
+    /// Number of classes of the model.
+    pub fn num_classes(&self) -> u32 {
+        self.inner.num_classes()
+    }
+}
