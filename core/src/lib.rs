@@ -23,6 +23,7 @@ pub mod module;
 pub mod oracle;
 pub mod saliency;
 pub mod tensor;
+pub mod testing;
 
 pub use attack::{Attack, AttackAbi_TO, AttackBox, Norm, ThreatModel};
 pub use batch::{Batch, Phase};
@@ -31,6 +32,7 @@ pub use config::{parse_config, Epsilon};
 pub use error::{CoreError, ErrorKind, PluginError};
 pub use module::{BuildInfo, PluginModule, PluginModuleRef, BUILD_INFO};
 pub use oracle::{Gradient, GradientAbi, Objective, Oracle, OracleAbi_TO, OracleAdapter, OracleBackend, OracleRef};
+pub use oracle::{objective_gradient, objective_value};
 pub use saliency::{SaliencyBox, SaliencySource, SaliencySourceAbi_TO};
 pub use tensor::{RTensor, TensorRef};
 

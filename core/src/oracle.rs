@@ -167,3 +167,66 @@ impl<'r, 'o> Oracle<'r, 'o> {
         self.inner.num_classes()
     }
 }
+
+/// Evaluates `objective` on `forward(images)` and its gradient with respect to
+/// `images`, with autograd. Used by oracle backends; the caller is responsible for
+/// putting the model in eval mode and for keeping parameter gradients out (parameters
+/// that require grad do accumulate `.grad` unless the caller freezes or zeroes them).
+pub fn objective_gradient(
+    forward: impl FnOnce(&Tensor) -> Result<Tensor, PluginError>,
+    images: &Tensor,
+    objective: &Objective,
+) -> Result<Gradient, PluginError> {
+    let x = images.detach().f_set_requires_grad(true)?;
+    let logits = tch::with_grad(|| forward(&x))?;
+    let value = tch::with_grad(|| objective_value(&logits, objective))?;
+    let grads = Tensor::f_run_backward(&[value.f_sum(tch::Kind::Float)?], &[&x], false, false)?;
+    let gradient = grads.into_iter().next().ok_or_else(|| PluginError::runtime("autograd returned no gradient"))?;
+    Ok(Gradient { value: value.detach(), gradient, logits: logits.detach() })
+}
+
+/// The per-sample value `[N]` of `objective` given `logits` `[N, K]`.
+pub fn objective_value(logits: &Tensor, objective: &Objective) -> Result<Tensor, PluginError> {
+    use tch::Kind;
+    let n = logits.size().first().copied().unwrap_or(0);
+    let check = |t: &Tensor, what: &str| -> Result<(), PluginError> {
+        if t.size() != [n] {
+            return Err(PluginError::invalid_input(format!("{what} must be [{n}], got {:?}", t.size())));
+        }
+        Ok(())
+    };
+    Ok(match objective {
+        Objective::CrossEntropy { labels } => {
+            let labels = labels.view();
+            check(&labels, "labels")?;
+            let logp = logits.f_log_softmax(-1, Kind::Float)?;
+            logp.f_gather(1, &labels.f_unsqueeze(1)?, false)?.f_squeeze_dim(1)?.f_neg()?
+        }
+        Objective::KlDivergence { reference_logits } => {
+            let reference = reference_logits.view();
+            if reference.size() != logits.size() {
+                return Err(PluginError::invalid_input(format!(
+                    "reference logits must be {:?}, got {:?}",
+                    logits.size(),
+                    reference.size()
+                )));
+            }
+            let p_log = reference.f_log_softmax(-1, Kind::Float)?;
+            let q_log = logits.f_log_softmax(-1, Kind::Float)?;
+            p_log.f_exp()?.f_mul(&p_log.f_sub(&q_log)?)?.f_sum_dim_intlist(-1, false, Kind::Float)?
+        }
+        Objective::Logit { classes } => {
+            let classes = classes.view();
+            check(&classes, "classes")?;
+            logits.f_gather(1, &classes.f_unsqueeze(1)?, false)?.f_squeeze_dim(1)?
+        }
+        Objective::Margin { labels } => {
+            let labels = labels.view();
+            check(&labels, "labels")?;
+            let index = labels.f_unsqueeze(1)?;
+            let true_logit = logits.f_gather(1, &index, false)?.f_squeeze_dim(1)?;
+            let masked = logits.f_scatter_value(1, &index, f64::NEG_INFINITY)?;
+            masked.f_amax(-1, false)?.f_sub(&true_logit)?
+        }
+    })
+}

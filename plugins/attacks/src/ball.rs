@@ -1,0 +1,73 @@
+//! Projections onto the perturbation budget and the `[0, 1]` image box.
+use sat_core::{Norm, PluginError};
+use tch::Tensor;
+
+/// Projects `x` onto the `norm`-ball of radius `epsilon` around `origin`, then onto
+/// `[0, 1]`.
+pub fn project(x: &Tensor, origin: &Tensor, norm: Norm, epsilon: f64) -> Result<Tensor, PluginError> {
+    let delta = x.f_sub(origin)?;
+    let delta = match norm {
+        Norm::Linf => delta.f_clamp(-epsilon, epsilon)?,
+        Norm::L2 => {
+            let norms = per_sample_l2(&delta)?;
+            let factor = norms.f_clamp_min(1e-12)?.f_reciprocal()?.f_mul_scalar(epsilon)?.f_clamp_max(1.0)?;
+            delta.f_mul(&factor)?
+        }
+    };
+    Ok(origin.f_add(&delta)?.f_clamp(0.0, 1.0)?)
+}
+
+/// ℓ2 norm of each sample, shaped `[N, 1, 1, 1]` (broadcastable over the sample).
+pub fn per_sample_l2(t: &Tensor) -> Result<Tensor, PluginError> {
+    let n = t.size()[0];
+    let norms = t.f_reshape([n, -1])?.f_norm_scalaropt_dim(2, [1i64].as_slice(), false)?;
+    let mut shape = vec![n];
+    shape.extend(std::iter::repeat(1).take(t.dim() - 1));
+    Ok(norms.f_reshape(shape)?)
+}
+
+/// The steepest-ascent direction for `norm`: `sign(g)` for ℓ∞, `g / ‖g‖₂` for ℓ2.
+pub fn ascent_direction(gradient: &Tensor, norm: Norm) -> Result<Tensor, PluginError> {
+    Ok(match norm {
+        Norm::Linf => gradient.f_sign()?,
+        Norm::L2 => gradient.f_div(&per_sample_l2(gradient)?.f_clamp_min(1e-12)?)?,
+    })
+}
+
+/// A random start inside the ball: uniform per element for ℓ∞; for ℓ2 a uniformly
+/// random direction with a radius uniform in `[0, ε]`.
+pub fn random_start(images: &Tensor, norm: Norm, epsilon: f64) -> Result<Tensor, PluginError> {
+    let delta = match norm {
+        Norm::Linf => images.f_rand_like()?.f_mul_scalar(2.0 * epsilon)?.f_sub_scalar(epsilon)?,
+        Norm::L2 => {
+            let direction = images.f_randn_like()?;
+            let unit = direction.f_div(&per_sample_l2(&direction)?.f_clamp_min(1e-12)?)?;
+            let radius = per_sample_l2(images)?.f_rand_like()?.f_mul_scalar(epsilon)?;
+            unit.f_mul(&radius)?
+        }
+    };
+    Ok(images.f_add(&delta)?.f_clamp(0.0, 1.0)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn projection_respects_ball_and_box() {
+        tch::manual_seed(1);
+        let origin = Tensor::rand([4, 3, 5, 5], (Kind::Float, Device::Cpu));
+        let far = &origin + Tensor::randn([4, 3, 5, 5], (Kind::Float, Device::Cpu));
+        let eps = 8.0 / 255.0;
+        let p = project(&far, &origin, Norm::Linf, eps).unwrap();
+        assert!((&p - &origin).abs().max().double_value(&[]) <= eps + 1e-6);
+        assert!(p.min().double_value(&[]) >= 0.0 && p.max().double_value(&[]) <= 1.0);
+        let p2 = project(&far, &origin, Norm::L2, 0.5).unwrap();
+        let norms = per_sample_l2(&(&p2 - &origin)).unwrap();
+        assert!(norms.max().double_value(&[]) <= 0.5 + 1e-5);
+        // A point already inside is left alone.
+        let inside = project(&origin, &origin, Norm::L2, 0.5).unwrap();
+        assert!(inside.equal(&origin));
+    }
+}

@@ -1,0 +1,153 @@
+//! SAT: saliency-based perturbations with no gradient steps (Mangla et al., 2020).
+//!
+//! Per batch at epoch `t` (0-based): `r = ±1` uniformly per element,
+//! `p_t = 1 − a^(t/period)`, `w ~ Bernoulli(p_t)` per element,
+//! `g = (1 − w)·r + w·S(x)` and `x̃ = clip₍₀,₁₎(x − ε·g)`.
+use sat_core::{component::Configurable, Attack, Batch, Epsilon, Norm, Oracle, PluginError, ThreatModel};
+use serde::Deserialize;
+use tch::{Kind, Tensor};
+
+/// Configuration of `sat`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SatConfig {
+    /// Budget (ℓ∞).
+    pub epsilon: Epsilon,
+    /// Curriculum base `a ∈ (0, 1]`.
+    pub base: f64,
+    /// Epochs per power of `a` (10 in the paper).
+    pub period: f64,
+    /// A fixed mixing probability in `[0, 1]` instead of the curriculum (`-1` = use the
+    /// curriculum).
+    pub probability: f64,
+}
+
+impl Default for SatConfig {
+    fn default() -> Self {
+        Self { epsilon: Epsilon(8.0 / 255.0), base: 0.6, period: 10.0, probability: -1.0 }
+    }
+}
+
+/// The SAT perturbation.
+pub struct Sat {
+    config: SatConfig,
+}
+
+impl Configurable for Sat {
+    type Config = SatConfig;
+    fn from_config(config: SatConfig) -> Result<Self, PluginError> {
+        if !(config.base > 0.0 && config.base <= 1.0) {
+            return Err(PluginError::config(format!("[sat] base must be in (0, 1], got {}", config.base)));
+        }
+        if !(config.period > 0.0) {
+            return Err(PluginError::config(format!("[sat] period must be positive, got {}", config.period)));
+        }
+        if config.probability != -1.0 && !(0.0..=1.0).contains(&config.probability) {
+            return Err(PluginError::config(format!(
+                "[sat] probability must be in [0, 1] or -1 (curriculum), got {}",
+                config.probability
+            )));
+        }
+        Ok(Self { config })
+    }
+}
+
+impl Sat {
+    /// The probability of taking the saliency map at 0-based `epoch`.
+    pub fn probability(&self, epoch: u32) -> f64 {
+        if self.config.probability >= 0.0 {
+            self.config.probability
+        } else {
+            1.0 - self.config.base.powf(epoch as f64 / self.config.period)
+        }
+    }
+}
+
+impl Attack for Sat {
+    fn requires_saliency(&self) -> bool {
+        true
+    }
+    fn threat_model(&self) -> ThreatModel {
+        ThreatModel { norm: Norm::Linf, epsilon: self.config.epsilon.0, steps: 0 }
+    }
+    fn perturb(&mut self, batch: &Batch, _oracle: Oracle<'_, '_>) -> Result<Tensor, PluginError> {
+        let x = batch.images();
+        let saliency = batch
+            .saliency()
+            .ok_or_else(|| PluginError::invalid_input("sat needs a saliency map: configure a saliency source"))?;
+        let s = saliency.f_expand_as(&x)?.f_to_kind(Kind::Float)?;
+        let random_signs = x.f_rand_like()?.f_lt(0.5)?.f_to_kind(Kind::Float)?.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?;
+        let p = self.probability(batch.epoch);
+        let w = x.f_rand_like()?.f_lt(p)?.f_to_kind(Kind::Float)?;
+        let g = w.f_neg()?.f_add_scalar(1.0)?.f_mul(&random_signs)?.f_add(&w.f_mul(&s)?)?;
+        Ok(x.f_sub(&g.f_mul_scalar(self.config.epsilon.0)?)?.f_clamp(0.0, 1.0)?)
+    }
+}
+
+sat_core::register_attack!(
+    Sat,
+    name = "sat",
+    description = "SAT: x - epsilon * mix(random signs, saliency map), curriculum p_t = 1 - a^(t/10); no gradients",
+    defaults = "epsilon = \"8/255\"\nbase = 0.6\nperiod = 10.0\nprobability = -1.0\n",
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sat_core::{testing::LinearModel, Phase};
+    use tch::Device;
+
+    fn run(probability: f64, x: &Tensor, s: &Tensor) -> Tensor {
+        let adapter = LinearModel::random(2, 3 * 8 * 8, 1).oracle();
+        let oracle_ref = adapter.as_ref();
+        let y = Tensor::zeros([x.size()[0]], (Kind::Int64, Device::Cpu));
+        let batch = Batch::new(x, &y, 3, 10, Phase::Training).with_saliency(s);
+        let mut sat = Sat::from_config(SatConfig { probability, ..SatConfig::default() }).unwrap();
+        sat.perturb(&batch, Oracle::new(&oracle_ref)).unwrap()
+    }
+
+    #[test]
+    fn p0_is_pure_random_signs_and_p1_is_minus_eps_saliency() {
+        let eps = 8.0 / 255.0;
+        // Mid-grey images so clamping never bites.
+        let x = Tensor::full([4, 3, 8, 8], 0.5, (Kind::Float, Device::Cpu));
+        let s = Tensor::rand([4, 1, 8, 8], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+        let d0 = (run(0.0, &x, &s) - &x) / eps;
+        assert!((d0.abs() - 1.0).abs().max().double_value(&[]) < 1e-4, "p=0: every element ±eps");
+        let mean = d0.mean(Kind::Float).double_value(&[]);
+        assert!(mean.abs() < 0.1, "random signs are balanced, mean {mean}");
+        let d1 = run(1.0, &x, &s) - &x;
+        let expected = (&s * -eps).expand_as(&x);
+        assert!(d1.allclose(&expected, 1e-5, 1e-6, false), "p=1: x - eps*S");
+    }
+
+    #[test]
+    fn output_is_clamped_to_the_image_box() {
+        let x = Tensor::ones([2, 3, 8, 8], (Kind::Float, Device::Cpu));
+        let s = -Tensor::ones([2, 1, 8, 8], (Kind::Float, Device::Cpu));
+        let adv = run(1.0, &x, &s);
+        assert!(adv.max().double_value(&[]) <= 1.0);
+    }
+
+    #[test]
+    fn curriculum_follows_the_formula() {
+        let sat = Sat::from_config(SatConfig::default()).unwrap();
+        assert_eq!(sat.probability(0), 0.0);
+        assert!((sat.probability(10) - 0.4).abs() < 1e-12);
+        assert!((sat.probability(20) - 0.64).abs() < 1e-12);
+        assert!((sat.probability(5) - (1.0 - 0.6f64.powf(0.5))).abs() < 1e-12);
+    }
+
+    #[test]
+    fn missing_saliency_and_bad_config_are_errors() {
+        let adapter = LinearModel::random(2, 12, 1).oracle();
+        let oracle_ref = adapter.as_ref();
+        let x = Tensor::rand([1, 3, 2, 2], (Kind::Float, Device::Cpu));
+        let y = Tensor::zeros([1], (Kind::Int64, Device::Cpu));
+        let mut sat = Sat::from_config(SatConfig::default()).unwrap();
+        let err = sat.perturb(&Batch::new(&x, &y, 0, 1, Phase::Training), Oracle::new(&oracle_ref)).unwrap_err();
+        assert!(err.message.contains("saliency"));
+        assert!(Sat::from_config(SatConfig { base: 0.0, ..SatConfig::default() }).is_err());
+        assert!(Sat::from_config(SatConfig { probability: 2.0, ..SatConfig::default() }).is_err());
+    }
+}
