@@ -1,0 +1,160 @@
+//! Host-side handles to plugin components: every call is checked against the contract
+//! (shape, dtype, device, range, budget) and every error names the component.
+use sat_core::{AttackBox, Batch, Norm, OracleRef, SaliencyBox, ThreatModel};
+use std::path::PathBuf;
+use tch::{Kind, Tensor};
+
+/// An error from a component call, naming the component and its library.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind} `{name}` (from {library}): {message}")]
+pub struct ComponentError {
+    /// "saliency source" or "attack".
+    pub kind: &'static str,
+    /// Component name.
+    pub name: String,
+    /// Library file.
+    pub library: PathBuf,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// Identity of a component, for error messages.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// Component name.
+    pub name: String,
+    /// Library file.
+    pub library: PathBuf,
+}
+
+impl Origin {
+    fn error(&self, kind: &'static str, message: impl Into<String>) -> ComponentError {
+        ComponentError { kind, name: self.name.clone(), library: self.library.clone(), message: message.into() }
+    }
+}
+
+fn finite_range(t: &Tensor) -> Result<(f64, f64), String> {
+    let finite = t.f_isfinite().and_then(|f| f.f_all()).map_err(|e| e.to_string())?;
+    if !bool::try_from(&finite).unwrap_or(false) {
+        return Err("a tensor with NaN or infinite values".into());
+    }
+    let lo = t.f_min().map_err(|e| e.to_string())?.double_value(&[]);
+    let hi = t.f_max().map_err(|e| e.to_string())?.double_value(&[]);
+    Ok((lo, hi))
+}
+
+/// A saliency source from a plugin.
+pub struct SaliencyComponent {
+    /// Who it is.
+    pub origin: Origin,
+    inner: SaliencyBox,
+}
+
+impl SaliencyComponent {
+    /// Wraps a created source.
+    pub fn new(origin: Origin, inner: SaliencyBox) -> Self {
+        Self { origin, inner }
+    }
+
+    /// The maps for `batch`, checked: `[N, 1 or C, H, W]`, float32, batch device,
+    /// finite, in `[-1, 1]`.
+    pub fn saliency(&mut self, batch: &Batch, oracle: &OracleRef<'_>) -> Result<Tensor, ComponentError> {
+        const KIND: &str = "saliency source";
+        let map = self.inner.saliency(batch, oracle).into_result().map_err(|e| self.origin.error(KIND, e.to_string()))?;
+        let map = map.into_tensor();
+        let images = batch.images();
+        let (want, got) = (images.size(), map.size());
+        let channels_ok = got.len() == 4 && (got[1] == 1 || got[1] == want[1]);
+        if !(channels_ok && got[0] == want[0] && got[2..] == want[2..]) {
+            return Err(self.origin.error(
+                KIND,
+                format!("returned a map of shape {got:?}; expected [{}, 1 or {}, {}, {}]", want[0], want[1], want[2], want[3]),
+            ));
+        }
+        if map.kind() != Kind::Float {
+            return Err(self.origin.error(KIND, format!("returned dtype {:?}; expected Float", map.kind())));
+        }
+        if map.device() != images.device() {
+            return Err(self.origin.error(
+                KIND,
+                format!("returned a map on {:?}; the batch is on {:?}", map.device(), images.device()),
+            ));
+        }
+        let (lo, hi) = finite_range(&map).map_err(|m| self.origin.error(KIND, format!("returned {m}")))?;
+        if lo < -1.0 - 1e-5 || hi > 1.0 + 1e-5 {
+            return Err(self.origin.error(KIND, format!("returned values in [{lo}, {hi}]; maps must lie in [-1, 1]")));
+        }
+        Ok(map)
+    }
+}
+
+/// An attack from a plugin.
+pub struct AttackComponent {
+    /// Who it is.
+    pub origin: Origin,
+    inner: AttackBox,
+    /// Its budget (asked once).
+    pub threat: ThreatModel,
+    /// Whether it needs saliency maps.
+    pub requires_saliency: bool,
+}
+
+impl AttackComponent {
+    /// Wraps a created attack.
+    pub fn new(origin: Origin, inner: AttackBox) -> Self {
+        let threat = inner.threat_model();
+        let requires_saliency = inner.requires_saliency();
+        Self { origin, inner, threat, requires_saliency }
+    }
+
+    /// The adversarial inputs for `batch`, checked: shape, dtype and device of the
+    /// images, finite, inside `[0, 1]` and inside the attack's budget.
+    pub fn perturb(&mut self, batch: &Batch, oracle: &OracleRef<'_>) -> Result<Tensor, ComponentError> {
+        const KIND: &str = "attack";
+        let adv = self.inner.perturb(batch, oracle).into_result().map_err(|e| self.origin.error(KIND, e.to_string()))?;
+        let adv = adv.into_tensor();
+        let images = batch.images();
+        if adv.size() != images.size() || adv.kind() != Kind::Float || adv.device() != images.device() {
+            return Err(self.origin.error(
+                KIND,
+                format!(
+                    "returned {:?} {:?} on {:?}; expected {:?} Float on {:?}",
+                    adv.size(),
+                    adv.kind(),
+                    adv.device(),
+                    images.size(),
+                    images.device()
+                ),
+            ));
+        }
+        let (lo, hi) = finite_range(&adv).map_err(|m| self.origin.error(KIND, format!("returned {m}")))?;
+        if lo < -1e-6 || hi > 1.0 + 1e-6 {
+            return Err(self.origin.error(KIND, format!("returned pixels in [{lo}, {hi}], outside [0, 1]")));
+        }
+        let size = self.perturbation_size(&adv, &images).map_err(|m| self.origin.error(KIND, m))?;
+        // SAT and noise are ℓ∞ perturbations of size ε exactly; allow float rounding.
+        if size > self.threat.epsilon * (1.0 + 1e-4) + 1e-6 {
+            return Err(self.origin.error(
+                KIND,
+                format!(
+                    "returned a perturbation of {} norm {size}, beyond its budget {}",
+                    self.threat.norm.as_str(),
+                    self.threat.epsilon
+                ),
+            ));
+        }
+        Ok(adv)
+    }
+
+    fn perturbation_size(&self, adv: &Tensor, images: &Tensor) -> Result<f64, String> {
+        let delta = adv.f_sub(images).map_err(|e| e.to_string())?;
+        let size = match self.threat.norm {
+            Norm::Linf => delta.f_abs().and_then(|d| d.f_max()),
+            Norm::L2 => delta
+                .f_flatten(1, -1)
+                .and_then(|d| d.f_norm_scalaropt_dim(2, [1i64].as_slice(), false))
+                .and_then(|n| n.f_max()),
+        };
+        size.map(|s| s.double_value(&[])).map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,60 @@
+//! The host's answer to plugins' model queries.
+use sat_core::{objective_gradient, Gradient, Objective, OracleBackend, PluginError};
+use tch::{nn::ModuleT, Tensor};
+
+/// Answers oracle calls with `model` in eval mode (`forward_t(.., false)`); gradients
+/// are taken with respect to the input only, so parameters accumulate nothing.
+pub struct ModelOracle<'a> {
+    /// The model.
+    pub model: &'a dyn ModuleT,
+    /// Its number of classes.
+    pub classes: u32,
+}
+
+impl OracleBackend for ModelOracle<'_> {
+    fn logits(&self, images: &Tensor) -> Result<Tensor, PluginError> {
+        Ok(tch::no_grad(|| self.model.forward_t(images, false)))
+    }
+    fn input_gradient(&self, images: &Tensor, objective: &Objective) -> Result<Gradient, PluginError> {
+        objective_gradient(|x| Ok(self.model.forward_t(x, false)), images, objective)
+    }
+    fn num_classes(&self) -> u32 {
+        self.classes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sat_core::{Oracle, OracleAdapter};
+    use tch::{nn, Device, Kind};
+
+    #[test]
+    fn input_gradients_leave_parameter_gradients_alone() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = crate::model::small_cnn(&vs.root(), 4, 3);
+        let adapter = OracleAdapter(ModelOracle { model: &model, classes: 3 });
+        let oracle_ref = adapter.as_ref();
+        let oracle = Oracle::new(&oracle_ref);
+        let x = Tensor::rand([2, 3, 16, 16], (Kind::Float, Device::Cpu));
+        let y = Tensor::from_slice(&[0i64, 2]);
+        let g = oracle.input_gradient(&x, Objective::cross_entropy(&y)).unwrap();
+        assert_eq!(g.gradient.size(), x.size());
+        assert!(g.gradient.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        for (name, p) in vs.variables() {
+            assert!(!p.grad().defined(), "parameter {name} got a gradient");
+        }
+        // Batch-norm running statistics are untouched (eval mode).
+        let snapshot = || -> std::collections::BTreeMap<String, Tensor> {
+            vs.variables().into_iter().map(|(k, t)| (k, t.copy())).collect()
+        };
+        let before = snapshot();
+        let _ = oracle.logits(&x).unwrap();
+        let _ = oracle.input_gradient(&x, Objective::cross_entropy(&y)).unwrap();
+        let after = snapshot();
+        assert_eq!(before.len(), after.len());
+        for (name, t) in &before {
+            assert!(t.equal(&after[name]), "{name} changed");
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! Finding, loading and checking plugin libraries, and creating their components.
+use crate::config::{ConfigError, ConfigSource};
+use crate::suggest::did_you_mean;
+use abi_stable::library::{lib_header_from_path, LibraryError};
+use abi_stable::std_types::RStr;
+use sat_core::{AttackBox, BuildInfo, ComponentInfo, ComponentKind, PluginModuleRef, SaliencyBox, BUILD_INFO};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Why loading plugins failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// A path given for plugins does not exist or cannot be read.
+    #[error("plugin path {path}: {reason}")]
+    Unreadable {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The file is not a loadable sat plugin library.
+    #[error("{path} is not a sat plugin library: {reason}")]
+    NotAPlugin {
+        /// The file.
+        path: PathBuf,
+        /// What the loader said.
+        reason: String,
+    },
+    /// The library was built against other versions.
+    #[error("{path} was built against {theirs}, but this sat-host uses {ours}; rebuild the plugin against this sat-core")]
+    VersionMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The library's versions.
+        theirs: String,
+        /// The host's versions.
+        ours: String,
+    },
+    /// Two libraries provide a component of the same name.
+    #[error("component `{name}` is provided twice: by {first} and by {second}")]
+    Duplicate {
+        /// Component name.
+        name: String,
+        /// First library.
+        first: PathBuf,
+        /// Second library.
+        second: PathBuf,
+    },
+    /// The directory may be written by anyone, so a library in it could be planted.
+    #[error("refusing to load plugins from {0}: the directory is world-writable (pass --allow-insecure-plugins to load anyway)")]
+    Insecure(PathBuf),
+    /// No component of that name and kind.
+    #[error("no {kind} component `{name}`{suggestion}; available {kind} components: {available}")]
+    Unknown {
+        /// Kind asked for.
+        kind: ComponentKind,
+        /// Name asked for.
+        name: String,
+        /// "; did you mean …?"
+        suggestion: String,
+        /// The names there are.
+        available: String,
+    },
+    /// The component rejected its configuration.
+    #[error("{component} (from {library}) rejected its configuration: {message}")]
+    Rejected {
+        /// Component.
+        component: String,
+        /// Library file.
+        library: PathBuf,
+        /// Its message.
+        message: String,
+    },
+}
+
+/// The first `n` non-empty lines of a (possibly very long) loader message.
+fn first_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let mut out = lines.iter().take(n).copied().collect::<Vec<_>>().join(" ");
+    if lines.len() > n {
+        log::debug!("full loader message: {text}");
+        out.push_str(" …");
+    }
+    out
+}
+
+fn describe(build: &BuildInfo) -> String {
+    format!("sat-core {}, tch {}, libtorch {}", build.sat_core, build.tch, build.libtorch)
+}
+
+/// A loaded plugin library (never unloaded).
+#[derive(Clone)]
+pub struct Library {
+    /// Absolute path of the file.
+    pub path: PathBuf,
+    /// Crate name and version of the library.
+    pub name: String,
+    /// Its root module.
+    pub module: PluginModuleRef,
+}
+
+/// A component and the library that provides it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Listing information.
+    pub info: ComponentInfo,
+    /// Index into [`Registry::libraries`].
+    pub library: usize,
+}
+
+/// Where to look for plugin libraries, in order.
+#[derive(Debug, Clone, Default)]
+pub struct SearchPaths {
+    /// Directories scanned for `libsat_plugin_*` only (next to the binary).
+    pub standard: Vec<PathBuf>,
+    /// Directories (every shared library in them) and files, from `--plugin-dir`,
+    /// `SAT_PLUGIN_PATH` and the config's `plugins.paths`.
+    pub user: Vec<PathBuf>,
+    /// Accept world-writable directories.
+    pub allow_insecure: bool,
+}
+
+impl SearchPaths {
+    /// The standard locations plus `--plugin-dir`s, `SAT_PLUGIN_PATH` and config paths.
+    pub fn new(plugin_dirs: &[PathBuf], config_paths: &[PathBuf], allow_insecure: bool) -> Self {
+        let standard = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)).into_iter().collect();
+        let mut user: Vec<PathBuf> = plugin_dirs.to_vec();
+        if let Some(var) = std::env::var_os("SAT_PLUGIN_PATH") {
+            user.extend(std::env::split_paths(&var).filter(|p| !p.as_os_str().is_empty()));
+        }
+        user.extend(config_paths.iter().cloned());
+        Self { standard, user, allow_insecure }
+    }
+}
+
+impl std::fmt::Debug for Library {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Library").field("path", &self.path).field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// The loaded libraries and their components.
+#[derive(Debug, Default)]
+pub struct Registry {
+    /// Libraries in load order.
+    pub libraries: Vec<Library>,
+    /// Components by name.
+    pub components: BTreeMap<String, Entry>,
+}
+
+const LIB_SUFFIX: &str = std::env::consts::DLL_SUFFIX;
+
+fn shared_libraries(dir: &Path, only_standard: bool) -> Result<Vec<PathBuf>, RegistryError> {
+    let unreadable = |e: std::io::Error| RegistryError::Unreadable { path: dir.to_owned(), reason: e.to_string() };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(unreadable)? {
+        let path = entry.map_err(unreadable)?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let prefix = if only_standard { "libsat_plugin_" } else { "" };
+        if name.starts_with(prefix) && name.ends_with(LIB_SUFFIX) && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+#[cfg(unix)]
+fn world_writable(dir: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(dir).map(|m| m.permissions().mode() & 0o002 != 0).unwrap_or(false)
+}
+#[cfg(not(unix))]
+fn world_writable(_dir: &Path) -> bool {
+    false
+}
+
+impl Registry {
+    /// Loads every library found on `paths`.
+    pub fn discover(paths: &SearchPaths) -> Result<Self, RegistryError> {
+        let mut registry = Self::default();
+        let mut files = Vec::new();
+        for dir in &paths.standard {
+            if dir.is_dir() {
+                files.extend(shared_libraries(dir, true)?.into_iter().map(|f| (f, dir.clone())));
+            }
+        }
+        for path in &paths.user {
+            if path.is_dir() {
+                files.extend(shared_libraries(path, false)?.into_iter().map(|f| (f, path.clone())));
+            } else if path.is_file() {
+                let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                files.push((path.clone(), dir));
+            } else {
+                return Err(RegistryError::Unreadable { path: path.clone(), reason: "no such file or directory".into() });
+            }
+        }
+        for (file, dir) in files {
+            if !paths.allow_insecure && world_writable(&dir) {
+                return Err(RegistryError::Insecure(dir));
+            }
+            let file = file.canonicalize().unwrap_or(file);
+            if registry.libraries.iter().any(|l| l.path == file) {
+                continue;
+            }
+            registry.load(&file)?;
+        }
+        Ok(registry)
+    }
+
+    /// Loads one library, checks its versions and registers its components.
+    pub fn load(&mut self, path: &Path) -> Result<(), RegistryError> {
+        let not_a_plugin = |e: LibraryError| RegistryError::NotAPlugin { path: path.to_owned(), reason: e.to_string() };
+        let module = lib_header_from_path(path)
+            .map_err(not_a_plugin)?
+            .init_root_module::<PluginModuleRef>()
+            .map_err(|e| match e {
+                LibraryError::IncompatibleVersionNumber { .. } | LibraryError::AbiInstability(_) => {
+                    RegistryError::VersionMismatch {
+                        path: path.to_owned(),
+                        theirs: format!("an incompatible sat plugin ABI ({})", first_lines(&e.to_string(), 4)),
+                        ours: describe(&BUILD_INFO),
+                    }
+                }
+                other => not_a_plugin(other),
+            })?;
+        let build = module.build();
+        if build != BUILD_INFO {
+            return Err(RegistryError::VersionMismatch {
+                path: path.to_owned(),
+                theirs: describe(&build),
+                ours: describe(&BUILD_INFO),
+            });
+        }
+        let name = format!("{} {}", module.library(), module.library_version());
+        log::info!("loaded plugin library {name} from {} ({})", path.display(), describe(&build));
+        let index = self.libraries.len();
+        let components = (module.components())();
+        for info in components {
+            let key = info.name.to_string();
+            if let Some(existing) = self.components.get(&key) {
+                return Err(RegistryError::Duplicate {
+                    name: key,
+                    first: self.libraries[existing.library].path.clone(),
+                    second: path.to_owned(),
+                });
+            }
+            self.components.insert(key, Entry { info, library: index });
+        }
+        self.libraries.push(Library { path: path.to_owned(), name, module });
+        Ok(())
+    }
+
+    /// The component `name` of `kind`, or an error listing the available ones.
+    pub fn find(&self, name: &str, kind: ComponentKind) -> Result<&Entry, RegistryError> {
+        match self.components.get(name) {
+            Some(e) if e.info.kind == kind => Ok(e),
+            _ => {
+                let names: Vec<&str> =
+                    self.components.values().filter(|e| e.info.kind == kind).map(|e| e.info.name.as_str()).collect();
+                Err(RegistryError::Unknown {
+                    kind,
+                    name: name.to_owned(),
+                    suggestion: did_you_mean(name, names.iter().copied()),
+                    available: if names.is_empty() { "none loaded".into() } else { names.join(", ") },
+                })
+            }
+        }
+    }
+
+    /// The library that provides `entry`.
+    pub fn library(&self, entry: &Entry) -> &Library {
+        &self.libraries[entry.library]
+    }
+
+    fn rejected(&self, entry: &Entry, message: impl Into<String>) -> RegistryError {
+        RegistryError::Rejected {
+            component: format!("{} `{}`", entry.info.kind, entry.info.name),
+            library: self.library(entry).path.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// Creates the saliency source `name` from its TOML table.
+    pub fn create_saliency(&self, name: &str, config: &toml::Table) -> Result<SaliencyBox, RegistryError> {
+        let entry = self.find(name, ComponentKind::Saliency)?;
+        let text = toml::to_string(config).map_err(|e| self.rejected(entry, e.to_string()))?;
+        let create = self.library(entry).module.create_saliency();
+        create(RStr::from_str(name), RStr::from_str(&text)).into_result().map_err(|e| self.rejected(entry, e.to_string()))
+    }
+
+    /// Creates the attack `name` from its TOML table.
+    pub fn create_attack(&self, name: &str, config: &toml::Table) -> Result<AttackBox, RegistryError> {
+        let entry = self.find(name, ComponentKind::Attack)?;
+        let text = toml::to_string(config).map_err(|e| self.rejected(entry, e.to_string()))?;
+        let create = self.library(entry).module.create_attack();
+        create(RStr::from_str(name), RStr::from_str(&text)).into_result().map_err(|e| self.rejected(entry, e.to_string()))
+    }
+
+    /// Checks every `[components.<name>]` table: the component exists and every key is
+    /// one its default configuration lists. Errors point into the config file.
+    pub fn check_component_tables(
+        &self,
+        tables: &BTreeMap<String, toml::Table>,
+        source: &ConfigSource,
+    ) -> Result<(), ConfigError> {
+        for (name, table) in tables {
+            let Some(entry) = self.components.get(name) else {
+                let names: Vec<&str> = self.components.keys().map(String::as_str).collect();
+                return Err(source.error_at(
+                    &["components", name],
+                    format!(
+                        "unknown component `{name}` in [components]{}; loaded components: {}",
+                        did_you_mean(name, names.iter().copied()),
+                        names.join(", ")
+                    ),
+                ));
+            };
+            let defaults: toml::Table = toml::from_str(&entry.info.default_config).unwrap_or_default();
+            for key in table.keys() {
+                if !defaults.contains_key(key) {
+                    let accepted: Vec<&str> = defaults.keys().map(String::as_str).collect();
+                    return Err(source.error_at(
+                        &["components", name, key],
+                        format!(
+                            "unknown key `{key}` in [components.{name}]{}; accepted: {}",
+                            did_you_mean(key, accepted.iter().copied()),
+                            accepted.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
