@@ -109,11 +109,18 @@ extern "C" fn create_attack(name: RStr<'_>, config: RStr<'_>) -> RResult<AttackB
 /// Builds the root module of the library this code is compiled into. Called by
 /// [`export_plugin!`]; `library` and `version` name the plugin crate.
 pub fn root_module(library: &'static str, version: &'static str) -> PluginModuleRef {
+    root_module_with_build(library, version, BUILD_INFO)
+}
+
+/// [`root_module`] recording other versions than this build's: only for testing the
+/// host's refusal of libraries built against another libtorch or tch.
+#[doc(hidden)]
+pub fn root_module_with_build(library: &'static str, version: &'static str, build: BuildInfo) -> PluginModuleRef {
     use abi_stable::prefix_type::PrefixTypeTrait;
     PluginModule {
         library: RStr::from_str(library),
         library_version: RStr::from_str(version),
-        build: BUILD_INFO,
+        build,
         components,
         create_saliency,
         create_attack,

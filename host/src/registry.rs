@@ -297,8 +297,9 @@ impl Registry {
         create(RStr::from_str(name), RStr::from_str(&text)).into_result().map_err(|e| self.rejected(entry, e.to_string()))
     }
 
-    /// Checks every `[components.<name>]` table: the component exists and every key is
-    /// one its default configuration lists. Errors point into the config file.
+    /// Checks every `[components.<name>]` table: the component exists, every key is one
+    /// its default configuration lists, and the component accepts the table (it is built
+    /// once and dropped). Errors point into the config file.
     pub fn check_component_tables(
         &self,
         tables: &BTreeMap<String, toml::Table>,
@@ -330,6 +331,11 @@ impl Registry {
                     ));
                 }
             }
+            let built = match entry.info.kind {
+                ComponentKind::Saliency => self.create_saliency(name, table).map(drop),
+                ComponentKind::Attack => self.create_attack(name, table).map(drop),
+            };
+            built.map_err(|e| source.error_at(&["components", name], e.to_string()))?;
         }
         Ok(())
     }

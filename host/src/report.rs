@@ -49,6 +49,9 @@ pub struct Metrics {
     pub alignment: Option<f64>,
     /// Per-epoch figures.
     pub epochs: Vec<EpochMetrics>,
+    /// Why the run failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced,
@@ -133,6 +136,7 @@ mod tests {
             robust_accuracy: vec![RobustAccuracy { attack: "pgd".into(), norm: "linf".into(), epsilon: 0.1, steps: 3, accuracy: 0.25 }],
             alignment: None,
             epochs: vec![EpochMetrics { epoch: 1, train_loss: 1.0, train_accuracy: 0.4, images_per_sec: 10.0, seconds: 2.0 }],
+            error: None,
         };
         a.write_metrics(&m).unwrap();
         let back: Metrics = serde_json::from_str(&std::fs::read_to_string(a.file("metrics.json")).unwrap()).unwrap();

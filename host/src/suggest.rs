@@ -1,13 +1,16 @@
 //! "Did you mean …?" for unknown names and keys.
 
-/// The candidate closest to `word` (Jaro-Winkler similarity at least 0.7), if any.
+/// The candidate closest to `word`: fewest edits (a swap of neighbours counts as one),
+/// at most a third of the word's length (at least one); ties go to the higher
+/// Jaro-Winkler similarity.
 pub fn nearest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (word.chars().count() / 3).max(1);
     candidates
         .into_iter()
-        .map(|c| (strsim::jaro_winkler(word, c), c))
-        .filter(|(score, _)| *score >= 0.7)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| c)
+        .map(|c| (strsim::osa_distance(word, c), -strsim::jaro_winkler(word, c), c))
+        .filter(|(distance, _, _)| *distance <= limit)
+        .min_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)))
+        .map(|(_, _, c)| c)
 }
 
 /// `"; did you mean `x`?"` or nothing.
@@ -23,6 +26,8 @@ mod tests {
     fn finds_typos_and_ignores_unrelated_words() {
         assert_eq!(nearest("epohcs", ["epochs", "batch_size", "lr"]), Some("epochs"));
         assert_eq!(nearest("mask", ["masks", "boxes"]), Some("masks"));
+        assert_eq!(nearest("pdg", ["fgsm", "pgd", "sat"]), Some("pgd"));
+        assert_eq!(nearest("adma", ["adam", "sgd"]), Some("adam"));
         assert_eq!(nearest("zzz", ["epochs", "batch_size"]), None);
     }
 }

@@ -60,7 +60,8 @@ pub enum Outcome {
     Interrupted,
 }
 
-/// Trains, checkpoints and evaluates the run described by `config` into `run`.
+/// Trains, checkpoints and evaluates the run described by `config` into `run`. On an
+/// error, `metrics.json` keeps the finished epochs, status `failed` and the error.
 pub fn run(
     config: &RunConfig,
     registry: &Registry,
@@ -68,6 +69,28 @@ pub fn run(
     device: Device,
     interrupted: &AtomicBool,
 ) -> anyhow::Result<(Outcome, Metrics)> {
+    let mut metrics = Metrics { status: "running".into(), ..Default::default() };
+    match train_and_evaluate(config, registry, run, device, interrupted, &mut metrics) {
+        Ok(outcome) => Ok((outcome, metrics)),
+        Err(e) => {
+            metrics.status = "failed".into();
+            metrics.error = Some(format!("{e:#}"));
+            if let Err(write) = run.write_metrics(&metrics) {
+                log::error!("cannot record the failure in metrics.json: {write}");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn train_and_evaluate(
+    config: &RunConfig,
+    registry: &Registry,
+    run: &RunDir,
+    device: Device,
+    interrupted: &AtomicBool,
+    metrics: &mut Metrics,
+) -> anyhow::Result<Outcome> {
     let (train, test) = load_datasets(config)?;
     log::info!(
         "dataset {}: {} training and {} test images, {} classes, on {:?}",
@@ -96,7 +119,6 @@ pub fn run(
         None => log::info!("standard training (no attack)"),
     }
 
-    let mut metrics = Metrics { status: "running".into(), ..Default::default() };
     let checkpoint = run.file("checkpoint.safetensors");
     let batch_size = t.batch_size.max(1);
     let batches = (train.len() as usize).div_ceil(batch_size);
@@ -121,8 +143,8 @@ pub fn run(
                 bar.abandon_with_message("interrupted");
                 log::warn!("interrupted during epoch {}; the checkpoint of the last finished epoch is kept", epoch + 1);
                 metrics.status = "interrupted".into();
-                run.write_metrics(&metrics)?;
-                return Ok((Outcome::Interrupted, metrics));
+                run.write_metrics(metrics)?;
+                return Ok(Outcome::Interrupted);
             }
             let index = Tensor::from_slice(chunk);
             let mut samples = train.select(&index);
@@ -130,14 +152,18 @@ pub fn run(
                 samples = augment::crop_and_flip(&samples, config.data.crop_padding.max(0), config.data.flip, &mut rng);
             }
             let samples = samples.to(device);
-            let inputs = pipeline.inputs(&samples, epoch, t.epochs, Phase::Training, &oracle, &mut rng)?;
+            let inputs = match pipeline.inputs(&samples, epoch, t.epochs, Phase::Training, &oracle, &mut rng) {
+                Ok(inputs) => inputs,
+                Err(e) => {
+                    bar.abandon_with_message("plugin error");
+                    return Err(e.into());
+                }
+            };
             let logits = net.model.forward_t(&inputs, true);
             let loss = logits.cross_entropy_for_logits(&samples.labels);
             let loss_value = loss.double_value(&[]);
             if !loss_value.is_finite() {
                 bar.abandon_with_message("non-finite loss");
-                metrics.status = "failed".into();
-                run.write_metrics(&metrics)?;
                 bail!(
                     "the training loss became {loss_value} in epoch {} (lower [train] lr?); the last good checkpoint is {}",
                     epoch + 1,
@@ -177,13 +203,13 @@ pub fn run(
         );
         metrics.epochs.push(e);
         save_checkpoint(&net.vs, &checkpoint)?;
-        run.write_metrics(&metrics)?;
+        run.write_metrics(metrics)?;
     }
 
     let (clean, robust) = eval::evaluate(net.model.as_ref(), &test, config, registry, device)?;
     metrics.clean_accuracy = Some(clean);
     metrics.robust_accuracy = robust;
     metrics.status = "completed".into();
-    run.write_metrics(&metrics)?;
-    Ok((Outcome::Completed, metrics))
+    run.write_metrics(metrics)?;
+    Ok(Outcome::Completed)
 }

@@ -1,0 +1,93 @@
+//! Training runs end to end, and plugins that fail mid-run.
+use sat_tests::{plugin_dir, tiny_run};
+use std::path::Path;
+
+fn metrics(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("metrics.json")).expect("metrics.json");
+    serde_json::from_str(&text).expect("valid metrics.json")
+}
+
+#[test]
+fn masks_with_pgd_trains_and_writes_the_run_directory() {
+    let cwd = tempfile::tempdir().unwrap();
+    let out = tiny_run(cwd.path(), &["--plugin", "masks", "--attack", "pgd", "--set", "name=mp"], &[]).success();
+    let dir = cwd.path().join("runs/mp");
+    for file in ["config.toml", "log.txt", "metrics.json", "metrics.csv", "robust_curve.csv", "checkpoint.safetensors"] {
+        assert!(dir.join(file).is_file(), "{file} missing; stderr:\n{}", out.stderr);
+    }
+    let m = metrics(&dir);
+    assert_eq!(m["status"], "completed");
+    let clean = m["clean_accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&clean));
+    let robust = m["robust_accuracy"].as_array().unwrap();
+    assert_eq!(robust.len(), 1);
+    assert_eq!(robust[0]["attack"], "pgd");
+    assert_eq!(robust[0]["norm"], "linf");
+    assert!((robust[0]["epsilon"].as_f64().unwrap() - 4.0 / 255.0).abs() < 1e-12);
+    assert_eq!(m["epochs"].as_array().unwrap().len(), 1);
+    // The resolved config records the command-line choices.
+    let resolved = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    assert!(resolved.contains("attack = \"pgd\"") && resolved.contains("saliency = [\"masks\"]"), "{resolved}");
+    assert!(std::fs::read_to_string(dir.join("log.txt")).unwrap().contains("epoch 1/1"));
+    // A second run with the same name does not overwrite the first.
+    tiny_run(cwd.path(), &["--set", "name=mp"], &[]).success();
+    assert!(cwd.path().join("runs/mp-2/metrics.json").exists());
+}
+
+#[test]
+fn sat_with_the_third_party_example_plugin_trains() {
+    let cwd = tempfile::tempdir().unwrap();
+    let dir = plugin_dir(&["centre_prior"]);
+    let d = dir.path().to_str().unwrap();
+    tiny_run(cwd.path(), &["--plugin-dir", d, "--plugin", "centre-prior", "--attack", "sat", "--set", "name=cp"], &[]).success();
+    assert_eq!(metrics(&cwd.path().join("runs/cp"))["status"], "completed");
+}
+
+#[test]
+fn same_seed_same_results() {
+    let cwd = tempfile::tempdir().unwrap();
+    for name in ["a", "b"] {
+        tiny_run(cwd.path(), &["--plugin", "boxes", "--attack", "sat", "--set", &format!("name={name}")], &[]).success();
+    }
+    let (a, b) = (metrics(&cwd.path().join("runs/a")), metrics(&cwd.path().join("runs/b")));
+    assert_eq!(a["epochs"][0]["train_loss"], b["epochs"][0]["train_loss"]);
+    assert_eq!(a["robust_accuracy"], b["robust_accuracy"]);
+    let ckpt = |n: &str| std::fs::read(cwd.path().join(format!("runs/{n}/checkpoint.safetensors"))).unwrap();
+    assert_eq!(ckpt("a"), ckpt("b"), "identical weights");
+}
+
+fn faulty(cwd: &Path, extra: &[&str]) -> String {
+    let dir = plugin_dir(&["sat_fixture_faulty"]);
+    let mut args = vec!["--plugin-dir", dir.path().to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let err = tiny_run(cwd, &args, &[]).fails_with(&["libsat_fixture_faulty.so"]);
+    err
+}
+
+#[test]
+fn a_panicking_plugin_becomes_an_error_naming_it() {
+    let cwd = tempfile::tempdir().unwrap();
+    let err = faulty(cwd.path(), &["--plugin", "panicking", "--attack", "sat", "--set", "name=p"]);
+    assert!(err.contains("saliency source `panicking`") && err.contains("deliberate panic in a saliency source"), "{err}");
+    let m = metrics(&cwd.path().join("runs/p"));
+    assert_eq!(m["status"], "failed");
+    assert!(m["error"].as_str().unwrap().contains("deliberate panic"), "{m}");
+    let err = faulty(cwd.path(), &["--plugin", "constructor-panic", "--attack", "sat"]);
+    assert!(err.contains("deliberate panic in a constructor"), "{err}");
+}
+
+#[test]
+fn a_failing_plugin_stops_the_run_with_its_message() {
+    let cwd = tempfile::tempdir().unwrap();
+    let err = faulty(cwd.path(), &["--plugin", "failing", "--attack", "sat"]);
+    assert!(err.contains("saliency source `failing`") && err.contains("deliberate failure"), "{err}");
+}
+
+#[test]
+fn contract_breaking_outputs_are_rejected() {
+    let cwd = tempfile::tempdir().unwrap();
+    let err = faulty(cwd.path(), &["--plugin", "wrong-shape", "--attack", "sat"]);
+    assert!(err.contains("returned a map of shape") && err.contains("expected [32, 1 or 3, 32, 32]"), "{err}");
+    let err = faulty(cwd.path(), &["--attack", "out-of-budget"]);
+    assert!(err.contains("attack `out-of-budget`") && err.contains("beyond its budget"), "{err}");
+}
