@@ -91,3 +91,32 @@ fn contract_breaking_outputs_are_rejected() {
     let err = faulty(cwd.path(), &["--attack", "out-of-budget"]);
     assert!(err.contains("attack `out-of-budget`") && err.contains("beyond its budget"), "{err}");
 }
+
+#[test]
+fn ctrl_c_keeps_the_finished_epochs_and_exits_130() {
+    use std::process::{Command, Stdio};
+    let cwd = tempfile::tempdir().unwrap();
+    let mut child = Command::new(sat_tests::sat_host())
+        .args(["run", "--set", "name=int", "--set", "train.epochs=1000", "--set", "data.train_size=64"])
+        .args(["--set", "train.batch_size=32", "--set", "model.width=4"])
+        .current_dir(cwd.path())
+        .env_remove("SAT_PLUGIN_PATH")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let checkpoint = cwd.path().join("runs/int/checkpoint.safetensors");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !checkpoint.exists() {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint within 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let m = metrics(&cwd.path().join("runs/int"));
+    assert_eq!(m["status"], "interrupted");
+    assert!(!m["epochs"].as_array().unwrap().is_empty());
+    assert!(checkpoint.is_file(), "the last finished epoch's checkpoint is kept");
+}
