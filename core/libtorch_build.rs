@@ -32,7 +32,9 @@ fn libtorch_version(root: &Path) -> Option<String> {
     for file in ["version.py", "build-version"] {
         let path = root.join(file);
         println!("cargo:rerun-if-changed={}", path.display());
-        let Ok(text) = fs::read_to_string(&path) else { continue };
+        let Ok(text) = fs::read_to_string(&path) else {
+            continue;
+        };
         let raw = if file == "version.py" {
             text.lines()
                 .find_map(|l| l.strip_prefix("__version__ = "))

@@ -10,13 +10,20 @@ use std::process::{Command, Output};
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/debug/deps/<test>-<hash>
-    exe.parent().and_then(Path::parent).expect("target/<profile>/deps").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps")
+        .to_path_buf()
 }
 
 /// A built artefact in the target directory, which must exist.
 pub fn artefact(name: &str) -> PathBuf {
     let path = target_dir().join(name);
-    assert!(path.exists(), "{} is missing: run scripts/test (it builds the binary, plugins and fixtures first)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/test (it builds the binary, plugins and fixtures first)",
+        path.display()
+    );
     path
 }
 
@@ -35,7 +42,8 @@ pub fn plugin_dir(stems: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     for stem in stems {
         let src = library(stem);
-        std::fs::copy(&src, dir.path().join(src.file_name().expect("file name"))).expect("copy library");
+        std::fs::copy(&src, dir.path().join(src.file_name().expect("file name")))
+            .expect("copy library");
     }
     dir
 }
@@ -53,16 +61,32 @@ pub struct Run {
 impl Run {
     /// Asserts success and returns self.
     pub fn success(self) -> Self {
-        assert_eq!(self.code, Some(0), "expected success\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code,
+            Some(0),
+            "expected success\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
         self
     }
     /// Asserts a clean failure whose stderr contains every one of `needles`, and returns
     /// stderr. Exit code 1 is an error the host reported; a panic of the host would exit
     /// with 101 and an abort (e.g. a panic unwinding across FFI) with 134.
     pub fn fails_with(self, needles: &[&str]) -> String {
-        assert_eq!(self.code, Some(1), "expected exit code 1\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code,
+            Some(1),
+            "expected exit code 1\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
         for n in needles {
-            assert!(self.stderr.contains(n), "stderr lacks {n:?}:\n{}", self.stderr);
+            assert!(
+                self.stderr.contains(n),
+                "stderr lacks {n:?}:\n{}",
+                self.stderr
+            );
         }
         self.stderr
     }
@@ -71,11 +95,19 @@ impl Run {
 /// Runs `sat-host args…` in `cwd` with `SAT_PLUGIN_PATH` cleared unless given in `env`.
 pub fn sat(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(sat_host());
-    cmd.args(args).current_dir(cwd).env_remove("SAT_PLUGIN_PATH").env_remove("SAT_LOG").env_remove("RUST_LOG");
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_remove("SAT_PLUGIN_PATH")
+        .env_remove("SAT_LOG")
+        .env_remove("RUST_LOG");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let Output { status, stdout, stderr } = cmd.output().expect("run sat-host");
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("run sat-host");
     Run {
         code: status.code(),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
@@ -85,13 +117,20 @@ pub fn sat(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
 
 /// Overrides that make a training run take a few seconds.
 pub const TINY: &[&str] = &[
-    "--set", "data.train_size=64",
-    "--set", "data.test_size=32",
-    "--set", "train.epochs=1",
-    "--set", "train.batch_size=32",
-    "--set", "model.width=4",
-    "--set", "eval.epsilons=[\"4/255\"]",
-    "--set", "components.pgd.steps=1",
+    "--set",
+    "data.train_size=64",
+    "--set",
+    "data.test_size=32",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "train.batch_size=32",
+    "--set",
+    "model.width=4",
+    "--set",
+    "eval.epsilons=[\"4/255\"]",
+    "--set",
+    "components.pgd.steps=1",
 ];
 
 /// `run` with [`TINY`] and `extra` arguments.

@@ -10,10 +10,27 @@ fn metrics(dir: &Path) -> serde_json::Value {
 #[test]
 fn masks_with_pgd_trains_and_writes_the_run_directory() {
     let cwd = tempfile::tempdir().unwrap();
-    let out = tiny_run(cwd.path(), &["--plugin", "masks", "--attack", "pgd", "--set", "name=mp"], &[]).success();
+    let out = tiny_run(
+        cwd.path(),
+        &["--plugin", "masks", "--attack", "pgd", "--set", "name=mp"],
+        &[],
+    )
+    .success();
     let dir = cwd.path().join("runs/mp");
-    for file in ["config.toml", "log.txt", "metrics.json", "metrics.csv", "robust_curve.csv", "checkpoint.safetensors"] {
-        assert!(dir.join(file).is_file(), "{file} missing; stderr:\n{}", out.stderr);
+    for file in [
+        "config.toml",
+        "log.txt",
+        "metrics.json",
+        "metrics.csv",
+        "robust_curve.csv",
+        "robust_curve.svg",
+        "checkpoint.safetensors",
+    ] {
+        assert!(
+            dir.join(file).is_file(),
+            "{file} missing; stderr:\n{}",
+            out.stderr
+        );
     }
     let m = metrics(&dir);
     assert_eq!(m["status"], "completed");
@@ -27,8 +44,13 @@ fn masks_with_pgd_trains_and_writes_the_run_directory() {
     assert_eq!(m["epochs"].as_array().unwrap().len(), 1);
     // The resolved config records the command-line choices.
     let resolved = std::fs::read_to_string(dir.join("config.toml")).unwrap();
-    assert!(resolved.contains("attack = \"pgd\"") && resolved.contains("saliency = [\"masks\"]"), "{resolved}");
-    assert!(std::fs::read_to_string(dir.join("log.txt")).unwrap().contains("epoch 1/1"));
+    assert!(
+        resolved.contains("attack = \"pgd\"") && resolved.contains("saliency = [\"masks\"]"),
+        "{resolved}"
+    );
+    assert!(std::fs::read_to_string(dir.join("log.txt"))
+        .unwrap()
+        .contains("epoch 1/1"));
     // A second run with the same name does not overwrite the first.
     tiny_run(cwd.path(), &["--set", "name=mp"], &[]).success();
     assert!(cwd.path().join("runs/mp-2/metrics.json").exists());
@@ -39,7 +61,21 @@ fn sat_with_the_third_party_example_plugin_trains() {
     let cwd = tempfile::tempdir().unwrap();
     let dir = plugin_dir(&["centre_prior"]);
     let d = dir.path().to_str().unwrap();
-    tiny_run(cwd.path(), &["--plugin-dir", d, "--plugin", "centre-prior", "--attack", "sat", "--set", "name=cp"], &[]).success();
+    tiny_run(
+        cwd.path(),
+        &[
+            "--plugin-dir",
+            d,
+            "--plugin",
+            "centre-prior",
+            "--attack",
+            "sat",
+            "--set",
+            "name=cp",
+        ],
+        &[],
+    )
+    .success();
     assert_eq!(metrics(&cwd.path().join("runs/cp"))["status"], "completed");
 }
 
@@ -47,12 +83,29 @@ fn sat_with_the_third_party_example_plugin_trains() {
 fn same_seed_same_results() {
     let cwd = tempfile::tempdir().unwrap();
     for name in ["a", "b"] {
-        tiny_run(cwd.path(), &["--plugin", "boxes", "--attack", "sat", "--set", &format!("name={name}")], &[]).success();
+        tiny_run(
+            cwd.path(),
+            &[
+                "--plugin",
+                "boxes",
+                "--attack",
+                "sat",
+                "--set",
+                &format!("name={name}"),
+            ],
+            &[],
+        )
+        .success();
     }
-    let (a, b) = (metrics(&cwd.path().join("runs/a")), metrics(&cwd.path().join("runs/b")));
+    let (a, b) = (
+        metrics(&cwd.path().join("runs/a")),
+        metrics(&cwd.path().join("runs/b")),
+    );
     assert_eq!(a["epochs"][0]["train_loss"], b["epochs"][0]["train_loss"]);
     assert_eq!(a["robust_accuracy"], b["robust_accuracy"]);
-    let ckpt = |n: &str| std::fs::read(cwd.path().join(format!("runs/{n}/checkpoint.safetensors"))).unwrap();
+    let ckpt = |n: &str| {
+        std::fs::read(cwd.path().join(format!("runs/{n}/checkpoint.safetensors"))).unwrap()
+    };
     assert_eq!(ckpt("a"), ckpt("b"), "identical weights");
 }
 
@@ -67,12 +120,32 @@ fn faulty(cwd: &Path, extra: &[&str]) -> String {
 #[test]
 fn a_panicking_plugin_becomes_an_error_naming_it() {
     let cwd = tempfile::tempdir().unwrap();
-    let err = faulty(cwd.path(), &["--plugin", "panicking", "--attack", "sat", "--set", "name=p"]);
-    assert!(err.contains("saliency source `panicking`") && err.contains("deliberate panic in a saliency source"), "{err}");
+    let err = faulty(
+        cwd.path(),
+        &[
+            "--plugin",
+            "panicking",
+            "--attack",
+            "sat",
+            "--set",
+            "name=p",
+        ],
+    );
+    assert!(
+        err.contains("saliency source `panicking`")
+            && err.contains("deliberate panic in a saliency source"),
+        "{err}"
+    );
     let m = metrics(&cwd.path().join("runs/p"));
     assert_eq!(m["status"], "failed");
-    assert!(m["error"].as_str().unwrap().contains("deliberate panic"), "{m}");
-    let err = faulty(cwd.path(), &["--plugin", "constructor-panic", "--attack", "sat"]);
+    assert!(
+        m["error"].as_str().unwrap().contains("deliberate panic"),
+        "{m}"
+    );
+    let err = faulty(
+        cwd.path(),
+        &["--plugin", "constructor-panic", "--attack", "sat"],
+    );
     assert!(err.contains("deliberate panic in a constructor"), "{err}");
 }
 
@@ -80,16 +153,25 @@ fn a_panicking_plugin_becomes_an_error_naming_it() {
 fn a_failing_plugin_stops_the_run_with_its_message() {
     let cwd = tempfile::tempdir().unwrap();
     let err = faulty(cwd.path(), &["--plugin", "failing", "--attack", "sat"]);
-    assert!(err.contains("saliency source `failing`") && err.contains("deliberate failure"), "{err}");
+    assert!(
+        err.contains("saliency source `failing`") && err.contains("deliberate failure"),
+        "{err}"
+    );
 }
 
 #[test]
 fn contract_breaking_outputs_are_rejected() {
     let cwd = tempfile::tempdir().unwrap();
     let err = faulty(cwd.path(), &["--plugin", "wrong-shape", "--attack", "sat"]);
-    assert!(err.contains("returned a map of shape") && err.contains("expected [32, 1 or 3, 32, 32]"), "{err}");
+    assert!(
+        err.contains("returned a map of shape") && err.contains("expected [32, 1 or 3, 32, 32]"),
+        "{err}"
+    );
     let err = faulty(cwd.path(), &["--attack", "out-of-budget"]);
-    assert!(err.contains("attack `out-of-budget`") && err.contains("beyond its budget"), "{err}");
+    assert!(
+        err.contains("attack `out-of-budget`") && err.contains("beyond its budget"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -97,7 +179,15 @@ fn ctrl_c_keeps_the_finished_epochs_and_exits_130() {
     use std::process::{Command, Stdio};
     let cwd = tempfile::tempdir().unwrap();
     let mut child = Command::new(sat_tests::sat_host())
-        .args(["run", "--set", "name=int", "--set", "train.epochs=1000", "--set", "data.train_size=64"])
+        .args([
+            "run",
+            "--set",
+            "name=int",
+            "--set",
+            "train.epochs=1000",
+            "--set",
+            "data.train_size=64",
+        ])
         .args(["--set", "train.batch_size=32", "--set", "model.width=4"])
         .current_dir(cwd.path())
         .env_remove("SAT_PLUGIN_PATH")
@@ -108,15 +198,117 @@ fn ctrl_c_keeps_the_finished_epochs_and_exits_130() {
     let checkpoint = cwd.path().join("runs/int/checkpoint.safetensors");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while !checkpoint.exists() {
-        assert!(std::time::Instant::now() < deadline, "no checkpoint within 120 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint within 120 s"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let m = metrics(&cwd.path().join("runs/int"));
     assert_eq!(m["status"], "interrupted");
     assert!(!m["epochs"].as_array().unwrap().is_empty());
-    assert!(checkpoint.is_file(), "the last finished epoch's checkpoint is kept");
+    assert!(
+        checkpoint.is_file(),
+        "the last finished epoch's checkpoint is kept"
+    );
+}
+
+#[test]
+fn sat_plus_pgd_and_sat_plus_trades_train_end_to_end() {
+    let cwd = tempfile::tempdir().unwrap();
+    let out = tiny_run(
+        cwd.path(),
+        &[
+            "--plugin",
+            "masks",
+            "--attack",
+            "pgd",
+            "--set",
+            "train.mix=sat",
+            "--set",
+            "name=sp",
+        ],
+        &[],
+    )
+    .success();
+    assert!(
+        out.stderr.contains("or `sat` with probability 0.5"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(metrics(&cwd.path().join("runs/sp"))["status"], "completed");
+    let out = tiny_run(
+        cwd.path(),
+        &[
+            "--plugin",
+            "boxes",
+            "--attack",
+            "trades",
+            "--set",
+            "train.mix=sat",
+            "--set",
+            "train.loss=trades",
+        ]
+        .iter()
+        .chain(&[
+            "--set",
+            "train.trades_beta=1.0",
+            "--set",
+            "components.trades.steps=2",
+            "--set",
+            "name=st",
+        ])
+        .copied()
+        .collect::<Vec<_>>(),
+        &[],
+    )
+    .success();
+    assert!(out.stderr.contains("loss Trades"), "{}", out.stderr);
+    assert_eq!(metrics(&cwd.path().join("runs/st"))["status"], "completed");
+}
+
+#[test]
+fn the_mixing_coin_follows_its_probability() {
+    let cwd = tempfile::tempdir().unwrap();
+    let dir = plugin_dir(&["sat_fixture_faulty"]);
+    let d = dir.path().to_str().unwrap();
+    let mixed = |p: &str| {
+        tiny_run(
+            cwd.path(),
+            &[
+                "--plugin-dir",
+                d,
+                "--attack",
+                "noise",
+                "--set",
+                "train.mix=out-of-budget",
+                "--set",
+                &format!("train.mix_probability={p}"),
+            ],
+            &[],
+        )
+    };
+    // Never drawn: the faulty attack is built but not used.
+    mixed("0.0").success();
+    // Always drawn: its first batch is rejected.
+    let err = mixed("1.0").fails_with(&["attack `out-of-budget`", "beyond its budget"]);
+    let error_line = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .expect("an error line");
+    assert!(!error_line.contains("noise"), "{error_line}");
+    tiny_run(cwd.path(), &["--set", "train.mix=sat"], &[])
+        .fails_with(&["needs an attack to mix with"]);
 }

@@ -16,7 +16,10 @@ struct Empty(Tensor);
 impl Configurable for Empty {
     type Config = toml::Table;
     fn from_config(_: toml::Table) -> Result<Self, PluginError> {
-        Ok(Self(Tensor::zeros([128, 1, 32, 32], (Kind::Float, Device::Cpu))))
+        Ok(Self(Tensor::zeros(
+            [128, 1, 32, 32],
+            (Kind::Float, Device::Cpu),
+        )))
     }
 }
 
@@ -26,7 +29,12 @@ impl SaliencySource for Empty {
     }
 }
 
-sat_core::register_saliency!(Empty, name = "empty", description = "does nothing", defaults = "");
+sat_core::register_saliency!(
+    Empty,
+    name = "empty",
+    description = "does nothing",
+    defaults = ""
+);
 
 fn boundary(c: &mut Criterion) {
     let images = Tensor::rand([128, 3, 32, 32], (Kind::Float, Device::Cpu));
@@ -43,7 +51,8 @@ fn boundary(c: &mut Criterion) {
     });
 
     let module = sat_core::module::root_module("bench", "0");
-    let mut source = (module.create_saliency())(RStr::from_str("empty"), RStr::from_str("")).unwrap();
+    let mut source =
+        (module.create_saliency())(RStr::from_str("empty"), RStr::from_str("")).unwrap();
     c.bench_function("saliency call, across the plugin ABI", |b| {
         b.iter(|| {
             let batch = Batch::new(&images, &labels, 0, 1, Phase::Training);

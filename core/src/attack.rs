@@ -94,13 +94,18 @@ impl AttackAbi for AttackAdapter {
     }
     fn threat_model(&self) -> ThreatModel {
         let inner = &self.inner;
-        catch(&self.who(), || Ok(inner.threat_model()))
-            .unwrap_or(ThreatModel { norm: Norm::Linf, epsilon: f64::NAN, steps: 0 })
+        catch(&self.who(), || Ok(inner.threat_model())).unwrap_or(ThreatModel {
+            norm: Norm::Linf,
+            epsilon: f64::NAN,
+            steps: 0,
+        })
     }
     fn perturb(&mut self, batch: &Batch, oracle: &OracleRef<'_>) -> RResult<RTensor, PluginError> {
         let who = self.who();
         let inner = &mut self.inner;
-        catch(&who, || inner.perturb(batch, Oracle::new(oracle)).map(RTensor::new)).into()
+        catch(&who, || {
+            inner.perturb(batch, Oracle::new(oracle)).map(RTensor::new)
+        })
+        .into()
     }
 }
-

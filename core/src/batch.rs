@@ -87,7 +87,10 @@ impl Batch {
     }
     /// The masks and their presence flags, if the dataset has them.
     pub fn masks(&self) -> Option<(TensorRef<'_>, TensorRef<'_>)> {
-        match (self.masks.as_ref().into_option(), self.mask_present.as_ref().into_option()) {
+        match (
+            self.masks.as_ref().into_option(),
+            self.mask_present.as_ref().into_option(),
+        ) {
             (Some(m), Some(p)) => Some((m.view(), p.view())),
             _ => None,
         }

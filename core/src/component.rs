@@ -118,9 +118,15 @@ pub fn check_registrations() -> Result<usize, String> {
     let mut count = 0;
     for r in registrations() {
         if r.name.is_empty()
-            || !r.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '+')
+            || !r
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '+')
         {
-            return Err(format!("component name `{}` must match [a-z0-9+-]+", r.name));
+            return Err(format!(
+                "component name `{}` must match [a-z0-9+-]+",
+                r.name
+            ));
         }
         if !seen.insert(r.name) {
             return Err(format!("component `{}` is registered twice", r.name));
@@ -143,7 +149,14 @@ pub fn check_registrations() -> Result<usize, String> {
 #[macro_export]
 macro_rules! register_saliency {
     ($ty:ty, name = $name:expr, description = $description:expr, defaults = $defaults:expr $(,)?) => {
-        $crate::__register_component!($ty, Saliency, $crate::SaliencySource, $name, $description, $defaults);
+        $crate::__register_component!(
+            $ty,
+            Saliency,
+            $crate::SaliencySource,
+            $name,
+            $description,
+            $defaults
+        );
     };
 }
 
@@ -165,7 +178,9 @@ macro_rules! __register_component {
             fn construct(
                 text: &str,
             ) -> ::std::result::Result<::std::boxed::Box<dyn $trait>, $crate::PluginError> {
-                let config = $crate::parse_config::<<$ty as $crate::component::Configurable>::Config>($name, text)?;
+                let config = $crate::parse_config::<
+                    <$ty as $crate::component::Configurable>::Config,
+                >($name, text)?;
                 let made = <$ty as $crate::component::Configurable>::from_config(config)?;
                 ::std::result::Result::Ok(::std::boxed::Box::new(made))
             }

@@ -20,14 +20,22 @@ impl Epsilon {
         let text = text.trim();
         let value = match text.split_once('/') {
             Some((num, den)) => {
-                let num: f64 = num.trim().parse().map_err(|_| format!("`{text}`: numerator is not a number"))?;
-                let den: f64 = den.trim().parse().map_err(|_| format!("`{text}`: denominator is not a number"))?;
+                let num: f64 = num
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("`{text}`: numerator is not a number"))?;
+                let den: f64 = den
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("`{text}`: denominator is not a number"))?;
                 if den == 0.0 {
                     return Err(format!("`{text}`: denominator is zero"));
                 }
                 num / den
             }
-            None => text.parse().map_err(|_| format!("`{text}` is neither a number nor a fraction like 8/255"))?,
+            None => text
+                .parse()
+                .map_err(|_| format!("`{text}` is neither a number nor a fraction like 8/255"))?,
         };
         Self::checked(value).map_err(|e| format!("`{text}`: {e}"))
     }
@@ -36,7 +44,9 @@ impl Epsilon {
         if value.is_finite() && value >= 0.0 {
             Ok(Self(value))
         } else {
-            Err(format!("a budget must be finite and non-negative, got {value}"))
+            Err(format!(
+                "a budget must be finite and non-negative, got {value}"
+            ))
         }
     }
 }
@@ -106,6 +116,9 @@ mod tests {
         let b: Cfg = parse_config("pgd", "epsilon = 0.1").unwrap();
         assert_eq!(b.epsilon.0, 0.1);
         let e = parse_config::<Cfg>("pgd", "epsilon = 0.1\nstepz = 2").unwrap_err();
-        assert!(e.message.contains("[pgd]") && e.message.contains("stepz"), "{e}");
+        assert!(
+            e.message.contains("[pgd]") && e.message.contains("stepz"),
+            "{e}"
+        );
     }
 }

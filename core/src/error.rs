@@ -43,7 +43,10 @@ pub struct PluginError {
 impl PluginError {
     /// Builds an error of the given kind.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: RString::from(message.into()) }
+        Self {
+            kind,
+            message: RString::from(message.into()),
+        }
     }
     /// A configuration error.
     pub fn config(message: impl Into<String>) -> Self {

@@ -27,12 +27,16 @@ pub mod testing;
 
 pub use attack::{Attack, AttackAbi_TO, AttackBox, Norm, ThreatModel};
 pub use batch::{Batch, Phase};
-pub use component::{check_registrations, ComponentInfo, ComponentKind, Configurable, Constructor, Registration};
+pub use component::{
+    check_registrations, ComponentInfo, ComponentKind, Configurable, Constructor, Registration,
+};
 pub use config::{parse_config, Epsilon};
 pub use error::{CoreError, ErrorKind, PluginError};
 pub use module::{BuildInfo, PluginModule, PluginModuleRef, BUILD_INFO};
-pub use oracle::{Gradient, GradientAbi, Objective, Oracle, OracleAbi_TO, OracleAdapter, OracleBackend, OracleRef};
 pub use oracle::{objective_gradient, objective_value};
+pub use oracle::{
+    Gradient, GradientAbi, Objective, Oracle, OracleAbi_TO, OracleAdapter, OracleBackend, OracleRef,
+};
 pub use saliency::{SaliencyBox, SaliencySource, SaliencySourceAbi_TO};
 pub use tensor::{RTensor, TensorRef};
 

@@ -48,10 +48,12 @@ pub struct PluginModule {
     /// Lists the library's components.
     pub components: extern "C" fn() -> RVec<ComponentInfo>,
     /// Makes the saliency source `name` from its TOML configuration.
-    pub create_saliency: extern "C" fn(name: RStr<'_>, config: RStr<'_>) -> RResult<SaliencyBox, PluginError>,
+    pub create_saliency:
+        extern "C" fn(name: RStr<'_>, config: RStr<'_>) -> RResult<SaliencyBox, PluginError>,
     /// Makes the attack `name` from its TOML configuration.
     #[sabi(last_prefix_field)]
-    pub create_attack: extern "C" fn(name: RStr<'_>, config: RStr<'_>) -> RResult<AttackBox, PluginError>,
+    pub create_attack:
+        extern "C" fn(name: RStr<'_>, config: RStr<'_>) -> RResult<AttackBox, PluginError>,
 }
 
 impl RootModule for PluginModuleRef {
@@ -64,7 +66,10 @@ impl RootModule for PluginModuleRef {
 extern "C" fn components() -> RVec<ComponentInfo> {
     // Listing cannot fail; should a registration's code panic, list nothing rather
     // than unwind.
-    catch("listing components", || Ok(registrations().map(|r| r.info()).collect())).unwrap_or_default()
+    catch("listing components", || {
+        Ok(registrations().map(|r| r.info()).collect())
+    })
+    .unwrap_or_default()
 }
 
 fn construct<T>(
@@ -74,23 +79,38 @@ fn construct<T>(
 ) -> RResult<T, PluginError> {
     let (name, config) = (name.as_str(), config.as_str());
     catch(&format!("constructing `{name}`"), || {
-        let registration = registrations()
-            .find(|r| r.name == name)
-            .ok_or_else(|| PluginError::new(ErrorKind::UnknownComponent, format!("no component `{name}`")))?;
+        let registration = registrations().find(|r| r.name == name).ok_or_else(|| {
+            PluginError::new(
+                ErrorKind::UnknownComponent,
+                format!("no component `{name}`"),
+            )
+        })?;
         pick(registration.constructor, name, config).unwrap_or_else(|| {
             Err(PluginError::new(
                 ErrorKind::UnknownComponent,
-                format!("`{name}` is a {}, not the kind asked for", registration.constructor.kind()),
+                format!(
+                    "`{name}` is a {}, not the kind asked for",
+                    registration.constructor.kind()
+                ),
             ))
         })
     })
     .into()
 }
 
-extern "C" fn create_saliency(name: RStr<'_>, config: RStr<'_>) -> RResult<SaliencyBox, PluginError> {
+extern "C" fn create_saliency(
+    name: RStr<'_>,
+    config: RStr<'_>,
+) -> RResult<SaliencyBox, PluginError> {
     construct(name, config, |c, name, config| match c {
         Constructor::Saliency(make) => Some(make(config).map(|inner| {
-            SaliencySourceAbi_TO::from_value(SaliencyAdapter { name: name.to_owned(), inner }, TD_Opaque)
+            SaliencySourceAbi_TO::from_value(
+                SaliencyAdapter {
+                    name: name.to_owned(),
+                    inner,
+                },
+                TD_Opaque,
+            )
         })),
         Constructor::Attack(_) => None,
     })
@@ -98,10 +118,15 @@ extern "C" fn create_saliency(name: RStr<'_>, config: RStr<'_>) -> RResult<Salie
 
 extern "C" fn create_attack(name: RStr<'_>, config: RStr<'_>) -> RResult<AttackBox, PluginError> {
     construct(name, config, |c, name, config| match c {
-        Constructor::Attack(make) => Some(
-            make(config)
-                .map(|inner| AttackAbi_TO::from_value(AttackAdapter { name: name.to_owned(), inner }, TD_Opaque)),
-        ),
+        Constructor::Attack(make) => Some(make(config).map(|inner| {
+            AttackAbi_TO::from_value(
+                AttackAdapter {
+                    name: name.to_owned(),
+                    inner,
+                },
+                TD_Opaque,
+            )
+        })),
         Constructor::Saliency(_) => None,
     })
 }
@@ -115,7 +140,11 @@ pub fn root_module(library: &'static str, version: &'static str) -> PluginModule
 /// [`root_module`] recording other versions than this build's: only for testing the
 /// host's refusal of libraries built against another libtorch or tch.
 #[doc(hidden)]
-pub fn root_module_with_build(library: &'static str, version: &'static str, build: BuildInfo) -> PluginModuleRef {
+pub fn root_module_with_build(
+    library: &'static str,
+    version: &'static str,
+    build: BuildInfo,
+) -> PluginModuleRef {
     use abi_stable::prefix_type::PrefixTypeTrait;
     PluginModule {
         library: RStr::from_str(library),

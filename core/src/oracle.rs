@@ -2,11 +2,7 @@
 use crate::error::{catch, PluginError};
 use crate::tensor::RTensor;
 use abi_stable::{
-    sabi_trait,
-    sabi_trait::TD_Opaque,
-    sabi_types::RRef,
-    std_types::RResult,
-    StableAbi,
+    sabi_trait, sabi_trait::TD_Opaque, sabi_types::RRef, std_types::RResult, StableAbi,
 };
 use tch::Tensor;
 
@@ -40,19 +36,27 @@ pub enum Objective {
 impl Objective {
     /// Cross-entropy against `labels` (shares storage, no copy).
     pub fn cross_entropy(labels: &Tensor) -> Self {
-        Self::CrossEntropy { labels: RTensor::from_ref(labels) }
+        Self::CrossEntropy {
+            labels: RTensor::from_ref(labels),
+        }
     }
     /// KL divergence from the softmax of `reference_logits`.
     pub fn kl_divergence(reference_logits: &Tensor) -> Self {
-        Self::KlDivergence { reference_logits: RTensor::from_ref(reference_logits) }
+        Self::KlDivergence {
+            reference_logits: RTensor::from_ref(reference_logits),
+        }
     }
     /// The logit of `classes`.
     pub fn logit(classes: &Tensor) -> Self {
-        Self::Logit { classes: RTensor::from_ref(classes) }
+        Self::Logit {
+            classes: RTensor::from_ref(classes),
+        }
     }
     /// The CW margin against `labels`.
     pub fn margin(labels: &Tensor) -> Self {
-        Self::Margin { labels: RTensor::from_ref(labels) }
+        Self::Margin {
+            labels: RTensor::from_ref(labels),
+        }
     }
 }
 
@@ -81,13 +85,21 @@ pub struct Gradient {
 
 impl From<GradientAbi> for Gradient {
     fn from(g: GradientAbi) -> Self {
-        Self { value: g.value.into_tensor(), gradient: g.gradient.into_tensor(), logits: g.logits.into_tensor() }
+        Self {
+            value: g.value.into_tensor(),
+            gradient: g.gradient.into_tensor(),
+            logits: g.logits.into_tensor(),
+        }
     }
 }
 
 impl From<Gradient> for GradientAbi {
     fn from(g: Gradient) -> Self {
-        Self { value: g.value.into(), gradient: g.gradient.into(), logits: g.logits.into() }
+        Self {
+            value: g.value.into(),
+            gradient: g.gradient.into(),
+            logits: g.logits.into(),
+        }
     }
 }
 
@@ -98,7 +110,11 @@ pub trait OracleAbi {
     fn logits(&self, images: RTensor) -> RResult<RTensor, PluginError>;
     /// Objective, gradient and logits at `images`, in eval mode; the model's parameters
     /// receive no gradient.
-    fn input_gradient(&self, images: RTensor, objective: Objective) -> RResult<GradientAbi, PluginError>;
+    fn input_gradient(
+        &self,
+        images: RTensor,
+        objective: Objective,
+    ) -> RResult<GradientAbi, PluginError>;
     /// Number of classes of the model.
     #[sabi(last_prefix_field)]
     fn num_classes(&self) -> u32;
@@ -113,7 +129,11 @@ pub trait OracleBackend {
     /// See [`OracleAbi::logits`].
     fn logits(&self, images: &Tensor) -> Result<Tensor, PluginError>;
     /// See [`OracleAbi::input_gradient`].
-    fn input_gradient(&self, images: &Tensor, objective: &Objective) -> Result<Gradient, PluginError>;
+    fn input_gradient(
+        &self,
+        images: &Tensor,
+        objective: &Objective,
+    ) -> Result<Gradient, PluginError>;
     /// See [`OracleAbi::num_classes`].
     fn num_classes(&self) -> u32;
 }
@@ -123,11 +143,20 @@ pub struct OracleAdapter<B>(pub B);
 
 impl<B: OracleBackend> OracleAbi for OracleAdapter<B> {
     fn logits(&self, images: RTensor) -> RResult<RTensor, PluginError> {
-        catch("the host's oracle", || self.0.logits(&images.into_tensor()).map(RTensor::new)).into()
-    }
-    fn input_gradient(&self, images: RTensor, objective: Objective) -> RResult<GradientAbi, PluginError> {
         catch("the host's oracle", || {
-            self.0.input_gradient(&images.into_tensor(), &objective).map(GradientAbi::from)
+            self.0.logits(&images.into_tensor()).map(RTensor::new)
+        })
+        .into()
+    }
+    fn input_gradient(
+        &self,
+        images: RTensor,
+        objective: Objective,
+    ) -> RResult<GradientAbi, PluginError> {
+        catch("the host's oracle", || {
+            self.0
+                .input_gradient(&images.into_tensor(), &objective)
+                .map(GradientAbi::from)
         })
         .into()
     }
@@ -156,11 +185,21 @@ impl<'r, 'o> Oracle<'r, 'o> {
     }
     /// Logits `[N, K]` on `images` (no gradient, eval mode).
     pub fn logits(&self, images: &Tensor) -> Result<Tensor, PluginError> {
-        self.inner.logits(RTensor::from_ref(images)).into_result().map(RTensor::into_tensor)
+        self.inner
+            .logits(RTensor::from_ref(images))
+            .into_result()
+            .map(RTensor::into_tensor)
     }
     /// Objective value, input gradient and logits at `images`.
-    pub fn input_gradient(&self, images: &Tensor, objective: Objective) -> Result<Gradient, PluginError> {
-        self.inner.input_gradient(RTensor::from_ref(images), objective).into_result().map(Gradient::from)
+    pub fn input_gradient(
+        &self,
+        images: &Tensor,
+        objective: Objective,
+    ) -> Result<Gradient, PluginError> {
+        self.inner
+            .input_gradient(RTensor::from_ref(images), objective)
+            .into_result()
+            .map(Gradient::from)
     }
     /// Number of classes of the model.
     pub fn num_classes(&self) -> u32 {
@@ -181,8 +220,15 @@ pub fn objective_gradient(
     let logits = tch::with_grad(|| forward(&x))?;
     let value = tch::with_grad(|| objective_value(&logits, objective))?;
     let grads = Tensor::f_run_backward(&[value.f_sum(tch::Kind::Float)?], &[&x], false, false)?;
-    let gradient = grads.into_iter().next().ok_or_else(|| PluginError::runtime("autograd returned no gradient"))?;
-    Ok(Gradient { value: value.detach(), gradient, logits: logits.detach() })
+    let gradient = grads
+        .into_iter()
+        .next()
+        .ok_or_else(|| PluginError::runtime("autograd returned no gradient"))?;
+    Ok(Gradient {
+        value: value.detach(),
+        gradient,
+        logits: logits.detach(),
+    })
 }
 
 /// The per-sample value `[N]` of `objective` given `logits` `[N, K]`.
@@ -191,7 +237,10 @@ pub fn objective_value(logits: &Tensor, objective: &Objective) -> Result<Tensor,
     let n = logits.size().first().copied().unwrap_or(0);
     let check = |t: &Tensor, what: &str| -> Result<(), PluginError> {
         if t.size() != [n] {
-            return Err(PluginError::invalid_input(format!("{what} must be [{n}], got {:?}", t.size())));
+            return Err(PluginError::invalid_input(format!(
+                "{what} must be [{n}], got {:?}",
+                t.size()
+            )));
         }
         Ok(())
     };
@@ -200,7 +249,9 @@ pub fn objective_value(logits: &Tensor, objective: &Objective) -> Result<Tensor,
             let labels = labels.view();
             check(&labels, "labels")?;
             let logp = logits.f_log_softmax(-1, Kind::Float)?;
-            logp.f_gather(1, &labels.f_unsqueeze(1)?, false)?.f_squeeze_dim(1)?.f_neg()?
+            logp.f_gather(1, &labels.f_unsqueeze(1)?, false)?
+                .f_squeeze_dim(1)?
+                .f_neg()?
         }
         Objective::KlDivergence { reference_logits } => {
             let reference = reference_logits.view();
@@ -213,12 +264,17 @@ pub fn objective_value(logits: &Tensor, objective: &Objective) -> Result<Tensor,
             }
             let p_log = reference.f_log_softmax(-1, Kind::Float)?;
             let q_log = logits.f_log_softmax(-1, Kind::Float)?;
-            p_log.f_exp()?.f_mul(&p_log.f_sub(&q_log)?)?.f_sum_dim_intlist(-1, false, Kind::Float)?
+            p_log
+                .f_exp()?
+                .f_mul(&p_log.f_sub(&q_log)?)?
+                .f_sum_dim_intlist(-1, false, Kind::Float)?
         }
         Objective::Logit { classes } => {
             let classes = classes.view();
             check(&classes, "classes")?;
-            logits.f_gather(1, &classes.f_unsqueeze(1)?, false)?.f_squeeze_dim(1)?
+            logits
+                .f_gather(1, &classes.f_unsqueeze(1)?, false)?
+                .f_squeeze_dim(1)?
         }
         Objective::Margin { labels } => {
             let labels = labels.view();

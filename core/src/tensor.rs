@@ -36,7 +36,10 @@ impl RTensor {
     /// Wraps a tensor, taking ownership of it.
     pub fn new(tensor: Tensor) -> Self {
         let mut tensor = ManuallyDrop::new(tensor);
-        Self { ptr: tensor.as_mut_ptr().cast(), drop_fn: free_tensor }
+        Self {
+            ptr: tensor.as_mut_ptr().cast(),
+            drop_fn: free_tensor,
+        }
     }
 
     /// A new handle sharing storage with `tensor` (a shallow clone; no data copied).
@@ -57,7 +60,10 @@ impl RTensor {
         // SAFETY: `self.ptr` is live for as long as `self` is borrowed; the `Tensor` made
         // here is wrapped in `ManuallyDrop`, so it never frees the pointer it shares.
         let tensor = unsafe { Tensor::from_ptr(self.ptr.cast()) };
-        TensorRef { tensor: ManuallyDrop::new(tensor), _owner: PhantomData }
+        TensorRef {
+            tensor: ManuallyDrop::new(tensor),
+            _owner: PhantomData,
+        }
     }
 
     /// A new handle sharing storage with this one.
@@ -81,7 +87,13 @@ impl From<Tensor> for RTensor {
 impl fmt::Debug for RTensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let t = self.view();
-        write!(f, "RTensor({:?}, {:?}, {:?})", t.size(), t.kind(), t.device())
+        write!(
+            f,
+            "RTensor({:?}, {:?}, {:?})",
+            t.size(),
+            t.kind(),
+            t.device()
+        )
     }
 }
 
@@ -130,7 +142,12 @@ mod tests {
 
     fn resident_bytes() -> u64 {
         let statm = std::fs::read_to_string("/proc/self/statm").expect("procfs");
-        let pages: u64 = statm.split_whitespace().nth(1).expect("rss field").parse().expect("number");
+        let pages: u64 = statm
+            .split_whitespace()
+            .nth(1)
+            .expect("rss field")
+            .parse()
+            .expect("number");
         pages * 4096
     }
 

@@ -17,7 +17,10 @@ impl LinearModel {
     pub fn random(classes: i64, features: i64, seed: i64) -> Self {
         tch::manual_seed(seed);
         let opts = (Kind::Float, tch::Device::Cpu);
-        Self { weight: Tensor::randn([classes, features], opts), bias: Tensor::randn([classes], opts) }
+        Self {
+            weight: Tensor::randn([classes, features], opts),
+            bias: Tensor::randn([classes], opts),
+        }
     }
     /// The logits of `images`.
     pub fn forward(&self, images: &Tensor) -> Result<Tensor, PluginError> {
@@ -34,7 +37,11 @@ impl OracleBackend for LinearModel {
     fn logits(&self, images: &Tensor) -> Result<Tensor, PluginError> {
         tch::no_grad(|| self.forward(images))
     }
-    fn input_gradient(&self, images: &Tensor, objective: &Objective) -> Result<Gradient, PluginError> {
+    fn input_gradient(
+        &self,
+        images: &Tensor,
+        objective: &Objective,
+    ) -> Result<Gradient, PluginError> {
         objective_gradient(|x| self.forward(x), images, objective)
     }
     fn num_classes(&self) -> u32 {
@@ -45,8 +52,8 @@ impl OracleBackend for LinearModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oracle::Oracle;
     use crate::oracle::objective_value;
+    use crate::oracle::Oracle;
 
     #[test]
     fn cross_entropy_gradient_matches_closed_form() {
@@ -57,10 +64,14 @@ mod tests {
         let oracle = Oracle::new(&oracle_ref);
         let x = Tensor::rand([2, 3, 2, 2], (Kind::Float, tch::Device::Cpu));
         let y = Tensor::from_slice(&[0i64, 2]);
-        let g = oracle.input_gradient(&x, Objective::cross_entropy(&y)).unwrap();
+        let g = oracle
+            .input_gradient(&x, Objective::cross_entropy(&y))
+            .unwrap();
         // d CE / d x = (softmax(z) - onehot(y)) · W
         let z = x.flatten(1, -1).matmul(&w.tr()) + &b;
-        let expected = (z.softmax(-1, Kind::Float) - y.one_hot(3).to_kind(Kind::Float)).matmul(&w).reshape([2, 3, 2, 2]);
+        let expected = (z.softmax(-1, Kind::Float) - y.one_hot(3).to_kind(Kind::Float))
+            .matmul(&w)
+            .reshape([2, 3, 2, 2]);
         let err = (&g.gradient - expected).abs().max().double_value(&[]);
         assert!(err < 1e-5, "max error {err}");
         assert_eq!(g.value.size(), vec![2]);
@@ -74,7 +85,10 @@ mod tests {
         let m = objective_value(&logits, &Objective::margin(&y)).unwrap();
         assert!((m.double_value(&[0]) - 1.0).abs() < 1e-6);
         let kl = objective_value(&logits, &Objective::kl_divergence(&logits)).unwrap();
-        assert!(kl.double_value(&[0]).abs() < 1e-6, "KL of a distribution with itself is 0");
+        assert!(
+            kl.double_value(&[0]).abs() < 1e-6,
+            "KL of a distribution with itself is 0"
+        );
         let bad = Tensor::from_slice(&[0i64, 1]);
         assert!(objective_value(&logits, &Objective::cross_entropy(&bad)).is_err());
     }

@@ -29,12 +29,20 @@ pub struct Origin {
 
 impl Origin {
     fn error(&self, kind: &'static str, message: impl Into<String>) -> ComponentError {
-        ComponentError { kind, name: self.name.clone(), library: self.library.clone(), message: message.into() }
+        ComponentError {
+            kind,
+            name: self.name.clone(),
+            library: self.library.clone(),
+            message: message.into(),
+        }
     }
 }
 
 fn finite_range(t: &Tensor) -> Result<(f64, f64), String> {
-    let finite = t.f_isfinite().and_then(|f| f.f_all()).map_err(|e| e.to_string())?;
+    let finite = t
+        .f_isfinite()
+        .and_then(|f| f.f_all())
+        .map_err(|e| e.to_string())?;
     if !bool::try_from(&finite).unwrap_or(false) {
         return Err("a tensor with NaN or infinite values".into());
     }
@@ -58,9 +66,17 @@ impl SaliencyComponent {
 
     /// The maps for `batch`, checked: `[N, 1 or C, H, W]`, float32, batch device,
     /// finite, in `[-1, 1]`.
-    pub fn saliency(&mut self, batch: &Batch, oracle: &OracleRef<'_>) -> Result<Tensor, ComponentError> {
+    pub fn saliency(
+        &mut self,
+        batch: &Batch,
+        oracle: &OracleRef<'_>,
+    ) -> Result<Tensor, ComponentError> {
         const KIND: &str = "saliency source";
-        let map = self.inner.saliency(batch, oracle).into_result().map_err(|e| self.origin.error(KIND, e.to_string()))?;
+        let map = self
+            .inner
+            .saliency(batch, oracle)
+            .into_result()
+            .map_err(|e| self.origin.error(KIND, e.to_string()))?;
         let map = map.into_tensor();
         let images = batch.images();
         let (want, got) = (images.size(), map.size());
@@ -68,21 +84,35 @@ impl SaliencyComponent {
         if !(channels_ok && got[0] == want[0] && got[2..] == want[2..]) {
             return Err(self.origin.error(
                 KIND,
-                format!("returned a map of shape {got:?}; expected [{}, 1 or {}, {}, {}]", want[0], want[1], want[2], want[3]),
+                format!(
+                    "returned a map of shape {got:?}; expected [{}, 1 or {}, {}, {}]",
+                    want[0], want[1], want[2], want[3]
+                ),
             ));
         }
         if map.kind() != Kind::Float {
-            return Err(self.origin.error(KIND, format!("returned dtype {:?}; expected Float", map.kind())));
+            return Err(self.origin.error(
+                KIND,
+                format!("returned dtype {:?}; expected Float", map.kind()),
+            ));
         }
         if map.device() != images.device() {
             return Err(self.origin.error(
                 KIND,
-                format!("returned a map on {:?}; the batch is on {:?}", map.device(), images.device()),
+                format!(
+                    "returned a map on {:?}; the batch is on {:?}",
+                    map.device(),
+                    images.device()
+                ),
             ));
         }
-        let (lo, hi) = finite_range(&map).map_err(|m| self.origin.error(KIND, format!("returned {m}")))?;
+        let (lo, hi) =
+            finite_range(&map).map_err(|m| self.origin.error(KIND, format!("returned {m}")))?;
         if lo < -1.0 - 1e-5 || hi > 1.0 + 1e-5 {
-            return Err(self.origin.error(KIND, format!("returned values in [{lo}, {hi}]; maps must lie in [-1, 1]")));
+            return Err(self.origin.error(
+                KIND,
+                format!("returned values in [{lo}, {hi}]; maps must lie in [-1, 1]"),
+            ));
         }
         Ok(map)
     }
@@ -104,17 +134,33 @@ impl AttackComponent {
     pub fn new(origin: Origin, inner: AttackBox) -> Self {
         let threat = inner.threat_model();
         let requires_saliency = inner.requires_saliency();
-        Self { origin, inner, threat, requires_saliency }
+        Self {
+            origin,
+            inner,
+            threat,
+            requires_saliency,
+        }
     }
 
     /// The adversarial inputs for `batch`, checked: shape, dtype and device of the
     /// images, finite, inside `[0, 1]` and inside the attack's budget.
-    pub fn perturb(&mut self, batch: &Batch, oracle: &OracleRef<'_>) -> Result<Tensor, ComponentError> {
+    pub fn perturb(
+        &mut self,
+        batch: &Batch,
+        oracle: &OracleRef<'_>,
+    ) -> Result<Tensor, ComponentError> {
         const KIND: &str = "attack";
-        let adv = self.inner.perturb(batch, oracle).into_result().map_err(|e| self.origin.error(KIND, e.to_string()))?;
+        let adv = self
+            .inner
+            .perturb(batch, oracle)
+            .into_result()
+            .map_err(|e| self.origin.error(KIND, e.to_string()))?;
         let adv = adv.into_tensor();
         let images = batch.images();
-        if adv.size() != images.size() || adv.kind() != Kind::Float || adv.device() != images.device() {
+        if adv.size() != images.size()
+            || adv.kind() != Kind::Float
+            || adv.device() != images.device()
+        {
             return Err(self.origin.error(
                 KIND,
                 format!(
@@ -127,11 +173,17 @@ impl AttackComponent {
                 ),
             ));
         }
-        let (lo, hi) = finite_range(&adv).map_err(|m| self.origin.error(KIND, format!("returned {m}")))?;
+        let (lo, hi) =
+            finite_range(&adv).map_err(|m| self.origin.error(KIND, format!("returned {m}")))?;
         if lo < -1e-6 || hi > 1.0 + 1e-6 {
-            return Err(self.origin.error(KIND, format!("returned pixels in [{lo}, {hi}], outside [0, 1]")));
+            return Err(self.origin.error(
+                KIND,
+                format!("returned pixels in [{lo}, {hi}], outside [0, 1]"),
+            ));
         }
-        let size = self.perturbation_size(&adv, &images).map_err(|m| self.origin.error(KIND, m))?;
+        let size = self
+            .perturbation_size(&adv, &images)
+            .map_err(|m| self.origin.error(KIND, m))?;
         // SAT and noise are ℓ∞ perturbations of size ε exactly; allow float rounding.
         if size > self.threat.epsilon * (1.0 + 1e-4) + 1e-6 {
             return Err(self.origin.error(

@@ -80,7 +80,15 @@ pub struct DataConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { dataset: "shapes".into(), train_size: 4000, test_size: 1000, image_size: 32, classes: 6, crop_padding: 2, flip: true }
+        Self {
+            dataset: "shapes".into(),
+            train_size: 4000,
+            test_size: 1000,
+            image_size: 32,
+            classes: 6,
+            crop_padding: 2,
+            flip: true,
+        }
     }
 }
 
@@ -96,7 +104,10 @@ pub struct ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { arch: "small-cnn".into(), width: 32 }
+        Self {
+            arch: "small-cnn".into(),
+            width: 32,
+        }
     }
 }
 
@@ -108,6 +119,16 @@ pub enum OptimizerKind {
     Adam,
     /// SGD with momentum.
     Sgd,
+}
+
+/// The training objective.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LossKind {
+    /// Cross-entropy on the model's inputs (clean or attacked).
+    Ce,
+    /// TRADES: `CE(f(x), y) + β·KL(f(x) ‖ f(x_adv))`.
+    Trades,
 }
 
 /// `[train]`.
@@ -132,6 +153,15 @@ pub struct TrainConfig {
     pub saliency_weights: Vec<f64>,
     /// The attack that makes training inputs; empty = standard training.
     pub attack: String,
+    /// A second attack used instead of `attack` on a batch with probability
+    /// `mix_probability` (SAT + PGD: `attack = "pgd"`, `mix = "sat"`); empty = none.
+    pub mix: String,
+    /// Per-batch probability of using `mix`.
+    pub mix_probability: f64,
+    /// `"ce"` or `"trades"`.
+    pub loss: LossKind,
+    /// β of the TRADES loss (6 in TRADES, 1 in SAT + TRADES).
+    pub trades_beta: f64,
 }
 
 impl Default for TrainConfig {
@@ -146,6 +176,10 @@ impl Default for TrainConfig {
             saliency: Vec::new(),
             saliency_weights: Vec::new(),
             attack: String::new(),
+            mix: String::new(),
+            mix_probability: 0.5,
+            loss: LossKind::Ce,
+            trades_beta: 6.0,
         }
     }
 }
@@ -215,7 +249,10 @@ pub struct ConfigSource {
 impl ConfigSource {
     /// The display name of the file.
     pub fn file_name(&self) -> String {
-        self.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "<defaults>".into())
+        self.path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "<defaults>".into())
     }
 
     /// Where the key at `path` (e.g. `["components", "pgd", "steps"]`) is written, or
@@ -223,14 +260,23 @@ impl ConfigSource {
     pub fn locate(&self, path: &[&str]) -> Location {
         let line_col = key_span(&self.text, path).map(|offset| line_col(&self.text, offset));
         match line_col {
-            Some(lc) => Location { file: self.file_name(), line_col: Some(lc) },
-            None => Location { file: "--set".into(), line_col: None },
+            Some(lc) => Location {
+                file: self.file_name(),
+                line_col: Some(lc),
+            },
+            None => Location {
+                file: "--set".into(),
+                line_col: None,
+            },
         }
     }
 
     /// An error at the key `path`.
     pub fn error_at(&self, path: &[&str], message: impl Into<String>) -> ConfigError {
-        ConfigError { location: self.locate(path), message: message.into() }
+        ConfigError {
+            location: self.locate(path),
+            message: message.into(),
+        }
     }
 }
 
@@ -247,7 +293,10 @@ fn key_span(text: &str, path: &[&str]) -> Option<usize> {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map(|i| before.len() - i).unwrap_or(before.len() + 1);
+    let col = before
+        .rfind('\n')
+        .map(|i| before.len() - i)
+        .unwrap_or(before.len() + 1);
     (line, col)
 }
 
@@ -263,7 +312,9 @@ pub struct Override {
 impl Override {
     /// Parses `key.path=value`.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let (key, value) = text.split_once('=').ok_or_else(|| format!("`{text}`: expected key=value"))?;
+        let (key, value) = text
+            .split_once('=')
+            .ok_or_else(|| format!("`{text}`: expected key=value"))?;
         let key: Vec<String> = key.trim().split('.').map(|s| s.trim().to_owned()).collect();
         if key.iter().any(String::is_empty) {
             return Err(format!("`{text}`: empty key segment"));
@@ -280,8 +331,12 @@ impl Override {
         let (last, parents) = self.key.split_last().expect("non-empty key");
         let mut table = root;
         for part in parents {
-            let entry = table.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            table = entry.as_table_mut().ok_or_else(|| format!("`{}`: `{part}` is not a table", self.key.join(".")))?;
+            let entry = table
+                .entry(part.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = entry
+                .as_table_mut()
+                .ok_or_else(|| format!("`{}`: `{part}` is not a table", self.key.join(".")))?;
         }
         table.insert(last.clone(), self.value.clone());
         Ok(())
@@ -294,11 +349,19 @@ fn explain(message: &str) -> String {
     if message.starts_with("unknown field") || message.starts_with("unknown variant") {
         let ticked: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
         if let Some((bad, expected)) = ticked.split_first() {
-            let what = if message.starts_with("unknown field") { "key" } else { "value" };
+            let what = if message.starts_with("unknown field") {
+                "key"
+            } else {
+                "value"
+            };
             let accepted = if expected.is_empty() {
                 "nothing".to_owned()
             } else {
-                expected.iter().map(|e| format!("`{e}`")).collect::<Vec<_>>().join(", ")
+                expected
+                    .iter()
+                    .map(|e| format!("`{e}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             };
             return format!(
                 "unknown {what} `{bad}`{}; accepted: {accepted}",
@@ -310,14 +373,23 @@ fn explain(message: &str) -> String {
 }
 
 /// Loads the configuration: the file (or defaults), then the overrides in order.
-pub fn load(path: Option<&Path>, overrides: &[Override]) -> Result<(RunConfig, ConfigSource), ConfigError> {
+pub fn load(
+    path: Option<&Path>,
+    overrides: &[Override],
+) -> Result<(RunConfig, ConfigSource), ConfigError> {
     let source = match path {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
-                location: Location { file: p.display().to_string(), line_col: None },
+                location: Location {
+                    file: p.display().to_string(),
+                    line_col: None,
+                },
                 message: format!("cannot read the config file: {e}"),
             })?;
-            ConfigSource { path: Some(p.to_owned()), text }
+            ConfigSource {
+                path: Some(p.to_owned()),
+                text,
+            }
         }
         None => ConfigSource::default(),
     };
@@ -335,14 +407,22 @@ pub fn load(path: Option<&Path>, overrides: &[Override]) -> Result<(RunConfig, C
         let mut table: toml::Table = toml::from_str(&source.text).expect("parsed above");
         for o in overrides {
             o.apply(&mut table).map_err(|message| ConfigError {
-                location: Location { file: "--set".into(), line_col: None },
+                location: Location {
+                    file: "--set".into(),
+                    line_col: None,
+                },
                 message,
             })?;
         }
-        toml::Value::Table(table).try_into::<RunConfig>().map_err(|e| ConfigError {
-            location: Location { file: "--set".into(), line_col: None },
-            message: explain(e.message()),
-        })?
+        toml::Value::Table(table)
+            .try_into::<RunConfig>()
+            .map_err(|e| ConfigError {
+                location: Location {
+                    file: "--set".into(),
+                    line_col: None,
+                },
+                message: explain(e.message()),
+            })?
     };
     // Plugin paths are relative to the config file.
     if let Some(dir) = path.and_then(Path::parent) {
@@ -358,7 +438,8 @@ pub fn load(path: Option<&Path>, overrides: &[Override]) -> Result<(RunConfig, C
 impl RunConfig {
     /// The resolved configuration as TOML, as written into the run directory.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot serialise the config: {e}\n"))
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# cannot serialise the config: {e}\n"))
     }
 }
 
@@ -378,7 +459,10 @@ mod tests {
         let f = write("name = \"x\"\n\n[train]\nepochs = 2\nepohcs = 3\n");
         let e = load(Some(f.path()), &[]).unwrap_err();
         assert_eq!(e.location.line_col, Some((5, 1)), "{e}");
-        assert!(e.message.contains("`epohcs`") && e.message.contains("did you mean `epochs`"), "{e}");
+        assert!(
+            e.message.contains("`epohcs`") && e.message.contains("did you mean `epochs`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -391,10 +475,15 @@ mod tests {
     #[test]
     fn overrides_apply_in_order_and_are_typed() {
         let f = write("[train]\nepochs = 2\n");
-        let sets: Vec<Override> = ["train.epochs=7", "train.attack=pgd", "components.pgd.steps=3", "eval.epsilons=[\"1/255\"]"]
-            .iter()
-            .map(|s| Override::parse(s).unwrap())
-            .collect();
+        let sets: Vec<Override> = [
+            "train.epochs=7",
+            "train.attack=pgd",
+            "components.pgd.steps=3",
+            "eval.epsilons=[\"1/255\"]",
+        ]
+        .iter()
+        .map(|s| Override::parse(s).unwrap())
+        .collect();
         let (c, _) = load(Some(f.path()), &sets).unwrap();
         assert_eq!(c.train.epochs, 7);
         assert_eq!(c.train.attack, "pgd");
@@ -407,8 +496,14 @@ mod tests {
 
     #[test]
     fn locates_component_keys() {
-        let src = ConfigSource { path: Some("c.toml".into()), text: "[components.pgd]\nsteps = 3\nstepz = 4\n".into() };
-        assert_eq!(src.locate(&["components", "pgd", "stepz"]).to_string(), "c.toml:3:1");
+        let src = ConfigSource {
+            path: Some("c.toml".into()),
+            text: "[components.pgd]\nsteps = 3\nstepz = 4\n".into(),
+        };
+        assert_eq!(
+            src.locate(&["components", "pgd", "stepz"]).to_string(),
+            "c.toml:3:1"
+        );
         assert_eq!(src.locate(&["components", "pgd"]).line_col, Some((1, 13)));
         assert_eq!(src.locate(&["components", "fgsm"]).file, "--set");
     }
@@ -416,7 +511,8 @@ mod tests {
     #[test]
     fn resolved_config_round_trips() {
         let mut c = RunConfig::default();
-        c.components.insert("pgd".into(), toml::from_str("steps = 3").unwrap());
+        c.components
+            .insert("pgd".into(), toml::from_str("steps = 3").unwrap());
         let back: RunConfig = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back.eval.epsilons, c.eval.epsilons);
         assert_eq!(back.components["pgd"]["steps"].as_integer(), Some(3));

@@ -5,9 +5,14 @@ use tch::Device;
 pub fn parse(text: &str) -> Result<Device, String> {
     let cuda = |i: usize| {
         if !tch::Cuda::is_available() {
-            Err(format!("device `{text}` asked for, but libtorch sees no CUDA device"))
+            Err(format!(
+                "device `{text}` asked for, but libtorch sees no CUDA device"
+            ))
         } else if i as i64 >= tch::Cuda::device_count() {
-            Err(format!("device `{text}`: only {} CUDA device(s) present", tch::Cuda::device_count()))
+            Err(format!(
+                "device `{text}`: only {} CUDA device(s) present",
+                tch::Cuda::device_count()
+            ))
         } else {
             Ok(Device::Cuda(i))
         }
@@ -18,7 +23,9 @@ pub fn parse(text: &str) -> Result<Device, String> {
         "cuda" => cuda(0),
         _ => match text.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(i)) => cuda(i),
-            _ => Err(format!("unknown device `{text}`; accepted: auto, cpu, cuda, cuda:N")),
+            _ => Err(format!(
+                "unknown device `{text}`; accepted: auto, cpu, cuda, cuda:N"
+            )),
         },
     }
 }

@@ -20,8 +20,15 @@ pub fn accuracy(
     mut pipeline: Option<&mut Pipeline>,
     seed: u64,
 ) -> anyhow::Result<f64> {
-    let n = if limit == 0 { data.len() } else { (limit as i64).min(data.len()) };
-    let adapter = OracleAdapter(ModelOracle { model, classes: data.num_classes() as u32 });
+    let n = if limit == 0 {
+        data.len()
+    } else {
+        (limit as i64).min(data.len())
+    };
+    let adapter = OracleAdapter(ModelOracle {
+        model,
+        classes: data.num_classes() as u32,
+    });
     let oracle = adapter.as_ref();
     let mut rng = SplitMix::new(seed, 0xE7A1);
     let mut correct = 0i64;
@@ -34,7 +41,10 @@ pub fn accuracy(
             None => samples.images.shallow_clone(),
         };
         let predicted = tch::no_grad(|| model.forward_t(&inputs, false)).argmax(-1, false);
-        correct += predicted.eq_tensor(&samples.labels).sum(Kind::Int64).int64_value(&[]);
+        correct += predicted
+            .eq_tensor(&samples.labels)
+            .sum(Kind::Int64)
+            .int64_value(&[]);
     }
     Ok(correct as f64 / n.max(1) as f64)
 }
@@ -59,9 +69,21 @@ pub fn evaluate(
             let mut pipeline = Pipeline::new(registry, config, Some(attack))?;
             // The same seed for every attack: evaluations are reproducible and comparable.
             tch::manual_seed(config.seed as i64 ^ 0x5EED);
-            let acc = accuracy(model, test, eval.max_samples, eval.batch_size, device, Some(&mut pipeline), config.seed)
-                .with_context(|| format!("evaluating {name} at epsilon {eps}"))?;
-            log::info!("{name} ({}, eps {eps}, {} steps): robust accuracy {acc:.4}", threat.norm.as_str(), threat.steps);
+            let acc = accuracy(
+                model,
+                test,
+                eval.max_samples,
+                eval.batch_size,
+                device,
+                Some(&mut pipeline),
+                config.seed,
+            )
+            .with_context(|| format!("evaluating {name} at epsilon {eps}"))?;
+            log::info!(
+                "{name} ({}, eps {eps}, {} steps): robust accuracy {acc:.4}",
+                threat.norm.as_str(),
+                threat.steps
+            );
             robust.push(RobustAccuracy {
                 attack: name.clone(),
                 norm: threat.norm.as_str().into(),

@@ -22,13 +22,19 @@ pub fn bars() -> &'static MultiProgress {
 
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        metadata.level() <= self.level && (metadata.target().starts_with("sat") || metadata.level() <= log::Level::Warn)
+        metadata.level() <= self.level
+            && (metadata.target().starts_with("sat") || metadata.level() <= log::Level::Warn)
     }
     fn log(&self, record: &Record) {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let line = format!("[{:>8.2}s {:<5}] {}", self.start.elapsed().as_secs_f64(), record.level(), record.args());
+        let line = format!(
+            "[{:>8.2}s {:<5}] {}",
+            self.start.elapsed().as_secs_f64(),
+            record.level(),
+            record.args()
+        );
         if let Ok(mut file) = self.file.lock() {
             if let Some(f) = file.as_mut() {
                 let _ = writeln!(f, "{line}");
@@ -51,13 +57,20 @@ impl Log for Logger {
 
 /// Installs the logger; `SAT_LOG` or `RUST_LOG` (`error` … `trace`) overrides `verbose`.
 pub fn init(verbose: u8) {
-    let from_env = std::env::var("SAT_LOG").or_else(|_| std::env::var("RUST_LOG")).ok().and_then(|v| v.parse().ok());
+    let from_env = std::env::var("SAT_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .ok()
+        .and_then(|v| v.parse().ok());
     let level = from_env.unwrap_or(match verbose {
         0 => LevelFilter::Info,
         1 => LevelFilter::Debug,
         _ => LevelFilter::Trace,
     });
-    let logger = LOGGER.get_or_init(|| Logger { level, start: Instant::now(), file: Mutex::new(None) });
+    let logger = LOGGER.get_or_init(|| Logger {
+        level,
+        start: Instant::now(),
+        file: Mutex::new(None),
+    });
     if log::set_logger(logger).is_ok() {
         log::set_max_level(level);
     }

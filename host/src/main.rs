@@ -11,6 +11,7 @@ mod logging;
 mod model;
 mod oracle;
 mod pipeline;
+mod plot;
 mod registry;
 mod report;
 mod suggest;
@@ -134,7 +135,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let registry = load_registry(&cli, &[])?;
             match action {
                 None => list_plugins(&registry, *json),
-                Some(PluginsAction::Describe { name, json }) => describe_plugin(&registry, name, *json || cli_json(&cli)),
+                Some(PluginsAction::Describe { name, json }) => {
+                    describe_plugin(&registry, name, *json || cli_json(&cli))
+                }
             }
         }
         Command::Run(args) => run(&cli, args),
@@ -175,10 +178,20 @@ fn list_plugins(registry: &Registry, json: bool) -> anyhow::Result<ExitCode> {
             .collect();
         println!("{}", serde_json::to_string_pretty(&items)?);
     } else {
-        println!("{:<22} {:<9} {:<8} {:<28} DESCRIPTION", "NAME", "KIND", "VERSION", "LIBRARY");
+        println!(
+            "{:<22} {:<9} {:<8} {:<28} DESCRIPTION",
+            "NAME", "KIND", "VERSION", "LIBRARY"
+        );
         for e in registry.components.values() {
             let lib = registry.library(e);
-            println!("{:<22} {:<9} {:<8} {:<28} {}", e.info.name, e.info.kind.as_str(), e.info.version, lib.name, e.info.description);
+            println!(
+                "{:<22} {:<9} {:<8} {:<28} {}",
+                e.info.name,
+                e.info.kind.as_str(),
+                e.info.version,
+                lib.name,
+                e.info.description
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -216,7 +229,11 @@ fn describe_plugin(registry: &Registry, name: &str, json: bool) -> anyhow::Resul
 }
 
 /// Loads the config and plugins, and checks every component the config names.
-fn prepare(cli: &Cli, args: &ConfigArgs, extra: &[Override]) -> anyhow::Result<(RunConfig, Registry)> {
+fn prepare(
+    cli: &Cli,
+    args: &ConfigArgs,
+    extra: &[Override],
+) -> anyhow::Result<(RunConfig, Registry)> {
     let mut sets = args.sets.clone();
     sets.extend(extra.iter().cloned());
     let (config, source) = config::load(args.config.as_deref(), &sets)?;
@@ -225,16 +242,27 @@ fn prepare(cli: &Cli, args: &ConfigArgs, extra: &[Override]) -> anyhow::Result<(
     Ok((config, registry))
 }
 
-fn check_names(config: &RunConfig, source: &ConfigSource, registry: &Registry) -> anyhow::Result<()> {
+fn check_names(
+    config: &RunConfig,
+    source: &ConfigSource,
+    registry: &Registry,
+) -> anyhow::Result<()> {
     registry.check_component_tables(&config.components, source)?;
     let check = |name: &str, kind: ComponentKind, path: &[&str]| -> anyhow::Result<()> {
-        registry.find(name, kind).map(drop).map_err(|e| source.error_at(path, e.to_string()).into())
+        registry
+            .find(name, kind)
+            .map(drop)
+            .map_err(|e| source.error_at(path, e.to_string()).into())
     };
     for name in &config.train.saliency {
         check(name, ComponentKind::Saliency, &["train", "saliency"])?;
     }
     if !config.train.attack.is_empty() {
-        check(&config.train.attack, ComponentKind::Attack, &["train", "attack"])?;
+        check(
+            &config.train.attack,
+            ComponentKind::Attack,
+            &["train", "attack"],
+        )?;
     }
     for name in &config.eval.attacks {
         check(name, ComponentKind::Attack, &["eval", "attacks"])?;
@@ -245,17 +273,37 @@ fn check_names(config: &RunConfig, source: &ConfigSource, registry: &Registry) -
 fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let mut extra = Vec::new();
     if !args.plugins.is_empty() {
-        let list = toml::Value::Array(args.plugins.iter().cloned().map(toml::Value::String).collect());
-        extra.push(Override { key: vec!["train".into(), "saliency".into()], value: list });
+        let list = toml::Value::Array(
+            args.plugins
+                .iter()
+                .cloned()
+                .map(toml::Value::String)
+                .collect(),
+        );
+        extra.push(Override {
+            key: vec!["train".into(), "saliency".into()],
+            value: list,
+        });
     }
     if let Some(attack) = &args.attack {
-        let attack = if attack == "none" { String::new() } else { attack.clone() };
-        extra.push(Override { key: vec!["train".into(), "attack".into()], value: toml::Value::String(attack) });
+        let attack = if attack == "none" {
+            String::new()
+        } else {
+            attack.clone()
+        };
+        extra.push(Override {
+            key: vec!["train".into(), "attack".into()],
+            value: toml::Value::String(attack),
+        });
     }
     let (config, registry) = prepare(cli, &args.config, &extra)?;
     let device = device::parse(&config.device).map_err(|e| anyhow::anyhow!("device: {e}"))?;
-    let run_dir = report::RunDir::create(&config.runs_dir, &config.name)
-        .with_context(|| format!("creating the run directory under {}", config.runs_dir.display()))?;
+    let run_dir = report::RunDir::create(&config.runs_dir, &config.name).with_context(|| {
+        format!(
+            "creating the run directory under {}",
+            config.runs_dir.display()
+        )
+    })?;
     report::write_atomic(&run_dir.file("config.toml"), config.to_toml().as_bytes())?;
     let log_file = std::fs::File::create(run_dir.file("log.txt")).context("creating log.txt")?;
     logging::tee_to(log_file);
@@ -273,7 +321,10 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let (outcome, metrics) = train::run(&config, &registry, &run_dir, device, &interrupted)?;
     log::logger().flush();
     if outcome == train::Outcome::Interrupted {
-        eprintln!("interrupted; results so far are in {}", run_dir.path.display());
+        eprintln!(
+            "interrupted; results so far are in {}",
+            run_dir.path.display()
+        );
         return Ok(ExitCode::from(130));
     }
     print_summary(&metrics, &run_dir.path);
@@ -286,45 +337,74 @@ fn print_summary(metrics: &report::Metrics, dir: &Path) {
         println!("  clean accuracy        {clean:.4}");
     }
     for r in &metrics.robust_accuracy {
-        println!("  {:<8} {:<4} eps {:<7} {:.4}", r.attack, r.norm, Epsilon(r.epsilon).to_string(), r.accuracy);
+        println!(
+            "  {:<8} {:<4} eps {:<7} {:.4}",
+            r.attack,
+            r.norm,
+            Epsilon(r.epsilon).to_string(),
+            r.accuracy
+        );
     }
 }
 
 fn evaluate(cli: &Cli, args: &EvalArgs) -> anyhow::Result<ExitCode> {
     let (config_args, checkpoint, default_out) = match (&args.run, &args.checkpoint) {
         (Some(dir), _) => (
-            ConfigArgs { config: Some(dir.join("config.toml")), sets: args.config.sets.clone() },
+            ConfigArgs {
+                config: Some(dir.join("config.toml")),
+                sets: args.config.sets.clone(),
+            },
             dir.join("checkpoint.safetensors"),
             dir.clone(),
         ),
         (None, Some(ckpt)) => (
             args.config.clone(),
             ckpt.clone(),
-            ckpt.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")),
+            ckpt.parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(".")),
         ),
         (None, None) => bail!("eval needs --run DIR, or --config FILE with --checkpoint FILE"),
     };
     let mut extra = Vec::new();
     if !args.attacks.is_empty() {
-        let list = args.attacks.iter().cloned().map(toml::Value::String).collect();
-        extra.push(Override { key: vec!["eval".into(), "attacks".into()], value: toml::Value::Array(list) });
+        let list = args
+            .attacks
+            .iter()
+            .cloned()
+            .map(toml::Value::String)
+            .collect();
+        extra.push(Override {
+            key: vec!["eval".into(), "attacks".into()],
+            value: toml::Value::Array(list),
+        });
     }
     if !args.eps.is_empty() {
         let list = args.eps.iter().map(|e| toml::Value::Float(e.0)).collect();
-        extra.push(Override { key: vec!["eval".into(), "epsilons".into()], value: toml::Value::Array(list) });
+        extra.push(Override {
+            key: vec!["eval".into(), "epsilons".into()],
+            value: toml::Value::Array(list),
+        });
     }
     let (config, registry) = prepare(cli, &config_args, &extra)?;
     let device = device::parse(&config.device).map_err(|e| anyhow::anyhow!("device: {e}"))?;
     let (_, test) = train::load_datasets(&config)?;
     let mut net = train::build_network(&config, test.num_classes(), device)?;
-    net.vs.load(&checkpoint).with_context(|| format!("loading checkpoint {}", checkpoint.display()))?;
+    net.vs
+        .load(&checkpoint)
+        .with_context(|| format!("loading checkpoint {}", checkpoint.display()))?;
     let (clean, robust) = eval::evaluate(net.model.as_ref(), &test, &config, &registry, device)?;
-    let out = report::RunDir { path: args.out.clone().unwrap_or(default_out) };
+    let out = report::RunDir {
+        path: args.out.clone().unwrap_or(default_out),
+    };
     std::fs::create_dir_all(&out.path)?;
     let mut metrics: report::Metrics = std::fs::read_to_string(out.file("metrics.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_else(|| report::Metrics { status: "evaluated".into(), ..Default::default() });
+        .unwrap_or_else(|| report::Metrics {
+            status: "evaluated".into(),
+            ..Default::default()
+        });
     metrics.clean_accuracy = Some(clean);
     metrics.robust_accuracy = robust;
     out.write_metrics(&metrics)?;

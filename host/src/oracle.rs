@@ -15,7 +15,11 @@ impl OracleBackend for ModelOracle<'_> {
     fn logits(&self, images: &Tensor) -> Result<Tensor, PluginError> {
         Ok(tch::no_grad(|| self.model.forward_t(images, false)))
     }
-    fn input_gradient(&self, images: &Tensor, objective: &Objective) -> Result<Gradient, PluginError> {
+    fn input_gradient(
+        &self,
+        images: &Tensor,
+        objective: &Objective,
+    ) -> Result<Gradient, PluginError> {
         objective_gradient(|x| Ok(self.model.forward_t(x, false)), images, objective)
     }
     fn num_classes(&self) -> u32 {
@@ -33,12 +37,17 @@ mod tests {
     fn input_gradients_leave_parameter_gradients_alone() {
         let vs = nn::VarStore::new(Device::Cpu);
         let model = crate::model::small_cnn(&vs.root(), 4, 3);
-        let adapter = OracleAdapter(ModelOracle { model: &model, classes: 3 });
+        let adapter = OracleAdapter(ModelOracle {
+            model: &model,
+            classes: 3,
+        });
         let oracle_ref = adapter.as_ref();
         let oracle = Oracle::new(&oracle_ref);
         let x = Tensor::rand([2, 3, 16, 16], (Kind::Float, Device::Cpu));
         let y = Tensor::from_slice(&[0i64, 2]);
-        let g = oracle.input_gradient(&x, Objective::cross_entropy(&y)).unwrap();
+        let g = oracle
+            .input_gradient(&x, Objective::cross_entropy(&y))
+            .unwrap();
         assert_eq!(g.gradient.size(), x.size());
         assert!(g.gradient.abs().sum(Kind::Float).double_value(&[]) > 0.0);
         for (name, p) in vs.variables() {
@@ -46,11 +55,16 @@ mod tests {
         }
         // Batch-norm running statistics are untouched (eval mode).
         let snapshot = || -> std::collections::BTreeMap<String, Tensor> {
-            vs.variables().into_iter().map(|(k, t)| (k, t.copy())).collect()
+            vs.variables()
+                .into_iter()
+                .map(|(k, t)| (k, t.copy()))
+                .collect()
         };
         let before = snapshot();
         let _ = oracle.logits(&x).unwrap();
-        let _ = oracle.input_gradient(&x, Objective::cross_entropy(&y)).unwrap();
+        let _ = oracle
+            .input_gradient(&x, Objective::cross_entropy(&y))
+            .unwrap();
         let after = snapshot();
         assert_eq!(before.len(), after.len());
         for (name, t) in &before {

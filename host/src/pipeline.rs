@@ -14,13 +14,23 @@ fn table(config: &RunConfig, name: &str) -> toml::Table {
 
 fn origin(registry: &Registry, name: &str, kind: ComponentKind) -> Result<Origin, RegistryError> {
     let entry = registry.find(name, kind)?;
-    Ok(Origin { name: name.to_owned(), library: registry.library(entry).path.clone() })
+    Ok(Origin {
+        name: name.to_owned(),
+        library: registry.library(entry).path.clone(),
+    })
 }
 
 /// Creates the saliency source `name` with its `[components.<name>]` table.
-pub fn create_saliency(registry: &Registry, config: &RunConfig, name: &str) -> Result<SaliencyComponent, RegistryError> {
+pub fn create_saliency(
+    registry: &Registry,
+    config: &RunConfig,
+    name: &str,
+) -> Result<SaliencyComponent, RegistryError> {
     let origin = origin(registry, name, ComponentKind::Saliency)?;
-    Ok(SaliencyComponent::new(origin, registry.create_saliency(name, &table(config, name))?))
+    Ok(SaliencyComponent::new(
+        origin,
+        registry.create_saliency(name, &table(config, name))?,
+    ))
 }
 
 /// Creates the attack `name` with its table, its `epsilon` replaced by `epsilon` if given.
@@ -38,15 +48,19 @@ pub fn create_attack(
             return Err(RegistryError::Rejected {
                 component: format!("attack `{name}`"),
                 library: origin.library,
-                message: "it has no `epsilon` key, so it cannot be evaluated at other budgets".into(),
+                message: "it has no `epsilon` key, so it cannot be evaluated at other budgets"
+                    .into(),
             });
         }
         table.insert("epsilon".into(), toml::Value::Float(eps.0));
     }
-    Ok(AttackComponent::new(origin, registry.create_attack(name, &table)?))
+    Ok(AttackComponent::new(
+        origin,
+        registry.create_attack(name, &table)?,
+    ))
 }
 
-/// Saliency sources and an optional attack.
+/// Saliency sources, an optional attack and an optional second attack mixed in per batch.
 pub struct Pipeline {
     /// Saliency sources.
     pub sources: Vec<SaliencyComponent>,
@@ -54,6 +68,8 @@ pub struct Pipeline {
     cumulative: Vec<f64>,
     /// The attack (none = clean inputs).
     pub attack: Option<AttackComponent>,
+    /// The second attack and the probability of using it on a batch.
+    pub mix: Option<(AttackComponent, f64)>,
 }
 
 /// Why a pipeline could not be built.
@@ -68,20 +84,58 @@ pub enum PipelineError {
 }
 
 impl Pipeline {
-    /// The training pipeline of `config` (`[train] saliency`, `saliency_weights`, `attack`).
+    /// The training pipeline of `config` (`[train] saliency`, `saliency_weights`,
+    /// `attack`, `mix`, `mix_probability`).
     pub fn for_training(registry: &Registry, config: &RunConfig) -> Result<Self, PipelineError> {
-        let attack = match config.train.attack.as_str() {
+        let t = &config.train;
+        let attack = match t.attack.as_str() {
             "" => None,
             name => Some(create_attack(registry, config, name, None)?),
         };
-        Self::new(registry, config, attack)
+        let mut pipeline = Self::new(registry, config, attack)?;
+        if !t.mix.is_empty() {
+            if pipeline.attack.is_none() {
+                return Err(PipelineError::Mismatch(format!(
+                    "[train] mix = \"{}\" needs an attack to mix with ([train] attack)",
+                    t.mix
+                )));
+            }
+            if !(0.0..=1.0).contains(&t.mix_probability) {
+                return Err(PipelineError::Mismatch(format!(
+                    "[train] mix_probability must be in [0, 1], got {}",
+                    t.mix_probability
+                )));
+            }
+            let mix = create_attack(registry, config, &t.mix, None)?;
+            pipeline.check_saliency(&mix)?;
+            pipeline.mix = Some((mix, t.mix_probability));
+        }
+        Ok(pipeline)
     }
 
-    /// The saliency sources of `config` with `attack`.
-    pub fn new(registry: &Registry, config: &RunConfig, attack: Option<AttackComponent>) -> Result<Self, PipelineError> {
+    fn check_saliency(&self, attack: &AttackComponent) -> Result<(), PipelineError> {
+        if attack.requires_saliency && self.sources.is_empty() {
+            return Err(PipelineError::Mismatch(format!(
+                "attack `{}` needs saliency maps, but no saliency source is configured \
+                 (add `--plugin masks` or set [train] saliency = [\"masks\"])",
+                attack.origin.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// The saliency sources of `config` with `attack` (no mixing).
+    pub fn new(
+        registry: &Registry,
+        config: &RunConfig,
+        attack: Option<AttackComponent>,
+    ) -> Result<Self, PipelineError> {
         let train = &config.train;
-        let sources =
-            train.saliency.iter().map(|n| create_saliency(registry, config, n)).collect::<Result<Vec<_>, _>>()?;
+        let sources = train
+            .saliency
+            .iter()
+            .map(|n| create_saliency(registry, config, n))
+            .collect::<Result<Vec<_>, _>>()?;
         let weights = if train.saliency_weights.is_empty() {
             vec![1.0; sources.len()]
         } else {
@@ -96,30 +150,35 @@ impl Pipeline {
         }
         let total: f64 = weights.iter().sum();
         if !sources.is_empty() && total <= 0.0 {
-            return Err(PipelineError::Mismatch("[train] saliency_weights sum to zero".into()));
+            return Err(PipelineError::Mismatch(
+                "[train] saliency_weights sum to zero".into(),
+            ));
         }
-        let cumulative = weights.iter().scan(0.0, |acc, w| { *acc += w / total; Some(*acc) }).collect();
-        if let Some(a) = &attack {
-            if a.requires_saliency && sources.is_empty() {
-                return Err(PipelineError::Mismatch(format!(
-                    "attack `{}` needs saliency maps, but no saliency source is configured \
-                     (add `--plugin masks` or set [train] saliency = [\"masks\"])",
-                    a.origin.name
-                )));
-            }
+        let cumulative = weights
+            .iter()
+            .scan(0.0, |acc, w| {
+                *acc += w / total;
+                Some(*acc)
+            })
+            .collect();
+        let pipeline = Self {
+            sources,
+            cumulative,
+            attack,
+            mix: None,
+        };
+        if let Some(a) = &pipeline.attack {
+            pipeline.check_saliency(a)?;
         }
-        Ok(Self { sources, cumulative, attack })
+        Ok(pipeline)
     }
 
-    /// Whether the attack will ask for saliency.
+    /// Whether any attack of the pipeline asks for saliency.
     pub fn uses_saliency(&self) -> bool {
-        self.attack.as_ref().is_some_and(|a| a.requires_saliency)
-    }
-
-    /// Draws a source index.
-    fn draw(&self, rng: &mut SplitMix) -> usize {
-        let u = rng.uniform();
-        self.cumulative.iter().position(|&c| u < c).unwrap_or(self.cumulative.len() - 1)
+        self.attack
+            .iter()
+            .chain(self.mix.as_ref().map(|(m, _)| m))
+            .any(|a| a.requires_saliency)
     }
 
     /// The model's inputs for `samples`: the attack's output, or the images themselves.
@@ -132,15 +191,27 @@ impl Pipeline {
         oracle: &OracleRef<'_>,
         rng: &mut SplitMix,
     ) -> Result<Tensor, ComponentError> {
-        if self.attack.is_none() {
-            return Ok(samples.images.shallow_clone());
-        }
+        // The coin is drawn for every batch, so the data stream does not depend on it.
+        let use_mix = match &self.mix {
+            Some((_, p)) => rng.uniform() < *p,
+            None => false,
+        };
+        let attack = match (use_mix, self.mix.as_mut(), self.attack.as_mut()) {
+            (true, Some((mix, _)), _) => mix,
+            (_, _, Some(attack)) => attack,
+            (_, _, None) => return Ok(samples.images.shallow_clone()),
+        };
         let mut batch = samples.batch(epoch, epochs, phase);
-        if self.uses_saliency() {
-            let index = self.draw(rng);
+        if attack.requires_saliency {
+            let u = rng.uniform();
+            let index = self
+                .cumulative
+                .iter()
+                .position(|&c| u < c)
+                .unwrap_or(self.cumulative.len() - 1);
             let map = self.sources[index].saliency(&batch, oracle)?;
             batch = batch.with_saliency(&map);
         }
-        self.attack.as_mut().expect("checked above").perturb(&batch, oracle)
+        attack.perturb(&batch, oracle)
     }
 }

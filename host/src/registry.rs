@@ -3,7 +3,9 @@ use crate::config::{ConfigError, ConfigSource};
 use crate::suggest::did_you_mean;
 use abi_stable::library::{lib_header_from_path, LibraryError};
 use abi_stable::std_types::RStr;
-use sat_core::{AttackBox, BuildInfo, ComponentInfo, ComponentKind, PluginModuleRef, SaliencyBox, BUILD_INFO};
+use sat_core::{
+    AttackBox, BuildInfo, ComponentInfo, ComponentKind, PluginModuleRef, SaliencyBox, BUILD_INFO,
+};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -75,7 +77,11 @@ pub enum RegistryError {
 
 /// The first `n` non-empty lines of a (possibly very long) loader message.
 fn first_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     let mut out = lines.iter().take(n).copied().collect::<Vec<_>>().join(" ");
     if lines.len() > n {
         log::debug!("full loader message: {text}");
@@ -85,7 +91,10 @@ fn first_lines(text: &str, n: usize) -> String {
 }
 
 fn describe(build: &BuildInfo) -> String {
-    format!("sat-core {}, tch {}, libtorch {}", build.sat_core, build.tch, build.libtorch)
+    format!(
+        "sat-core {}, tch {}, libtorch {}",
+        build.sat_core, build.tch, build.libtorch
+    )
 }
 
 /// A loaded plugin library (never unloaded).
@@ -123,19 +132,30 @@ pub struct SearchPaths {
 impl SearchPaths {
     /// The standard locations plus `--plugin-dir`s, `SAT_PLUGIN_PATH` and config paths.
     pub fn new(plugin_dirs: &[PathBuf], config_paths: &[PathBuf], allow_insecure: bool) -> Self {
-        let standard = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)).into_iter().collect();
+        let standard = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_path_buf))
+            .into_iter()
+            .collect();
         let mut user: Vec<PathBuf> = plugin_dirs.to_vec();
         if let Some(var) = std::env::var_os("SAT_PLUGIN_PATH") {
             user.extend(std::env::split_paths(&var).filter(|p| !p.as_os_str().is_empty()));
         }
         user.extend(config_paths.iter().cloned());
-        Self { standard, user, allow_insecure }
+        Self {
+            standard,
+            user,
+            allow_insecure,
+        }
     }
 }
 
 impl std::fmt::Debug for Library {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Library").field("path", &self.path).field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Library")
+            .field("path", &self.path)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -151,11 +171,17 @@ pub struct Registry {
 const LIB_SUFFIX: &str = std::env::consts::DLL_SUFFIX;
 
 fn shared_libraries(dir: &Path, only_standard: bool) -> Result<Vec<PathBuf>, RegistryError> {
-    let unreadable = |e: std::io::Error| RegistryError::Unreadable { path: dir.to_owned(), reason: e.to_string() };
+    let unreadable = |e: std::io::Error| RegistryError::Unreadable {
+        path: dir.to_owned(),
+        reason: e.to_string(),
+    };
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(unreadable)? {
         let path = entry.map_err(unreadable)?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         let prefix = if only_standard { "libsat_plugin_" } else { "" };
         if name.starts_with(prefix) && name.ends_with(LIB_SUFFIX) && path.is_file() {
             files.push(path);
@@ -168,7 +194,9 @@ fn shared_libraries(dir: &Path, only_standard: bool) -> Result<Vec<PathBuf>, Reg
 #[cfg(unix)]
 fn world_writable(dir: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(dir).map(|m| m.permissions().mode() & 0o002 != 0).unwrap_or(false)
+    std::fs::metadata(dir)
+        .map(|m| m.permissions().mode() & 0o002 != 0)
+        .unwrap_or(false)
 }
 #[cfg(not(unix))]
 fn world_writable(_dir: &Path) -> bool {
@@ -182,17 +210,28 @@ impl Registry {
         let mut files = Vec::new();
         for dir in &paths.standard {
             if dir.is_dir() {
-                files.extend(shared_libraries(dir, true)?.into_iter().map(|f| (f, dir.clone())));
+                files.extend(
+                    shared_libraries(dir, true)?
+                        .into_iter()
+                        .map(|f| (f, dir.clone())),
+                );
             }
         }
         for path in &paths.user {
             if path.is_dir() {
-                files.extend(shared_libraries(path, false)?.into_iter().map(|f| (f, path.clone())));
+                files.extend(
+                    shared_libraries(path, false)?
+                        .into_iter()
+                        .map(|f| (f, path.clone())),
+                );
             } else if path.is_file() {
                 let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
                 files.push((path.clone(), dir));
             } else {
-                return Err(RegistryError::Unreadable { path: path.clone(), reason: "no such file or directory".into() });
+                return Err(RegistryError::Unreadable {
+                    path: path.clone(),
+                    reason: "no such file or directory".into(),
+                });
             }
         }
         for (file, dir) in files {
@@ -210,18 +249,23 @@ impl Registry {
 
     /// Loads one library, checks its versions and registers its components.
     pub fn load(&mut self, path: &Path) -> Result<(), RegistryError> {
-        let not_a_plugin = |e: LibraryError| RegistryError::NotAPlugin { path: path.to_owned(), reason: e.to_string() };
+        let not_a_plugin = |e: LibraryError| RegistryError::NotAPlugin {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        };
         let module = lib_header_from_path(path)
             .map_err(not_a_plugin)?
             .init_root_module::<PluginModuleRef>()
             .map_err(|e| match e {
-                LibraryError::IncompatibleVersionNumber { .. } | LibraryError::AbiInstability(_) => {
-                    RegistryError::VersionMismatch {
-                        path: path.to_owned(),
-                        theirs: format!("an incompatible sat plugin ABI ({})", first_lines(&e.to_string(), 4)),
-                        ours: describe(&BUILD_INFO),
-                    }
-                }
+                LibraryError::IncompatibleVersionNumber { .. }
+                | LibraryError::AbiInstability(_) => RegistryError::VersionMismatch {
+                    path: path.to_owned(),
+                    theirs: format!(
+                        "an incompatible sat plugin ABI ({})",
+                        first_lines(&e.to_string(), 4)
+                    ),
+                    ours: describe(&BUILD_INFO),
+                },
                 other => not_a_plugin(other),
             })?;
         let build = module.build();
@@ -233,7 +277,11 @@ impl Registry {
             });
         }
         let name = format!("{} {}", module.library(), module.library_version());
-        log::info!("loaded plugin library {name} from {} ({})", path.display(), describe(&build));
+        log::info!(
+            "loaded plugin library {name} from {} ({})",
+            path.display(),
+            describe(&build)
+        );
         let index = self.libraries.len();
         let components = (module.components())();
         for info in components {
@@ -245,9 +293,19 @@ impl Registry {
                     second: path.to_owned(),
                 });
             }
-            self.components.insert(key, Entry { info, library: index });
+            self.components.insert(
+                key,
+                Entry {
+                    info,
+                    library: index,
+                },
+            );
         }
-        self.libraries.push(Library { path: path.to_owned(), name, module });
+        self.libraries.push(Library {
+            path: path.to_owned(),
+            name,
+            module,
+        });
         Ok(())
     }
 
@@ -256,13 +314,21 @@ impl Registry {
         match self.components.get(name) {
             Some(e) if e.info.kind == kind => Ok(e),
             _ => {
-                let names: Vec<&str> =
-                    self.components.values().filter(|e| e.info.kind == kind).map(|e| e.info.name.as_str()).collect();
+                let names: Vec<&str> = self
+                    .components
+                    .values()
+                    .filter(|e| e.info.kind == kind)
+                    .map(|e| e.info.name.as_str())
+                    .collect();
                 Err(RegistryError::Unknown {
                     kind,
                     name: name.to_owned(),
                     suggestion: did_you_mean(name, names.iter().copied()),
-                    available: if names.is_empty() { "none loaded".into() } else { names.join(", ") },
+                    available: if names.is_empty() {
+                        "none loaded".into()
+                    } else {
+                        names.join(", ")
+                    },
                 })
             }
         }
@@ -282,19 +348,31 @@ impl Registry {
     }
 
     /// Creates the saliency source `name` from its TOML table.
-    pub fn create_saliency(&self, name: &str, config: &toml::Table) -> Result<SaliencyBox, RegistryError> {
+    pub fn create_saliency(
+        &self,
+        name: &str,
+        config: &toml::Table,
+    ) -> Result<SaliencyBox, RegistryError> {
         let entry = self.find(name, ComponentKind::Saliency)?;
         let text = toml::to_string(config).map_err(|e| self.rejected(entry, e.to_string()))?;
         let create = self.library(entry).module.create_saliency();
-        create(RStr::from_str(name), RStr::from_str(&text)).into_result().map_err(|e| self.rejected(entry, e.to_string()))
+        create(RStr::from_str(name), RStr::from_str(&text))
+            .into_result()
+            .map_err(|e| self.rejected(entry, e.to_string()))
     }
 
     /// Creates the attack `name` from its TOML table.
-    pub fn create_attack(&self, name: &str, config: &toml::Table) -> Result<AttackBox, RegistryError> {
+    pub fn create_attack(
+        &self,
+        name: &str,
+        config: &toml::Table,
+    ) -> Result<AttackBox, RegistryError> {
         let entry = self.find(name, ComponentKind::Attack)?;
         let text = toml::to_string(config).map_err(|e| self.rejected(entry, e.to_string()))?;
         let create = self.library(entry).module.create_attack();
-        create(RStr::from_str(name), RStr::from_str(&text)).into_result().map_err(|e| self.rejected(entry, e.to_string()))
+        create(RStr::from_str(name), RStr::from_str(&text))
+            .into_result()
+            .map_err(|e| self.rejected(entry, e.to_string()))
     }
 
     /// Checks every `[components.<name>]` table: the component exists, every key is one
@@ -317,7 +395,8 @@ impl Registry {
                     ),
                 ));
             };
-            let defaults: toml::Table = toml::from_str(&entry.info.default_config).unwrap_or_default();
+            let defaults: toml::Table =
+                toml::from_str(&entry.info.default_config).unwrap_or_default();
             for key in table.keys() {
                 if !defaults.contains_key(key) {
                     let accepted: Vec<&str> = defaults.keys().map(String::as_str).collect();

@@ -1,6 +1,6 @@
 //! The training loop: data order and augmentation from the run's seed, inputs from the
 //! pipeline, a checkpoint after every epoch, clean stop on Ctrl-C or a non-finite loss.
-use crate::config::{OptimizerKind, RunConfig};
+use crate::config::{LossKind, OptimizerKind, RunConfig};
 use crate::data::{augment, rng::SplitMix, shapes, Dataset};
 use crate::eval;
 use crate::oracle::ModelOracle;
@@ -19,8 +19,10 @@ pub fn load_datasets(config: &RunConfig) -> anyhow::Result<(Dataset, Dataset)> {
     let d = &config.data;
     match d.dataset.as_str() {
         "shapes" => {
-            let train = shapes::generate(d.train_size, d.image_size, d.classes, config.seed, 0).map_err(anyhow::Error::msg)?;
-            let test = shapes::generate(d.test_size, d.image_size, d.classes, config.seed, 1).map_err(anyhow::Error::msg)?;
+            let train = shapes::generate(d.train_size, d.image_size, d.classes, config.seed, 0)
+                .map_err(anyhow::Error::msg)?;
+            let test = shapes::generate(d.test_size, d.image_size, d.classes, config.seed, 1)
+                .map_err(anyhow::Error::msg)?;
             Ok((train, test))
         }
         other => bail!("[data] dataset: unknown dataset `{other}`; accepted: shapes"),
@@ -47,8 +49,10 @@ pub fn build_network(config: &RunConfig, classes: i64, device: Device) -> anyhow
 /// Saves the variables to `path` atomically (safetensors: the extension decides).
 pub fn save_checkpoint(vs: &nn::VarStore, path: &std::path::Path) -> anyhow::Result<()> {
     let tmp = temporary_sibling(path);
-    vs.save(&tmp).with_context(|| format!("writing checkpoint {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("moving checkpoint into place at {}", path.display()))
+    vs.save(&tmp)
+        .with_context(|| format!("writing checkpoint {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("moving checkpoint into place at {}", path.display()))
 }
 
 /// What ended a training run.
@@ -69,7 +73,10 @@ pub fn run(
     device: Device,
     interrupted: &AtomicBool,
 ) -> anyhow::Result<(Outcome, Metrics)> {
-    let mut metrics = Metrics { status: "running".into(), ..Default::default() };
+    let mut metrics = Metrics {
+        status: "running".into(),
+        ..Default::default()
+    };
     match train_and_evaluate(config, registry, run, device, interrupted, &mut metrics) {
         Ok(outcome) => Ok((outcome, metrics)),
         Err(e) => {
@@ -103,26 +110,49 @@ fn train_and_evaluate(
     let net = build_network(config, train.num_classes(), device)?;
     let t = &config.train;
     let mut optimizer = match t.optimizer {
-        OptimizerKind::Adam => nn::Adam { wd: t.weight_decay, ..Default::default() }.build(&net.vs, t.lr)?,
-        OptimizerKind::Sgd => nn::Sgd { momentum: t.momentum, wd: t.weight_decay, ..Default::default() }.build(&net.vs, t.lr)?,
+        OptimizerKind::Adam => nn::Adam {
+            wd: t.weight_decay,
+            ..Default::default()
+        }
+        .build(&net.vs, t.lr)?,
+        OptimizerKind::Sgd => nn::Sgd {
+            momentum: t.momentum,
+            wd: t.weight_decay,
+            ..Default::default()
+        }
+        .build(&net.vs, t.lr)?,
     };
     let mut pipeline = Pipeline::for_training(registry, config)?;
     match &pipeline.attack {
         Some(a) => log::info!(
-            "training inputs from attack `{}` ({}, eps {:.5}){}",
+            "training inputs from attack `{}` ({}, eps {:.5}){}{}, loss {:?}",
             a.origin.name,
             a.threat.norm.as_str(),
             a.threat.epsilon,
-            if a.requires_saliency { format!(" with saliency from {}", t.saliency.join(", ")) } else { String::new() }
+            match &pipeline.mix {
+                Some((m, p)) => format!(", or `{}` with probability {p}", m.origin.name),
+                None => String::new(),
+            },
+            if pipeline.uses_saliency() {
+                format!(" with saliency from {}", t.saliency.join(", "))
+            } else {
+                String::new()
+            },
+            t.loss
         ),
-        None if !t.saliency.is_empty() => log::warn!("saliency sources are configured but no attack uses them"),
+        None if !t.saliency.is_empty() => {
+            log::warn!("saliency sources are configured but no attack uses them")
+        }
         None => log::info!("standard training (no attack)"),
     }
 
     let checkpoint = run.file("checkpoint.safetensors");
     let batch_size = t.batch_size.max(1);
     let batches = (train.len() as usize).div_ceil(batch_size);
-    let adapter = OracleAdapter(ModelOracle { model: net.model.as_ref(), classes: train.num_classes() as u32 });
+    let adapter = OracleAdapter(ModelOracle {
+        model: net.model.as_ref(),
+        classes: train.num_classes() as u32,
+    });
     let oracle = adapter.as_ref();
     for epoch in 0..t.epochs {
         // Data order, augmentation and the attacks' randomness depend on (seed, epoch) only.
@@ -131,9 +161,11 @@ fn train_and_evaluate(
         let order = rng.permutation(train.len() as usize);
         let bar = crate::logging::bars().add(ProgressBar::new(batches as u64));
         bar.set_style(
-            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         bar.set_prefix(format!("{}/{}", epoch + 1, t.epochs));
         let start = Instant::now();
@@ -149,10 +181,22 @@ fn train_and_evaluate(
             let index = Tensor::from_slice(chunk);
             let mut samples = train.select(&index);
             if config.data.crop_padding > 0 || config.data.flip {
-                samples = augment::crop_and_flip(&samples, config.data.crop_padding.max(0), config.data.flip, &mut rng);
+                samples = augment::crop_and_flip(
+                    &samples,
+                    config.data.crop_padding.max(0),
+                    config.data.flip,
+                    &mut rng,
+                );
             }
             let samples = samples.to(device);
-            let inputs = match pipeline.inputs(&samples, epoch, t.epochs, Phase::Training, &oracle, &mut rng) {
+            let inputs = match pipeline.inputs(
+                &samples,
+                epoch,
+                t.epochs,
+                Phase::Training,
+                &oracle,
+                &mut rng,
+            ) {
                 Ok(inputs) => inputs,
                 Err(e) => {
                     bar.abandon_with_message("plugin error");
@@ -160,7 +204,19 @@ fn train_and_evaluate(
                 }
             };
             let logits = net.model.forward_t(&inputs, true);
-            let loss = logits.cross_entropy_for_logits(&samples.labels);
+            let loss = match t.loss {
+                LossKind::Ce => logits.cross_entropy_for_logits(&samples.labels),
+                LossKind::Trades => {
+                    // CE(f(x), y) + β·KL(f(x) ‖ f(x_adv)), gradients through both terms.
+                    let clean = net.model.forward_t(&samples.images, true);
+                    let kl = sat_core::objective_value(
+                        &logits,
+                        &sat_core::Objective::kl_divergence(&clean),
+                    )?;
+                    clean.cross_entropy_for_logits(&samples.labels)
+                        + kl.mean(Kind::Float) * t.trades_beta
+                }
+            };
             let loss_value = loss.double_value(&[]);
             if !loss_value.is_finite() {
                 bar.abandon_with_message("non-finite loss");
@@ -174,7 +230,11 @@ fn train_and_evaluate(
             let n = chunk.len() as i64;
             loss_sum += loss_value * n as f64;
             seen += n;
-            correct += logits.argmax(-1, false).eq_tensor(&samples.labels).sum(Kind::Int64).int64_value(&[]);
+            correct += logits
+                .argmax(-1, false)
+                .eq_tensor(&samples.labels)
+                .sum(Kind::Int64)
+                .int64_value(&[]);
             bar.set_message(format!(
                 "loss {:.3} acc {:.3} {:.0} img/s",
                 loss_sum / seen as f64,

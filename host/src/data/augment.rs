@@ -21,21 +21,37 @@ pub fn crop_and_flip(samples: &Samples, padding: i64, flip: bool, rng: &mut Spli
         let flipped = flip && rng.uniform() < 0.5;
         let crop = |t: &Tensor| {
             let c = t.get(i).narrow(1, oy, h).narrow(2, ox, w);
-            if flipped { c.flip([2]) } else { c }
+            if flipped {
+                c.flip([2])
+            } else {
+                c
+            }
         };
         out_images.push(crop(&padded_images));
         if let Some(m) = &padded_masks {
             out_masks.push(crop(m));
         }
-        shifts.extend([(padding - ox) as f32, (padding - oy) as f32, if flipped { 1.0 } else { 0.0 }]);
+        shifts.extend([
+            (padding - ox) as f32,
+            (padding - oy) as f32,
+            if flipped { 1.0 } else { 0.0 },
+        ]);
     }
-    let shifts = Tensor::from_slice(&shifts).reshape([n, 1, 3]).to_device(images.device());
-    let boxes = samples.boxes.as_ref().map(|b| transform_boxes(b, &shifts, w as f64, h as f64));
+    let shifts = Tensor::from_slice(&shifts)
+        .reshape([n, 1, 3])
+        .to_device(images.device());
+    let boxes = samples
+        .boxes
+        .as_ref()
+        .map(|b| transform_boxes(b, &shifts, w as f64, h as f64));
     Samples {
         images: Tensor::stack(&out_images, 0),
         labels: samples.labels.shallow_clone(),
         boxes,
-        masks: samples.masks.as_ref().map(|(_, p)| (Tensor::stack(&out_masks, 0), p.shallow_clone())),
+        masks: samples
+            .masks
+            .as_ref()
+            .map(|(_, p)| (Tensor::stack(&out_masks, 0), p.shallow_clone())),
     }
 }
 
@@ -52,8 +68,11 @@ fn transform_boxes(boxes: &Tensor, shifts: &Tensor, w: f64, h: f64) -> Tensor {
     let x0f = fx0.where_self(&flip, &x0);
     let x1f = fx1.where_self(&flip, &x1);
     let out = Tensor::stack(&[x0f, y0, x1f, y1], 2);
-    let keep = valid.logical_and(&col(&out, 2).gt_tensor(&col(&out, 0))).logical_and(&col(&out, 3).gt_tensor(&col(&out, 1)));
-    out.where_self(&keep.unsqueeze(-1), &out.full_like(-1.0)).to_kind(Kind::Float)
+    let keep = valid
+        .logical_and(&col(&out, 2).gt_tensor(&col(&out, 0)))
+        .logical_and(&col(&out, 3).gt_tensor(&col(&out, 1)));
+    out.where_self(&keep.unsqueeze(-1), &out.full_like(-1.0))
+        .to_kind(Kind::Float)
 }
 
 #[cfg(test)]
@@ -97,7 +116,10 @@ mod tests {
             let img = out.images.get(0).narrow(0, 0, 1);
             // The box, clipped to the image, is where the bright pixels went.
             assert_eq!(b, tight_box(&img), "seed {seed}");
-            assert!(out.masks.as_ref().unwrap().0.get(0).equal(&img), "mask moves with the image");
+            assert!(
+                out.masks.as_ref().unwrap().0.get(0).equal(&img),
+                "mask moves with the image"
+            );
             seen_flip |= b[0] >= 4.0;
         }
         assert!(seen_flip, "some draws flip the box to the right-hand side");
@@ -107,7 +129,8 @@ mod tests {
     fn a_box_pushed_out_of_the_image_becomes_padding() {
         let boxes = Tensor::from_slice(&[0.0f32, 0.0, 1.0, 1.0]).reshape([1, 1, 4]);
         let shifts = Tensor::from_slice(&[-2.0f32, 0.0, 0.0]).reshape([1, 1, 3]);
-        let out: Vec<f32> = Vec::try_from(transform_boxes(&boxes, &shifts, 8.0, 8.0).flatten(0, -1)).unwrap();
+        let out: Vec<f32> =
+            Vec::try_from(transform_boxes(&boxes, &shifts, 8.0, 8.0).flatten(0, -1)).unwrap();
         assert_eq!(out, [-1.0, -1.0, -1.0, -1.0]);
     }
 }

@@ -46,7 +46,10 @@ impl Dataset {
             images: self.images.index_select(0, index),
             labels: self.labels.index_select(0, index),
             boxes: self.boxes.as_ref().map(|b| b.index_select(0, index)),
-            masks: self.masks.as_ref().map(|(m, p)| (m.index_select(0, index), p.index_select(0, index))),
+            masks: self
+                .masks
+                .as_ref()
+                .map(|(m, p)| (m.index_select(0, index), p.index_select(0, index))),
         }
     }
 }
@@ -58,7 +61,9 @@ impl Samples {
             images: self.images.to_device(device),
             labels: self.labels.to_device(device),
             boxes: self.boxes.map(|b| b.to_device(device)),
-            masks: self.masks.map(|(m, p)| (m.to_device(device), p.to_device(device))),
+            masks: self
+                .masks
+                .map(|(m, p)| (m.to_device(device), p.to_device(device))),
         }
     }
     /// The core batch over these samples.

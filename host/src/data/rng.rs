@@ -49,9 +49,24 @@ mod tests {
 
     #[test]
     fn deterministic_streams_and_valid_permutations() {
-        let a: Vec<u64> = (0..4).map({ let mut g = SplitMix::new(1, 2); move |_| g.next_u64() }).collect();
-        let b: Vec<u64> = (0..4).map({ let mut g = SplitMix::new(1, 2); move |_| g.next_u64() }).collect();
-        let c: Vec<u64> = (0..4).map({ let mut g = SplitMix::new(1, 3); move |_| g.next_u64() }).collect();
+        let a: Vec<u64> = (0..4)
+            .map({
+                let mut g = SplitMix::new(1, 2);
+                move |_| g.next_u64()
+            })
+            .collect();
+        let b: Vec<u64> = (0..4)
+            .map({
+                let mut g = SplitMix::new(1, 2);
+                move |_| g.next_u64()
+            })
+            .collect();
+        let c: Vec<u64> = (0..4)
+            .map({
+                let mut g = SplitMix::new(1, 3);
+                move |_| g.next_u64()
+            })
+            .collect();
         assert_eq!(a, b);
         assert_ne!(a, c);
         let mut p = SplitMix::new(5, 0).permutation(100);

@@ -27,12 +27,23 @@ fn inside(class: usize, u: f64, v: f64) -> bool {
 
 /// Generates `count` images of side `size` with `classes` classes (2..=6) from `seed`;
 /// `split` (0 train, 1 test) selects an independent stream.
-pub fn generate(count: usize, size: i64, classes: i64, seed: u64, split: u64) -> Result<Dataset, String> {
+pub fn generate(
+    count: usize,
+    size: i64,
+    classes: i64,
+    seed: u64,
+    split: u64,
+) -> Result<Dataset, String> {
     if !(2..=CLASS_NAMES.len() as i64).contains(&classes) {
-        return Err(format!("shapes: classes must be between 2 and {}, got {classes}", CLASS_NAMES.len()));
+        return Err(format!(
+            "shapes: classes must be between 2 and {}, got {classes}",
+            CLASS_NAMES.len()
+        ));
     }
     if !(16..=256).contains(&size) {
-        return Err(format!("shapes: image_size must be between 16 and 256, got {size}"));
+        return Err(format!(
+            "shapes: image_size must be between 16 and 256, got {size}"
+        ));
     }
     let s = size as usize;
     let plane = s * s;
@@ -46,15 +57,25 @@ pub fn generate(count: usize, size: i64, classes: i64, seed: u64, split: u64) ->
         labels[n] = class as i64;
         let img = &mut images[n * 3 * plane..(n + 1) * 3 * plane];
         // Background: base colour, noise, translucent clutter rectangles.
-        let base: [f64; 3] = [rng.range(0.15, 0.85), rng.range(0.15, 0.85), rng.range(0.15, 0.85)];
+        let base: [f64; 3] = [
+            rng.range(0.15, 0.85),
+            rng.range(0.15, 0.85),
+            rng.range(0.15, 0.85),
+        ];
         for c in 0..3 {
             for p in 0..plane {
                 img[c * plane + p] = (base[c] + rng.range(-0.08, 0.08)) as f32;
             }
         }
         for _ in 0..4 {
-            let (w, h) = (rng.range(0.1, 0.35) * size as f64, rng.range(0.1, 0.35) * size as f64);
-            let (x0, y0) = (rng.range(0.0, size as f64 - w), rng.range(0.0, size as f64 - h));
+            let (w, h) = (
+                rng.range(0.1, 0.35) * size as f64,
+                rng.range(0.1, 0.35) * size as f64,
+            );
+            let (x0, y0) = (
+                rng.range(0.0, size as f64 - w),
+                rng.range(0.0, size as f64 - h),
+            );
             let colour = [rng.uniform(), rng.uniform(), rng.uniform()];
             for y in y0 as usize..(y0 + h) as usize {
                 for x in x0 as usize..(x0 + w) as usize {
@@ -75,20 +96,27 @@ pub fn generate(count: usize, size: i64, classes: i64, seed: u64, split: u64) ->
         if (mean - back).abs() < 0.25 {
             // Guarantee contrast: move the colour away from the background's brightness.
             let shift = if back > 0.5 { -0.45 } else { 0.45 };
-            colour.iter_mut().for_each(|c| *c = (*c + shift).clamp(0.0, 1.0));
+            colour
+                .iter_mut()
+                .for_each(|c| *c = (*c + shift).clamp(0.0, 1.0));
         }
         let (angle, freq) = (rng.range(0.0, std::f64::consts::PI), rng.range(0.5, 1.5));
         let (mut x_min, mut y_min, mut x_max, mut y_max) = (s, s, 0, 0);
         let mask = &mut masks[n * plane..(n + 1) * plane];
         for y in 0..s {
             for x in 0..s {
-                let (u, v) = ((x as f64 + 0.5 - cx) / radius, (y as f64 + 0.5 - cy) / radius);
+                let (u, v) = (
+                    (x as f64 + 0.5 - cx) / radius,
+                    (y as f64 + 0.5 - cy) / radius,
+                );
                 if !inside(class, u, v) {
                     continue;
                 }
                 mask[y * s + x] = 1.0;
-                (x_min, y_min, x_max, y_max) = (x_min.min(x), y_min.min(y), x_max.max(x), y_max.max(y));
-                let stripe = 0.85 + 0.15 * (freq * (x as f64 * angle.cos() + y as f64 * angle.sin())).sin();
+                (x_min, y_min, x_max, y_max) =
+                    (x_min.min(x), y_min.min(y), x_max.max(x), y_max.max(y));
+                let stripe =
+                    0.85 + 0.15 * (freq * (x as f64 * angle.cos() + y as f64 * angle.sin())).sin();
                 for c in 0..3 {
                     img[c * plane + y * s + x] = (colour[c] * stripe) as f32;
                 }
@@ -97,7 +125,12 @@ pub fn generate(count: usize, size: i64, classes: i64, seed: u64, split: u64) ->
         for v in img.iter_mut() {
             *v = v.clamp(0.0, 1.0);
         }
-        boxes[n * 4..n * 4 + 4].copy_from_slice(&[x_min as f32, y_min as f32, (x_max + 1) as f32, (y_max + 1) as f32]);
+        boxes[n * 4..n * 4 + 4].copy_from_slice(&[
+            x_min as f32,
+            y_min as f32,
+            (x_max + 1) as f32,
+            (y_max + 1) as f32,
+        ]);
     }
     let count = count as i64;
     Ok(Dataset {
@@ -108,7 +141,10 @@ pub fn generate(count: usize, size: i64, classes: i64, seed: u64, split: u64) ->
             Tensor::from_slice(&masks).reshape([count, 1, size, size]),
             Tensor::ones([count], (Kind::Bool, tch::Device::Cpu)),
         )),
-        class_names: CLASS_NAMES[..classes as usize].iter().map(|s| s.to_string()).collect(),
+        class_names: CLASS_NAMES[..classes as usize]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
     })
 }
 
@@ -122,7 +158,10 @@ mod tests {
         let b = generate(64, 32, 6, 7, 0).unwrap();
         let test = generate(64, 32, 6, 7, 1).unwrap();
         assert!(a.images.equal(&b.images) && a.labels.equal(&b.labels));
-        assert!(!a.images.equal(&test.images), "train and test streams differ");
+        assert!(
+            !a.images.equal(&test.images),
+            "train and test streams differ"
+        );
         assert!(a.images.min().double_value(&[]) >= 0.0 && a.images.max().double_value(&[]) <= 1.0);
         let labels: Vec<i64> = Vec::try_from(&a.labels).unwrap();
         assert!((0..6).all(|c| labels.contains(&c)), "every class appears");

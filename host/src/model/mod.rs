@@ -8,7 +8,12 @@ use tch::nn::{self, ModuleT};
 pub const ARCHITECTURES: [&str; 4] = ["small-cnn", "resnet10", "resnet18", "resnet34"];
 
 /// Builds `arch` with `width` channels in its first stage under `vs`.
-pub fn build(vs: &nn::Path, arch: &str, width: i64, classes: i64) -> Result<Box<dyn ModuleT>, String> {
+pub fn build(
+    vs: &nn::Path,
+    arch: &str,
+    width: i64,
+    classes: i64,
+) -> Result<Box<dyn ModuleT>, String> {
     if width < 1 {
         return Err(format!("model width must be positive, got {width}"));
     }
@@ -28,7 +33,11 @@ pub fn build(vs: &nn::Path, arch: &str, width: i64, classes: i64) -> Result<Box<
 }
 
 fn conv_bn(vs: &nn::Path, c_in: i64, c_out: i64) -> nn::SequentialT {
-    let conv = nn::ConvConfig { padding: 1, bias: false, ..Default::default() };
+    let conv = nn::ConvConfig {
+        padding: 1,
+        bias: false,
+        ..Default::default()
+    };
     nn::seq_t()
         .add(nn::conv2d(vs / "conv", c_in, c_out, 3, conv))
         .add(nn::batch_norm2d(vs / "bn", c_out, Default::default()))

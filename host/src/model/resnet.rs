@@ -3,7 +3,12 @@ use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
 fn conv(vs: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64) -> nn::Conv2D {
-    let cfg = nn::ConvConfig { stride, padding: k / 2, bias: false, ..Default::default() };
+    let cfg = nn::ConvConfig {
+        stride,
+        padding: k / 2,
+        bias: false,
+        ..Default::default()
+    };
     nn::conv2d(vs, c_in, c_out, k, cfg)
 }
 
@@ -19,7 +24,10 @@ struct Block {
 impl Block {
     fn new(vs: &nn::Path, c_in: i64, c_out: i64, stride: i64) -> Self {
         let shortcut = (stride != 1 || c_in != c_out).then(|| {
-            (conv(vs / "sc", c_in, c_out, 1, stride), nn::batch_norm2d(vs / "sc_bn", c_out, Default::default()))
+            (
+                conv(vs / "sc", c_in, c_out, 1, stride),
+                nn::batch_norm2d(vs / "sc_bn", c_out, Default::default()),
+            )
         });
         Self {
             c1: conv(vs / "c1", c_in, c_out, 3, stride),
@@ -33,7 +41,12 @@ impl Block {
 
 impl ModuleT for Block {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let y = x.apply(&self.c1).apply_t(&self.b1, train).relu().apply(&self.c2).apply_t(&self.b2, train);
+        let y = x
+            .apply(&self.c1)
+            .apply_t(&self.b1, train)
+            .relu()
+            .apply(&self.c2)
+            .apply_t(&self.b2, train);
         let skip = match &self.shortcut {
             Some((c, b)) => x.apply(c).apply_t(b, train),
             None => x.shallow_clone(),
@@ -53,9 +66,15 @@ pub fn resnet(vs: &nn::Path, blocks: [usize; 4], width: i64, classes: i64) -> nn
         let c_out = width << stage;
         for i in 0..count {
             let stride = if stage > 0 && i == 0 { 2 } else { 1 };
-            net = net.add(Block::new(&(vs / format!("s{stage}b{i}")), c_in, c_out, stride));
+            net = net.add(Block::new(
+                &(vs / format!("s{stage}b{i}")),
+                c_in,
+                c_out,
+                stride,
+            ));
             c_in = c_out;
         }
     }
-    net.add_fn(|x| x.adaptive_avg_pool2d([1, 1]).flatten(1, -1)).add(nn::linear(vs / "head", c_in, classes, Default::default()))
+    net.add_fn(|x| x.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
+        .add(nn::linear(vs / "head", c_in, classes, Default::default()))
 }

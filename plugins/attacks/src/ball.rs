@@ -4,13 +4,22 @@ use tch::Tensor;
 
 /// Projects `x` onto the `norm`-ball of radius `epsilon` around `origin`, then onto
 /// `[0, 1]`.
-pub fn project(x: &Tensor, origin: &Tensor, norm: Norm, epsilon: f64) -> Result<Tensor, PluginError> {
+pub fn project(
+    x: &Tensor,
+    origin: &Tensor,
+    norm: Norm,
+    epsilon: f64,
+) -> Result<Tensor, PluginError> {
     let delta = x.f_sub(origin)?;
     let delta = match norm {
         Norm::Linf => delta.f_clamp(-epsilon, epsilon)?,
         Norm::L2 => {
             let norms = per_sample_l2(&delta)?;
-            let factor = norms.f_clamp_min(1e-12)?.f_reciprocal()?.f_mul_scalar(epsilon)?.f_clamp_max(1.0)?;
+            let factor = norms
+                .f_clamp_min(1e-12)?
+                .f_reciprocal()?
+                .f_mul_scalar(epsilon)?
+                .f_clamp_max(1.0)?;
             delta.f_mul(&factor)?
         }
     };
@@ -20,7 +29,9 @@ pub fn project(x: &Tensor, origin: &Tensor, norm: Norm, epsilon: f64) -> Result<
 /// ℓ2 norm of each sample, shaped `[N, 1, 1, 1]` (broadcastable over the sample).
 pub fn per_sample_l2(t: &Tensor) -> Result<Tensor, PluginError> {
     let n = t.size()[0];
-    let norms = t.f_reshape([n, -1])?.f_norm_scalaropt_dim(2, [1i64].as_slice(), false)?;
+    let norms = t
+        .f_reshape([n, -1])?
+        .f_norm_scalaropt_dim(2, [1i64].as_slice(), false)?;
     let mut shape = vec![n];
     shape.extend(std::iter::repeat(1).take(t.dim() - 1));
     Ok(norms.f_reshape(shape)?)
@@ -38,11 +49,16 @@ pub fn ascent_direction(gradient: &Tensor, norm: Norm) -> Result<Tensor, PluginE
 /// random direction with a radius uniform in `[0, ε]`.
 pub fn random_start(images: &Tensor, norm: Norm, epsilon: f64) -> Result<Tensor, PluginError> {
     let delta = match norm {
-        Norm::Linf => images.f_rand_like()?.f_mul_scalar(2.0 * epsilon)?.f_sub_scalar(epsilon)?,
+        Norm::Linf => images
+            .f_rand_like()?
+            .f_mul_scalar(2.0 * epsilon)?
+            .f_sub_scalar(epsilon)?,
         Norm::L2 => {
             let direction = images.f_randn_like()?;
             let unit = direction.f_div(&per_sample_l2(&direction)?.f_clamp_min(1e-12)?)?;
-            let radius = per_sample_l2(images)?.f_rand_like()?.f_mul_scalar(epsilon)?;
+            let radius = per_sample_l2(images)?
+                .f_rand_like()?
+                .f_mul_scalar(epsilon)?;
             unit.f_mul(&radius)?
         }
     };

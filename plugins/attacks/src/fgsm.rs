@@ -1,6 +1,9 @@
 //! FGSM (Goodfellow et al.) and FGSM with a random start ("fast is better than free").
 use crate::ball::{ascent_direction, project, random_start};
-use sat_core::{component::Configurable, Attack, Batch, Epsilon, Norm, Objective, Oracle, PluginError, ThreatModel};
+use sat_core::{
+    component::Configurable, Attack, Batch, Epsilon, Norm, Objective, Oracle, PluginError,
+    ThreatModel,
+};
 use serde::Deserialize;
 use tch::Tensor;
 
@@ -14,7 +17,9 @@ pub struct FgsmConfig {
 
 impl Default for FgsmConfig {
     fn default() -> Self {
-        Self { epsilon: Epsilon(8.0 / 255.0) }
+        Self {
+            epsilon: Epsilon(8.0 / 255.0),
+        }
     }
 }
 
@@ -32,7 +37,11 @@ impl Configurable for Fgsm {
 
 impl Attack for Fgsm {
     fn threat_model(&self) -> ThreatModel {
-        ThreatModel { norm: Norm::Linf, epsilon: self.config.epsilon.0, steps: 1 }
+        ThreatModel {
+            norm: Norm::Linf,
+            epsilon: self.config.epsilon.0,
+            steps: 1,
+        }
     }
     fn perturb(&mut self, batch: &Batch, oracle: Oracle<'_, '_>) -> Result<Tensor, PluginError> {
         let x = batch.images();
@@ -62,7 +71,10 @@ pub struct FgsmRsConfig {
 
 impl Default for FgsmRsConfig {
     fn default() -> Self {
-        Self { epsilon: Epsilon(8.0 / 255.0), step_size: Epsilon(10.0 / 255.0) }
+        Self {
+            epsilon: Epsilon(8.0 / 255.0),
+            step_size: Epsilon(10.0 / 255.0),
+        }
     }
 }
 
@@ -80,14 +92,20 @@ impl Configurable for FgsmRs {
 
 impl Attack for FgsmRs {
     fn threat_model(&self) -> ThreatModel {
-        ThreatModel { norm: Norm::Linf, epsilon: self.config.epsilon.0, steps: 1 }
+        ThreatModel {
+            norm: Norm::Linf,
+            epsilon: self.config.epsilon.0,
+            steps: 1,
+        }
     }
     fn perturb(&mut self, batch: &Batch, oracle: Oracle<'_, '_>) -> Result<Tensor, PluginError> {
         let x = batch.images();
         let eps = self.config.epsilon.0;
         let start = random_start(&x, Norm::Linf, eps)?;
         let g = oracle.input_gradient(&start, Objective::cross_entropy(&batch.labels()))?;
-        let step = start.f_add(&ascent_direction(&g.gradient, Norm::Linf)?.f_mul_scalar(self.config.step_size.0)?)?;
+        let step = start.f_add(
+            &ascent_direction(&g.gradient, Norm::Linf)?.f_mul_scalar(self.config.step_size.0)?,
+        )?;
         project(&step, &x, Norm::Linf, eps)
     }
 }
@@ -109,7 +127,9 @@ mod tests {
     fn fgsm_on_a_linear_model_is_the_closed_form() {
         // For a 2-class linear model, CE of class 0 grows along w1 - w0.
         let model = LinearModel::random(2, 12, 3);
-        let direction = (model.weight.get(1) - model.weight.get(0)).sign().reshape([1, 3, 2, 2]);
+        let direction = (model.weight.get(1) - model.weight.get(0))
+            .sign()
+            .reshape([1, 3, 2, 2]);
         let adapter = model.oracle();
         let oracle_ref = adapter.as_ref();
         let x = Tensor::full([1, 3, 2, 2], 0.5, (Kind::Float, Device::Cpu));

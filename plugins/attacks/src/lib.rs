@@ -4,11 +4,13 @@
 //! the ε-ball and clamp to `[0, 1]` after every step. Randomness comes from libtorch's
 //! global generator, which the host seeds from the run's seed.
 
+pub mod apgd;
 pub mod ball;
 pub mod fgsm;
 pub mod noise;
 pub mod pgd;
 pub mod sat;
+pub mod trades;
 
 sat_core::export_plugin!();
 
@@ -16,6 +18,6 @@ sat_core::export_plugin!();
 mod tests {
     #[test]
     fn every_component_builds_from_its_defaults() {
-        assert_eq!(sat_core::check_registrations(), Ok(5));
+        assert_eq!(sat_core::check_registrations(), Ok(7));
     }
 }

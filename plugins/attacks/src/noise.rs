@@ -1,6 +1,8 @@
 //! Uniform noise in the ε-ball: the baseline SAT is compared against.
 use crate::ball::random_start;
-use sat_core::{component::Configurable, Attack, Batch, Epsilon, Norm, Oracle, PluginError, ThreatModel};
+use sat_core::{
+    component::Configurable, Attack, Batch, Epsilon, Norm, Oracle, PluginError, ThreatModel,
+};
 use serde::Deserialize;
 use tch::Tensor;
 
@@ -14,7 +16,9 @@ pub struct NoiseConfig {
 
 impl Default for NoiseConfig {
     fn default() -> Self {
-        Self { epsilon: Epsilon(8.0 / 255.0) }
+        Self {
+            epsilon: Epsilon(8.0 / 255.0),
+        }
     }
 }
 
@@ -32,7 +36,11 @@ impl Configurable for Noise {
 
 impl Attack for Noise {
     fn threat_model(&self) -> ThreatModel {
-        ThreatModel { norm: Norm::Linf, epsilon: self.config.epsilon.0, steps: 0 }
+        ThreatModel {
+            norm: Norm::Linf,
+            epsilon: self.config.epsilon.0,
+            steps: 0,
+        }
     }
     fn perturb(&mut self, batch: &Batch, _oracle: Oracle<'_, '_>) -> Result<Tensor, PluginError> {
         random_start(&batch.images(), Norm::Linf, self.config.epsilon.0)

@@ -1,6 +1,9 @@
 //! Projected gradient descent (Madry et al.), ℓ∞ or ℓ2, with random start and restarts.
 use crate::ball::{ascent_direction, project, random_start};
-use sat_core::{component::Configurable, Attack, Batch, Epsilon, Norm, Objective, Oracle, PluginError, ThreatModel};
+use sat_core::{
+    component::Configurable, Attack, Batch, Epsilon, Norm, Objective, Oracle, PluginError,
+    ThreatModel,
+};
 use serde::Deserialize;
 use tch::{Kind, Tensor};
 
@@ -71,24 +74,39 @@ impl Configurable for Pgd {
 
 impl Pgd {
     /// One PGD run from a (random or clean) start; returns the inputs and their losses.
-    fn run(&self, x: &Tensor, labels: &Tensor, oracle: Oracle<'_, '_>) -> Result<(Tensor, Tensor), PluginError> {
+    fn run(
+        &self,
+        x: &Tensor,
+        labels: &Tensor,
+        oracle: Oracle<'_, '_>,
+    ) -> Result<(Tensor, Tensor), PluginError> {
         let c = &self.config;
         let (norm, eps) = (Norm::from(c.norm), c.epsilon.0);
-        let mut adv = if c.random_start { random_start(x, norm, eps)? } else { x.f_detach_copy()? };
+        let mut adv = if c.random_start {
+            random_start(x, norm, eps)?
+        } else {
+            x.f_detach_copy()?
+        };
         for _ in 0..c.steps {
             let g = oracle.input_gradient(&adv, Objective::cross_entropy(labels))?;
-            let step = adv.f_add(&ascent_direction(&g.gradient, norm)?.f_mul_scalar(c.step_size.0)?)?;
+            let step =
+                adv.f_add(&ascent_direction(&g.gradient, norm)?.f_mul_scalar(c.step_size.0)?)?;
             adv = project(&step, x, norm, eps)?;
         }
         let logits = oracle.logits(&adv)?;
-        let loss = logits.f_cross_entropy_loss::<Tensor>(labels, None, tch::Reduction::None, -100, 0.0)?;
+        let loss =
+            logits.f_cross_entropy_loss::<Tensor>(labels, None, tch::Reduction::None, -100, 0.0)?;
         Ok((adv, loss))
     }
 }
 
 impl Attack for Pgd {
     fn threat_model(&self) -> ThreatModel {
-        ThreatModel { norm: self.config.norm.into(), epsilon: self.config.epsilon.0, steps: self.config.steps }
+        ThreatModel {
+            norm: self.config.norm.into(),
+            epsilon: self.config.epsilon.0,
+            steps: self.config.steps,
+        }
     }
     fn perturb(&mut self, batch: &Batch, oracle: Oracle<'_, '_>) -> Result<Tensor, PluginError> {
         let (x, labels) = (batch.images(), batch.labels());
@@ -133,16 +151,33 @@ mod tests {
             let oracle_ref = adapter.as_ref();
             let oracle = Oracle::new(&oracle_ref);
             let before = x.copy();
-            let text = format!("norm = \"{norm}\"\nepsilon = {eps}\nstep_size = {}\nsteps = 5", eps / 4.0);
+            let text = format!(
+                "norm = \"{norm}\"\nepsilon = {eps}\nstep_size = {}\nsteps = 5",
+                eps / 4.0
+            );
             let mut pgd = Pgd::from_config(sat_core::parse_config("pgd", &text).unwrap()).unwrap();
             let batch = Batch::new(&x, &y, 0, 1, Phase::Evaluation);
             let adv = pgd.perturb(&batch, oracle).unwrap();
             let delta = &adv - &x;
-            let size = if norm == "linf" { delta.abs().max() } else { per_sample_l2(&delta).unwrap().max() };
-            assert!(size.double_value(&[]) <= eps + 1e-5, "{norm}: {}", size.double_value(&[]));
+            let size = if norm == "linf" {
+                delta.abs().max()
+            } else {
+                per_sample_l2(&delta).unwrap().max()
+            };
+            assert!(
+                size.double_value(&[]) <= eps + 1e-5,
+                "{norm}: {}",
+                size.double_value(&[])
+            );
             assert!(adv.min().double_value(&[]) >= 0.0 && adv.max().double_value(&[]) <= 1.0);
             assert!(x.equal(&before), "input unchanged");
-            let ce = |t: &Tensor| oracle.logits(t).unwrap().cross_entropy_for_logits(&y).double_value(&[]);
+            let ce = |t: &Tensor| {
+                oracle
+                    .logits(t)
+                    .unwrap()
+                    .cross_entropy_for_logits(&y)
+                    .double_value(&[])
+            };
             assert!(ce(&adv) > ce(&x), "{norm}: loss must rise");
         }
     }
@@ -152,20 +187,36 @@ mod tests {
         let (adapter, x, y) = setup();
         let oracle_ref = adapter.as_ref();
         let oracle = Oracle::new(&oracle_ref);
-        let config = PgdConfig { random_start: false, steps: 4, ..PgdConfig::default() };
+        let config = PgdConfig {
+            random_start: false,
+            steps: 4,
+            ..PgdConfig::default()
+        };
         let mut pgd = Pgd::from_config(config).unwrap();
-        let all = pgd.perturb(&Batch::new(&x, &y, 0, 1, Phase::Evaluation), oracle).unwrap();
+        let all = pgd
+            .perturb(&Batch::new(&x, &y, 0, 1, Phase::Evaluation), oracle)
+            .unwrap();
         for i in 0..6 {
             let xi = x.narrow(0, i, 1);
             let yi = y.narrow(0, i, 1);
-            let one = pgd.perturb(&Batch::new(&xi, &yi, 0, 1, Phase::Evaluation), oracle).unwrap();
-            assert!(one.allclose(&all.narrow(0, i, 1), 1e-6, 1e-6, false), "sample {i}");
+            let one = pgd
+                .perturb(&Batch::new(&xi, &yi, 0, 1, Phase::Evaluation), oracle)
+                .unwrap();
+            assert!(
+                one.allclose(&all.narrow(0, i, 1), 1e-6, 1e-6, false),
+                "sample {i}"
+            );
         }
     }
 
     #[test]
     fn zero_restarts_is_a_config_error() {
-        let e = Pgd::from_config(PgdConfig { restarts: 0, ..PgdConfig::default() }).err().unwrap();
+        let e = Pgd::from_config(PgdConfig {
+            restarts: 0,
+            ..PgdConfig::default()
+        })
+        .err()
+        .unwrap();
         assert!(e.message.contains("restarts"));
     }
 }

@@ -3,7 +3,9 @@
 //! Per batch at epoch `t` (0-based): `r = ±1` uniformly per element,
 //! `p_t = 1 − a^(t/period)`, `w ~ Bernoulli(p_t)` per element,
 //! `g = (1 − w)·r + w·S(x)` and `x̃ = clip₍₀,₁₎(x − ε·g)`.
-use sat_core::{component::Configurable, Attack, Batch, Epsilon, Norm, Oracle, PluginError, ThreatModel};
+use sat_core::{
+    component::Configurable, Attack, Batch, Epsilon, Norm, Oracle, PluginError, ThreatModel,
+};
 use serde::Deserialize;
 use tch::{Kind, Tensor};
 
@@ -24,7 +26,12 @@ pub struct SatConfig {
 
 impl Default for SatConfig {
     fn default() -> Self {
-        Self { epsilon: Epsilon(8.0 / 255.0), base: 0.6, period: 10.0, probability: -1.0 }
+        Self {
+            epsilon: Epsilon(8.0 / 255.0),
+            base: 0.6,
+            period: 10.0,
+            probability: -1.0,
+        }
     }
 }
 
@@ -37,10 +44,16 @@ impl Configurable for Sat {
     type Config = SatConfig;
     fn from_config(config: SatConfig) -> Result<Self, PluginError> {
         if !(config.base > 0.0 && config.base <= 1.0) {
-            return Err(PluginError::config(format!("[sat] base must be in (0, 1], got {}", config.base)));
+            return Err(PluginError::config(format!(
+                "[sat] base must be in (0, 1], got {}",
+                config.base
+            )));
         }
         if !(config.period > 0.0) {
-            return Err(PluginError::config(format!("[sat] period must be positive, got {}", config.period)));
+            return Err(PluginError::config(format!(
+                "[sat] period must be positive, got {}",
+                config.period
+            )));
         }
         if config.probability != -1.0 && !(0.0..=1.0).contains(&config.probability) {
             return Err(PluginError::config(format!(
@@ -68,19 +81,33 @@ impl Attack for Sat {
         true
     }
     fn threat_model(&self) -> ThreatModel {
-        ThreatModel { norm: Norm::Linf, epsilon: self.config.epsilon.0, steps: 0 }
+        ThreatModel {
+            norm: Norm::Linf,
+            epsilon: self.config.epsilon.0,
+            steps: 0,
+        }
     }
     fn perturb(&mut self, batch: &Batch, _oracle: Oracle<'_, '_>) -> Result<Tensor, PluginError> {
         let x = batch.images();
-        let saliency = batch
-            .saliency()
-            .ok_or_else(|| PluginError::invalid_input("sat needs a saliency map: configure a saliency source"))?;
+        let saliency = batch.saliency().ok_or_else(|| {
+            PluginError::invalid_input("sat needs a saliency map: configure a saliency source")
+        })?;
         let s = saliency.f_expand_as(&x)?.f_to_kind(Kind::Float)?;
-        let random_signs = x.f_rand_like()?.f_lt(0.5)?.f_to_kind(Kind::Float)?.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?;
+        let random_signs = x
+            .f_rand_like()?
+            .f_lt(0.5)?
+            .f_to_kind(Kind::Float)?
+            .f_mul_scalar(2.0)?
+            .f_sub_scalar(1.0)?;
         let p = self.probability(batch.epoch);
         let w = x.f_rand_like()?.f_lt(p)?.f_to_kind(Kind::Float)?;
-        let g = w.f_neg()?.f_add_scalar(1.0)?.f_mul(&random_signs)?.f_add(&w.f_mul(&s)?)?;
-        Ok(x.f_sub(&g.f_mul_scalar(self.config.epsilon.0)?)?.f_clamp(0.0, 1.0)?)
+        let g = w
+            .f_neg()?
+            .f_add_scalar(1.0)?
+            .f_mul(&random_signs)?
+            .f_add(&w.f_mul(&s)?)?;
+        Ok(x.f_sub(&g.f_mul_scalar(self.config.epsilon.0)?)?
+            .f_clamp(0.0, 1.0)?)
     }
 }
 
@@ -102,7 +129,11 @@ mod tests {
         let oracle_ref = adapter.as_ref();
         let y = Tensor::zeros([x.size()[0]], (Kind::Int64, Device::Cpu));
         let batch = Batch::new(x, &y, 3, 10, Phase::Training).with_saliency(s);
-        let mut sat = Sat::from_config(SatConfig { probability, ..SatConfig::default() }).unwrap();
+        let mut sat = Sat::from_config(SatConfig {
+            probability,
+            ..SatConfig::default()
+        })
+        .unwrap();
         sat.perturb(&batch, Oracle::new(&oracle_ref)).unwrap()
     }
 
@@ -113,7 +144,10 @@ mod tests {
         let x = Tensor::full([4, 3, 8, 8], 0.5, (Kind::Float, Device::Cpu));
         let s = Tensor::rand([4, 1, 8, 8], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
         let d0 = (run(0.0, &x, &s) - &x) / eps;
-        assert!((d0.abs() - 1.0).abs().max().double_value(&[]) < 1e-4, "p=0: every element ±eps");
+        assert!(
+            (d0.abs() - 1.0).abs().max().double_value(&[]) < 1e-4,
+            "p=0: every element ±eps"
+        );
         let mean = d0.mean(Kind::Float).double_value(&[]);
         assert!(mean.abs() < 0.1, "random signs are balanced, mean {mean}");
         let d1 = run(1.0, &x, &s) - &x;
@@ -145,9 +179,22 @@ mod tests {
         let x = Tensor::rand([1, 3, 2, 2], (Kind::Float, Device::Cpu));
         let y = Tensor::zeros([1], (Kind::Int64, Device::Cpu));
         let mut sat = Sat::from_config(SatConfig::default()).unwrap();
-        let err = sat.perturb(&Batch::new(&x, &y, 0, 1, Phase::Training), Oracle::new(&oracle_ref)).unwrap_err();
+        let err = sat
+            .perturb(
+                &Batch::new(&x, &y, 0, 1, Phase::Training),
+                Oracle::new(&oracle_ref),
+            )
+            .unwrap_err();
         assert!(err.message.contains("saliency"));
-        assert!(Sat::from_config(SatConfig { base: 0.0, ..SatConfig::default() }).is_err());
-        assert!(Sat::from_config(SatConfig { probability: 2.0, ..SatConfig::default() }).is_err());
+        assert!(Sat::from_config(SatConfig {
+            base: 0.0,
+            ..SatConfig::default()
+        })
+        .is_err());
+        assert!(Sat::from_config(SatConfig {
+            probability: 2.0,
+            ..SatConfig::default()
+        })
+        .is_err());
     }
 }

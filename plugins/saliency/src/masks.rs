@@ -23,7 +23,11 @@ pub struct MasksConfig {
 
 impl Default for MasksConfig {
     fn default() -> Self {
-        Self { threshold: 0.5, invert: false, fallback: Fallback::Boxes }
+        Self {
+            threshold: 0.5,
+            invert: false,
+            fallback: Fallback::Boxes,
+        }
     }
 }
 
@@ -48,7 +52,11 @@ impl Configurable for Masks {
 impl Masks {
     fn fallback_map(&self, batch: &Batch, n: i64, h: i64, w: i64) -> Result<Tensor, PluginError> {
         let device = batch.images().device();
-        let constant = Tensor::f_full([n, 1, h, w], fallback_value(self.config.fallback), (Kind::Float, device))?;
+        let constant = Tensor::f_full(
+            [n, 1, h, w],
+            fallback_value(self.config.fallback),
+            (Kind::Float, device),
+        )?;
         match (self.config.fallback, batch.boxes()) {
             (Fallback::Boxes, Some(boxes)) => {
                 let (member, has_box) = box_membership(&boxes, h, w, 0.0)?;
@@ -65,9 +73,14 @@ impl SaliencySource for Masks {
         let images = batch.images();
         let (n, h, w) = (images.size()[0], images.size()[2], images.size()[3]);
         let fallback = self.fallback_map(batch, n, h, w)?;
-        let Some((masks, present)) = batch.masks() else { return Ok(fallback) };
+        let Some((masks, present)) = batch.masks() else {
+            return Ok(fallback);
+        };
         if masks.size() != [n, 1, h, w] {
-            return Err(PluginError::invalid_input(format!("masks must be [{n}, 1, {h}, {w}], got {:?}", masks.size())));
+            return Err(PluginError::invalid_input(format!(
+                "masks must be [{n}, 1, {h}, {w}], got {:?}",
+                masks.size()
+            )));
         }
         let mut m = masks.f_to_kind(Kind::Float)?;
         if self.config.invert {
@@ -98,18 +111,35 @@ mod tests {
     fn two_m_minus_one_with_box_fallback_and_inversion() {
         let images = Tensor::zeros([2, 3, 2, 2], (Kind::Float, Device::Cpu));
         let labels = Tensor::zeros([2], (Kind::Int64, Device::Cpu));
-        let masks = Tensor::from_slice(&[1.0f32, 0.0, 0.7, 0.2, 0., 0., 0., 0.]).reshape([2, 1, 2, 2]);
+        let masks =
+            Tensor::from_slice(&[1.0f32, 0.0, 0.7, 0.2, 0., 0., 0., 0.]).reshape([2, 1, 2, 2]);
         let present = Tensor::from_slice(&[true, false]);
         let boxes = Tensor::from_slice(&[0.0f32, 0., 1., 2., 0., 0., 1., 1.]).reshape([2, 1, 4]);
-        let batch = Batch::new(&images, &labels, 0, 1, Phase::Training).with_masks(&masks, &present).with_boxes(&boxes);
+        let batch = Batch::new(&images, &labels, 0, 1, Phase::Training)
+            .with_masks(&masks, &present)
+            .with_boxes(&boxes);
         let adapter = LinearModel::random(2, 12, 0).oracle();
         let oracle_ref = adapter.as_ref();
         let mut source = Masks::from_config(MasksConfig::default()).unwrap();
         let map = source.saliency(&batch, Oracle::new(&oracle_ref)).unwrap();
         let values: Vec<f32> = Vec::try_from(map.flatten(0, -1)).unwrap();
-        assert_eq!(values, [1., -1., 1., -1., /* from the box */ 1., -1., -1., -1.]);
-        let mut inverted = Masks::from_config(MasksConfig { invert: true, ..MasksConfig::default() }).unwrap();
-        let inv: Vec<f32> = Vec::try_from(inverted.saliency(&batch, Oracle::new(&oracle_ref)).unwrap().get(0).flatten(0, -1)).unwrap();
+        assert_eq!(
+            values,
+            [1., -1., 1., -1., /* from the box */ 1., -1., -1., -1.]
+        );
+        let mut inverted = Masks::from_config(MasksConfig {
+            invert: true,
+            ..MasksConfig::default()
+        })
+        .unwrap();
+        let inv: Vec<f32> = Vec::try_from(
+            inverted
+                .saliency(&batch, Oracle::new(&oracle_ref))
+                .unwrap()
+                .get(0)
+                .flatten(0, -1),
+        )
+        .unwrap();
         assert_eq!(inv, [-1., 1., -1., 1.]);
     }
 }

@@ -1,0 +1,151 @@
+//! `robust_curve.svg`: robust accuracy against ε, one line per attack, clean accuracy at
+//! ε = 0. Plain SVG so any browser shows it and nothing needs a plotting library.
+use crate::report::RobustAccuracy;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+const WIDTH: f64 = 560.0;
+const HEIGHT: f64 = 360.0;
+const LEFT: f64 = 60.0;
+const RIGHT: f64 = 150.0;
+const TOP: f64 = 30.0;
+const BOTTOM: f64 = 50.0;
+const COLOURS: [&str; 6] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+];
+
+/// The SVG text of the plot.
+pub fn robust_curve_svg(title: &str, clean: Option<f64>, robust: &[RobustAccuracy]) -> String {
+    let max_eps = robust
+        .iter()
+        .map(|r| r.epsilon * 255.0)
+        .fold(1.0f64, f64::max);
+    let x = |eps255: f64| LEFT + (WIDTH - LEFT - RIGHT) * eps255 / max_eps;
+    let y = |acc: f64| TOP + (HEIGHT - TOP - BOTTOM) * (1.0 - acc.clamp(0.0, 1.0));
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{LEFT}" y="18" font-size="14">{}</text>"#,
+        escape(title)
+    );
+    // Axes, grid and ticks.
+    for i in 0..=5 {
+        let acc = i as f64 / 5.0;
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{acc:.1}</text>"##,
+            WIDTH - RIGHT,
+            LEFT - 6.0,
+            y(acc) + 4.0,
+            y = y(acc)
+        );
+    }
+    let ticks = max_eps.ceil() as i64;
+    for t in 0..=ticks {
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{t}</text>"#,
+            x(t as f64),
+            HEIGHT - BOTTOM + 16.0
+        );
+    }
+    let _ = writeln!(
+        svg,
+        r#"<text x="{:.1}" y="{}" text-anchor="middle">ε (×1/255)</text><text transform="translate(16 {:.1}) rotate(-90)" text-anchor="middle">accuracy</text>"#,
+        x(max_eps / 2.0),
+        HEIGHT - 10.0,
+        y(0.5)
+    );
+    // One line per attack (and norm), starting at the clean accuracy.
+    let mut lines: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for r in robust {
+        lines
+            .entry(format!("{} ({})", r.attack, r.norm))
+            .or_default()
+            .push((r.epsilon * 255.0, r.accuracy));
+    }
+    for (i, (label, mut points)) in lines.into_iter().enumerate() {
+        if let Some(c) = clean {
+            points.push((0.0, c));
+        }
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let colour = COLOURS[i % COLOURS.len()];
+        let coords: Vec<String> = points
+            .iter()
+            .map(|&(e, a)| format!("{:.1},{:.1}", x(e), y(a)))
+            .collect();
+        let _ = writeln!(
+            svg,
+            r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
+            coords.join(" ")
+        );
+        for &(e, a) in &points {
+            let _ = writeln!(
+                svg,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{colour}"/>"#,
+                x(e),
+                y(a)
+            );
+        }
+        let ly = TOP + 16.0 * i as f64;
+        let _ = writeln!(
+            svg,
+            r#"<line x1="{}" x2="{}" y1="{ly}" y2="{ly}" stroke="{colour}" stroke-width="2"/><text x="{}" y="{}">{}</text>"#,
+            WIDTH - RIGHT + 10.0,
+            WIDTH - RIGHT + 30.0,
+            WIDTH - RIGHT + 35.0,
+            ly + 4.0,
+            escape(&label)
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_polyline_per_attack_with_the_clean_point() {
+        let r = |attack: &str, eps: f64, acc: f64| RobustAccuracy {
+            attack: attack.into(),
+            norm: "linf".into(),
+            epsilon: eps / 255.0,
+            steps: 10,
+            accuracy: acc,
+        };
+        let svg = robust_curve_svg(
+            "run <a>",
+            Some(0.9),
+            &[r("pgd", 2.0, 0.5), r("pgd", 8.0, 0.1), r("fgsm", 8.0, 0.3)],
+        );
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert_eq!(
+            svg.matches("<circle").count(),
+            5,
+            "2 + 1 points and the clean point per line"
+        );
+        assert!(svg.contains("run &lt;a&gt;"));
+        // Accuracy 1.0 maps to the top, 0.0 to the bottom of the plot area.
+        let x0 = LEFT;
+        assert!(
+            svg.contains(&format!(
+                "{x0:.1},{:.1}",
+                TOP + (HEIGHT - TOP - BOTTOM) * 0.1
+            )),
+            "{svg}"
+        );
+    }
+}
