@@ -196,6 +196,9 @@ pub struct EvalConfig {
     pub max_samples: usize,
     /// Evaluation batch size.
     pub batch_size: usize,
+    /// Per-component settings for evaluation only, `[eval.components.<name>]`, laid over
+    /// `[components.<name>]` (e.g. PGD-5 for training, PGD-10 for evaluation).
+    pub components: BTreeMap<String, toml::Table>,
 }
 
 impl Default for EvalConfig {
@@ -205,6 +208,7 @@ impl Default for EvalConfig {
             epsilons: [2.0, 4.0, 8.0].iter().map(|v| Epsilon(v / 255.0)).collect(),
             max_samples: 500,
             batch_size: 250,
+            components: BTreeMap::new(),
         }
     }
 }
@@ -257,7 +261,7 @@ impl ConfigSource {
 
     /// Where the key at `path` (e.g. `["components", "pgd", "steps"]`) is written, or
     /// `--set` if the file does not contain it.
-    pub fn locate(&self, path: &[&str]) -> Location {
+    pub fn locate<S: AsRef<str>>(&self, path: &[S]) -> Location {
         let line_col = key_span(&self.text, path).map(|offset| line_col(&self.text, offset));
         match line_col {
             Some(lc) => Location {
@@ -272,7 +276,7 @@ impl ConfigSource {
     }
 
     /// An error at the key `path`.
-    pub fn error_at(&self, path: &[&str], message: impl Into<String>) -> ConfigError {
+    pub fn error_at<S: AsRef<str>>(&self, path: &[S], message: impl Into<String>) -> ConfigError {
         ConfigError {
             location: self.locate(path),
             message: message.into(),
@@ -280,14 +284,14 @@ impl ConfigSource {
     }
 }
 
-fn key_span(text: &str, path: &[&str]) -> Option<usize> {
+fn key_span<S: AsRef<str>>(text: &str, path: &[S]) -> Option<usize> {
     let doc = text.parse::<toml_edit::Document<String>>().ok()?;
     let mut table: &dyn toml_edit::TableLike = doc.as_table();
     let (last, parents) = path.split_last()?;
     for part in parents {
-        table = table.get(part)?.as_table_like()?;
+        table = table.get(part.as_ref())?.as_table_like()?;
     }
-    table.key(last)?.span().map(|s| s.start)
+    table.key(last.as_ref())?.span().map(|s| s.start)
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {

@@ -2,7 +2,7 @@
 use crate::config::RunConfig;
 use crate::data::{rng::SplitMix, Dataset};
 use crate::oracle::ModelOracle;
-use crate::pipeline::{create_attack, Pipeline};
+use crate::pipeline::{create_eval_attack, Pipeline};
 use crate::registry::Registry;
 use crate::report::RobustAccuracy;
 use anyhow::Context;
@@ -64,7 +64,7 @@ pub fn evaluate(
     let mut robust = Vec::new();
     for name in &eval.attacks {
         for &eps in &eval.epsilons {
-            let attack = create_attack(registry, config, name, Some(eps))?;
+            let attack = create_eval_attack(registry, config, name, eps)?;
             let threat = attack.threat;
             let mut pipeline = Pipeline::new(registry, config, Some(attack))?;
             // The same seed for every attack: evaluations are reproducible and comparable.

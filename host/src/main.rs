@@ -247,7 +247,8 @@ fn check_names(
     source: &ConfigSource,
     registry: &Registry,
 ) -> anyhow::Result<()> {
-    registry.check_component_tables(&config.components, source)?;
+    registry.check_component_tables(&config.components, source, "components")?;
+    registry.check_component_tables(&config.eval.components, source, "eval.components")?;
     let check = |name: &str, kind: ComponentKind, path: &[&str]| -> anyhow::Result<()> {
         registry
             .find(name, kind)

@@ -33,27 +33,47 @@ pub fn create_saliency(
     ))
 }
 
-/// Creates the attack `name` with its table, its `epsilon` replaced by `epsilon` if given.
+/// Creates the attack `name` for training, with its `[components.<name>]` table.
 pub fn create_attack(
     registry: &Registry,
     config: &RunConfig,
     name: &str,
-    epsilon: Option<Epsilon>,
 ) -> Result<AttackComponent, RegistryError> {
     let origin = origin(registry, name, ComponentKind::Attack)?;
-    let mut table = table(config, name);
-    if let Some(eps) = epsilon {
-        let entry = registry.find(name, ComponentKind::Attack)?;
-        if !entry.info.default_config.contains("epsilon") {
-            return Err(RegistryError::Rejected {
-                component: format!("attack `{name}`"),
-                library: origin.library,
-                message: "it has no `epsilon` key, so it cannot be evaluated at other budgets"
-                    .into(),
-            });
-        }
-        table.insert("epsilon".into(), toml::Value::Float(eps.0));
+    Ok(AttackComponent::new(
+        origin,
+        registry.create_attack(name, &table(config, name))?,
+    ))
+}
+
+/// Creates the attack `name` for evaluation at budget `epsilon`: its
+/// `[components.<name>]` table, overlaid with `[eval.components.<name>]`, `epsilon` set.
+pub fn create_eval_attack(
+    registry: &Registry,
+    config: &RunConfig,
+    name: &str,
+    epsilon: Epsilon,
+) -> Result<AttackComponent, RegistryError> {
+    let origin = origin(registry, name, ComponentKind::Attack)?;
+    let defaults: toml::Table = toml::from_str(
+        &registry
+            .find(name, ComponentKind::Attack)?
+            .info
+            .default_config,
+    )
+    .unwrap_or_default();
+    if !defaults.contains_key("epsilon") {
+        return Err(RegistryError::Rejected {
+            component: format!("attack `{name}`"),
+            library: origin.library,
+            message: "it has no `epsilon` key, so it cannot be evaluated at other budgets".into(),
+        });
     }
+    let mut table = table(config, name);
+    if let Some(overlay) = config.eval.components.get(name) {
+        table.extend(overlay.clone());
+    }
+    table.insert("epsilon".into(), toml::Value::Float(epsilon.0));
     Ok(AttackComponent::new(
         origin,
         registry.create_attack(name, &table)?,
@@ -90,7 +110,7 @@ impl Pipeline {
         let t = &config.train;
         let attack = match t.attack.as_str() {
             "" => None,
-            name => Some(create_attack(registry, config, name, None)?),
+            name => Some(create_attack(registry, config, name)?),
         };
         let mut pipeline = Self::new(registry, config, attack)?;
         if !t.mix.is_empty() {
@@ -106,7 +126,7 @@ impl Pipeline {
                     t.mix_probability
                 )));
             }
-            let mix = create_attack(registry, config, &t.mix, None)?;
+            let mix = create_attack(registry, config, &t.mix)?;
             pipeline.check_saliency(&mix)?;
             pipeline.mix = Some((mix, t.mix_probability));
         }

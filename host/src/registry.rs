@@ -382,14 +382,23 @@ impl Registry {
         &self,
         tables: &BTreeMap<String, toml::Table>,
         source: &ConfigSource,
+        section: &str,
     ) -> Result<(), ConfigError> {
+        let at = |name: &str, key: Option<&str>| -> Vec<String> {
+            section
+                .split('.')
+                .chain(std::iter::once(name))
+                .chain(key)
+                .map(str::to_owned)
+                .collect()
+        };
         for (name, table) in tables {
             let Some(entry) = self.components.get(name) else {
                 let names: Vec<&str> = self.components.keys().map(String::as_str).collect();
                 return Err(source.error_at(
-                    &["components", name],
+                    &at(name, None),
                     format!(
-                        "unknown component `{name}` in [components]{}; loaded components: {}",
+                        "unknown component `{name}` in [{section}]{}; loaded components: {}",
                         did_you_mean(name, names.iter().copied()),
                         names.join(", ")
                     ),
@@ -401,9 +410,9 @@ impl Registry {
                 if !defaults.contains_key(key) {
                     let accepted: Vec<&str> = defaults.keys().map(String::as_str).collect();
                     return Err(source.error_at(
-                        &["components", name, key],
+                        &at(name, Some(key)),
                         format!(
-                            "unknown key `{key}` in [components.{name}]{}; accepted: {}",
+                            "unknown key `{key}` in [{section}.{name}]{}; accepted: {}",
                             did_you_mean(key, accepted.iter().copied()),
                             accepted.join(", ")
                         ),
@@ -414,7 +423,7 @@ impl Registry {
                 ComponentKind::Saliency => self.create_saliency(name, table).map(drop),
                 ComponentKind::Attack => self.create_attack(name, table).map(drop),
             };
-            built.map_err(|e| source.error_at(&["components", name], e.to_string()))?;
+            built.map_err(|e| source.error_at(&at(name, None), e.to_string()))?;
         }
         Ok(())
     }
