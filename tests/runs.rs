@@ -312,3 +312,80 @@ fn the_mixing_coin_follows_its_probability() {
     tiny_run(cwd.path(), &["--set", "train.mix=sat"], &[])
         .fails_with(&["needs an attack to mix with"]);
 }
+
+#[test]
+fn eval_writes_the_schema_and_attack_strengths_are_ordered() {
+    let cwd = tempfile::tempdir().unwrap();
+    // A model trained enough to be right on most test images (3 classes, ~10 s).
+    let train: Vec<&str> = [
+        "name=ev",
+        "data.train_size=768",
+        "data.test_size=128",
+        "data.classes=3",
+        "train.epochs=4",
+        "train.batch_size=64",
+        "train.lr=0.003",
+        "model.width=16",
+        "components.pgd.steps=2",
+        "eval.components.pgd.steps=7",
+    ]
+    .iter()
+    .flat_map(|s| ["--set", s])
+    .collect();
+    tiny_run(cwd.path(), &train, &[]).success();
+    let dir = cwd.path().join("runs/ev");
+    let trained = metrics(&dir);
+    assert_eq!(
+        trained["robust_accuracy"][0]["steps"], 7,
+        "evaluation settings apply to evaluation"
+    );
+    let run = dir.to_str().unwrap();
+    let out = sat_tests::sat(
+        cwd.path(),
+        &[
+            "eval", "--run", run, "--attack", "fgsm", "--attack", "pgd", "--attack", "apgd-ce",
+            "--eps", "8/255",
+        ]
+        .iter()
+        .chain(&[
+            "--set",
+            "components.apgd-ce.steps=20",
+            "--set",
+            "eval.max_samples=0",
+        ])
+        .copied()
+        .collect::<Vec<_>>(),
+        &[],
+    )
+    .success();
+    assert!(out.stdout.contains("apgd-ce"), "{}", out.stdout);
+    let m = metrics(&dir);
+    assert_eq!(m["epochs"], trained["epochs"], "training history is kept");
+    let clean = m["clean_accuracy"].as_f64().unwrap();
+    assert!(
+        clean > 0.5,
+        "the model learned something (3 classes): {clean}"
+    );
+    let acc = |attack: &str| {
+        let r = m["robust_accuracy"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["attack"] == attack)
+            .unwrap();
+        assert_eq!(r["norm"], "linf");
+        assert!((r["epsilon"].as_f64().unwrap() - 8.0 / 255.0).abs() < 1e-12);
+        r["accuracy"].as_f64().unwrap()
+    };
+    let (fgsm, pgd, apgd) = (acc("fgsm"), acc("pgd"), acc("apgd-ce"));
+    assert!(
+        pgd <= fgsm && fgsm <= clean,
+        "clean {clean} >= fgsm {fgsm} >= pgd {pgd}"
+    );
+    assert!(apgd <= pgd, "apgd-ce {apgd} <= pgd {pgd}");
+    let curve = std::fs::read_to_string(dir.join("robust_curve.csv")).unwrap();
+    assert_eq!(curve.lines().count(), 4, "{curve}");
+    assert!(std::fs::read_to_string(dir.join("robust_curve.svg"))
+        .unwrap()
+        .contains("apgd-ce (linf)"));
+}

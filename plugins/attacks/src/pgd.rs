@@ -134,6 +134,7 @@ sat_core::register_attack!(
 mod tests {
     use super::*;
     use crate::ball::per_sample_l2;
+    use sat_core::OracleBackend;
     use sat_core::{testing::LinearModel, Phase};
     use tch::Device;
 
@@ -205,6 +206,77 @@ mod tests {
             assert!(
                 one.allclose(&all.narrow(0, i, 1), 1e-6, 1e-6, false),
                 "sample {i}"
+            );
+        }
+    }
+
+    /// An oracle that checks every point it is queried at: PGD queries each iterate.
+    struct Watchful {
+        model: LinearModel,
+        origin: Tensor,
+        norm: Norm,
+        epsilon: f64,
+        queries: std::cell::Cell<usize>,
+    }
+
+    impl sat_core::OracleBackend for Watchful {
+        fn logits(&self, images: &Tensor) -> Result<Tensor, PluginError> {
+            self.model.logits(images)
+        }
+        fn input_gradient(
+            &self,
+            images: &Tensor,
+            objective: &Objective,
+        ) -> Result<sat_core::Gradient, PluginError> {
+            let delta = images - &self.origin;
+            let size = match self.norm {
+                Norm::Linf => delta.abs().max(),
+                Norm::L2 => per_sample_l2(&delta).unwrap().max(),
+            }
+            .double_value(&[]);
+            assert!(
+                size <= self.epsilon + 1e-5,
+                "iterate {} outside the ball: {size}",
+                self.queries.get()
+            );
+            assert!(images.min().double_value(&[]) >= 0.0 && images.max().double_value(&[]) <= 1.0);
+            self.queries.set(self.queries.get() + 1);
+            self.model.input_gradient(images, objective)
+        }
+        fn num_classes(&self) -> u32 {
+            self.model.num_classes()
+        }
+    }
+
+    #[test]
+    fn every_iterate_is_in_the_ball_and_the_box() {
+        for (norm, name, eps) in [(Norm::Linf, "linf", 8.0 / 255.0), (Norm::L2, "l2", 0.5)] {
+            let x = Tensor::rand([6, 3, 4, 4], (Kind::Float, Device::Cpu));
+            let y = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 0]);
+            let watch = Watchful {
+                model: LinearModel::random(5, 48, 11),
+                origin: x.copy(),
+                norm,
+                epsilon: eps,
+                queries: std::cell::Cell::new(0),
+            };
+            let adapter = sat_core::OracleAdapter(watch);
+            let oracle_ref = adapter.as_ref();
+            // A large step so that unprojected iterates would leave the ball.
+            let text = format!(
+                "norm = \"{name}\"\nepsilon = {eps}\nstep_size = {}\nsteps = 6\nrestarts = 2",
+                eps * 2.0
+            );
+            let mut pgd = Pgd::from_config(sat_core::parse_config("pgd", &text).unwrap()).unwrap();
+            pgd.perturb(
+                &Batch::new(&x, &y, 0, 1, Phase::Evaluation),
+                Oracle::new(&oracle_ref),
+            )
+            .unwrap();
+            assert_eq!(
+                adapter.0.queries.get(),
+                12,
+                "{name}: 6 steps x 2 restarts checked"
             );
         }
     }
