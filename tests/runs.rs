@@ -178,7 +178,7 @@ fn contract_breaking_outputs_are_rejected() {
 fn ctrl_c_keeps_the_finished_epochs_and_exits_130() {
     use std::process::{Command, Stdio};
     let cwd = tempfile::tempdir().unwrap();
-    let mut child = Command::new(sat_tests::sat_host())
+    let child = Command::new(sat_tests::sat_host())
         .args([
             "run",
             "--set",

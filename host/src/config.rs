@@ -62,16 +62,25 @@ pub struct PluginsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    /// Dataset name: `"shapes"` (generated, with boxes and masks).
+    /// Dataset: `"shapes"` (generated, with boxes and masks), `"cifar10"`, `"cifar100"`,
+    /// `"tiny-imagenet"`, `"flowers17"` or `"image-folder"`.
     pub dataset: String,
-    /// Training images to generate.
-    pub train_size: usize,
-    /// Test images to generate.
-    pub test_size: usize,
-    /// Side of the square images.
+    /// Directory of a dataset read from files (relative to the working directory).
+    pub root: Option<PathBuf>,
+    /// Training images: how many `shapes` generates (default 4000), or a seeded subset
+    /// of a real dataset (default: all).
+    pub train_size: Option<usize>,
+    /// Test images, as `train_size` (`shapes` default 1000).
+    pub test_size: Option<usize>,
+    /// Side of the square images; files of another size are resized.
     pub image_size: i64,
-    /// Number of classes (2 to 6 for `shapes`).
+    /// Number of classes of `shapes` (2 to 6).
     pub classes: i64,
+    /// CIFAR-100 labels: `"fine"` (100 classes) or `"coarse"` (20).
+    pub cifar100_labels: crate::data::cifar::Cifar100Labels,
+    /// Samples without a mask in a format with masks: `"keep"` (the `masks` plugin's
+    /// `fallback` applies) or `"skip"`.
+    pub missing_masks: crate::data::MissingMasks,
     /// Random crop (with this zero padding) and horizontal flip during training.
     pub crop_padding: i64,
     /// Random horizontal flips during training.
@@ -82,10 +91,13 @@ impl Default for DataConfig {
     fn default() -> Self {
         Self {
             dataset: "shapes".into(),
-            train_size: 4000,
-            test_size: 1000,
+            root: None,
+            train_size: None,
+            test_size: None,
             image_size: 32,
             classes: 6,
+            cifar100_labels: crate::data::cifar::Cifar100Labels::Fine,
+            missing_masks: crate::data::MissingMasks::Keep,
             crop_padding: 2,
             flip: true,
         }
@@ -96,10 +108,18 @@ impl Default for DataConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// `"small-cnn"`, `"resnet10"`, `"resnet18"` or `"resnet34"`.
+    /// `"small-cnn"`, `"resnet10"`, `"resnet18"`, `"resnet34"`, `"preact-resnet18"` or
+    /// `"wrn-<depth>-<widen>"` (e.g. `"wrn-28-10"`).
     pub arch: String,
-    /// Channels of the first stage.
+    /// Channels of the first stage (not used by WRNs).
     pub width: i64,
+    /// Per-channel mean subtracted inside the model (empty = no normalisation).
+    pub mean: Vec<f64>,
+    /// Per-channel standard deviation divided by inside the model.
+    pub std: Vec<f64>,
+    /// A TorchScript file (images in `[0, 1]` to logits) used instead of `arch`, for
+    /// evaluation and attacks; relative to the working directory.
+    pub torchscript: Option<PathBuf>,
 }
 
 impl Default for ModelConfig {
@@ -107,6 +127,9 @@ impl Default for ModelConfig {
         Self {
             arch: "small-cnn".into(),
             width: 32,
+            mean: Vec::new(),
+            std: Vec::new(),
+            torchscript: None,
         }
     }
 }
@@ -145,8 +168,16 @@ pub struct TrainConfig {
     pub lr: f64,
     /// SGD momentum.
     pub momentum: f64,
-    /// Weight decay.
+    /// Nesterov momentum (SGD).
+    pub nesterov: bool,
+    /// Weight decay (L2, added to the gradient as in `torch.optim`).
     pub weight_decay: f64,
+    /// Learning-rate schedule: `"constant"`, `"multistep"`, `"cosine"` or `"one-cycle"`.
+    pub schedule: crate::schedule::ScheduleKind,
+    /// Epochs after which `multistep` multiplies the rate by `gamma`.
+    pub milestones: Vec<u32>,
+    /// Factor of `multistep`.
+    pub gamma: f64,
     /// Saliency sources; with several, one is drawn per batch (weights below).
     pub saliency: Vec<String>,
     /// Drawing weights of the saliency sources (empty = equal).
@@ -172,7 +203,11 @@ impl Default for TrainConfig {
             optimizer: OptimizerKind::Adam,
             lr: 1e-3,
             momentum: 0.9,
+            nesterov: false,
             weight_decay: 0.0,
+            schedule: crate::schedule::ScheduleKind::Constant,
+            milestones: Vec::new(),
+            gamma: 0.1,
             saliency: Vec::new(),
             saliency_weights: Vec::new(),
             attack: String::new(),

@@ -9,11 +9,13 @@ mod device;
 mod eval;
 mod logging;
 mod model;
+mod optimizer;
 mod oracle;
 mod pipeline;
 mod plot;
 mod registry;
 mod report;
+mod schedule;
 mod suggest;
 mod train;
 
@@ -92,6 +94,10 @@ struct RunArgs {
     /// Attack that makes the training inputs (replaces `[train] attack`; `none` = standard).
     #[arg(long, value_name = "NAME")]
     attack: Option<String>,
+    /// Continue an interrupted run in DIR from its last finished epoch, with its
+    /// config.toml (`--set train.epochs=N` may extend it).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "plugins", "attack"])]
+    resume: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -297,16 +303,39 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
             value: toml::Value::String(attack),
         });
     }
-    let (config, registry) = prepare(cli, &args.config, &extra)?;
+    let config_args = match &args.resume {
+        Some(dir) => {
+            let file = dir.join("config.toml");
+            if !file.exists() {
+                bail!(
+                    "--resume {}: no config.toml there; is it a run directory?",
+                    dir.display()
+                );
+            }
+            ConfigArgs {
+                config: Some(file),
+                sets: args.config.sets.clone(),
+            }
+        }
+        None => args.config.clone(),
+    };
+    let (config, registry) = prepare(cli, &config_args, &extra)?;
     let device = device::parse(&config.device).map_err(|e| anyhow::anyhow!("device: {e}"))?;
-    let run_dir = report::RunDir::create(&config.runs_dir, &config.name).with_context(|| {
-        format!(
-            "creating the run directory under {}",
-            config.runs_dir.display()
-        )
-    })?;
+    let run_dir = match &args.resume {
+        Some(dir) => report::RunDir { path: dir.clone() },
+        None => report::RunDir::create(&config.runs_dir, &config.name).with_context(|| {
+            format!(
+                "creating the run directory under {}",
+                config.runs_dir.display()
+            )
+        })?,
+    };
     report::write_atomic(&run_dir.file("config.toml"), config.to_toml().as_bytes())?;
-    let log_file = std::fs::File::create(run_dir.file("log.txt")).context("creating log.txt")?;
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run_dir.file("log.txt"))
+        .context("opening log.txt")?;
     logging::tee_to(log_file);
     log::info!("run directory {}", run_dir.path.display());
 
@@ -319,7 +348,14 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
     })
     .context("installing the Ctrl-C handler")?;
 
-    let (outcome, metrics) = train::run(&config, &registry, &run_dir, device, &interrupted)?;
+    let (outcome, metrics) = train::run(
+        &config,
+        &registry,
+        &run_dir,
+        device,
+        &interrupted,
+        args.resume.is_some(),
+    )?;
     log::logger().flush();
     if outcome == train::Outcome::Interrupted {
         eprintln!(
@@ -355,17 +391,22 @@ fn evaluate(cli: &Cli, args: &EvalArgs) -> anyhow::Result<ExitCode> {
                 config: Some(dir.join("config.toml")),
                 sets: args.config.sets.clone(),
             },
-            dir.join("checkpoint.safetensors"),
-            dir.clone(),
+            Some(dir.join("checkpoint.safetensors")),
+            Some(dir.clone()),
         ),
         (None, Some(ckpt)) => (
             args.config.clone(),
-            ckpt.clone(),
-            ckpt.parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| PathBuf::from(".")),
+            Some(ckpt.clone()),
+            Some(
+                ckpt.parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| PathBuf::from(".")),
+            ),
         ),
-        (None, None) => bail!("eval needs --run DIR, or --config FILE with --checkpoint FILE"),
+        (None, None) if args.config.config.is_some() => (args.config.clone(), None, None),
+        (None, None) => bail!(
+            "eval needs --run DIR, --config FILE with --checkpoint FILE, or a --config whose [model] names a torchscript file"
+        ),
     };
     let mut extra = Vec::new();
     if !args.attacks.is_empty() {
@@ -391,12 +432,24 @@ fn evaluate(cli: &Cli, args: &EvalArgs) -> anyhow::Result<ExitCode> {
     let device = device::parse(&config.device).map_err(|e| anyhow::anyhow!("device: {e}"))?;
     let (_, test) = train::load_datasets(&config)?;
     let mut net = train::build_network(&config, test.num_classes(), device)?;
-    net.vs
-        .load(&checkpoint)
-        .with_context(|| format!("loading checkpoint {}", checkpoint.display()))?;
+    match (&checkpoint, &config.model.torchscript) {
+        (Some(_), Some(ts)) => bail!(
+            "[model] torchscript = {} holds its own weights; evaluate it with --config alone, without a checkpoint",
+            ts.display()
+        ),
+        (Some(checkpoint), None) => train::load_weights(&mut net.vs, checkpoint)?,
+        (None, Some(ts)) => log::info!("evaluating TorchScript model {}", ts.display()),
+        (None, None) => bail!(
+            "eval --config without --checkpoint needs a [model] torchscript file; pass --checkpoint FILE"
+        ),
+    }
     let (clean, robust) = eval::evaluate(net.model.as_ref(), &test, &config, &registry, device)?;
     let out = report::RunDir {
-        path: args.out.clone().unwrap_or(default_out),
+        path: args
+            .out
+            .clone()
+            .or(default_out)
+            .unwrap_or_else(|| config.runs_dir.join(format!("{}-eval", config.name))),
     };
     std::fs::create_dir_all(&out.path)?;
     let mut metrics: report::Metrics = std::fs::read_to_string(out.file("metrics.json"))

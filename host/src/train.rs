@@ -1,32 +1,27 @@
 //! The training loop: data order and augmentation from the run's seed, inputs from the
 //! pipeline, a checkpoint after every epoch, clean stop on Ctrl-C or a non-finite loss.
-use crate::config::{LossKind, OptimizerKind, RunConfig};
-use crate::data::{augment, rng::SplitMix, shapes, Dataset};
+use crate::config::{LossKind, RunConfig};
+use crate::data::{augment, rng::SplitMix, Dataset};
 use crate::eval;
+use crate::optimizer::{Optimizer, Rule};
 use crate::oracle::ModelOracle;
 use crate::pipeline::Pipeline;
 use crate::registry::Registry;
 use crate::report::{temporary_sibling, EpochMetrics, Metrics, RunDir};
+use crate::schedule::Schedule;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use sat_core::{OracleAdapter, Phase};
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-use tch::{nn, nn::ModuleT, nn::OptimizerConfig, Device, Kind, Tensor};
+use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
 
 /// The training and test sets of `config`.
 pub fn load_datasets(config: &RunConfig) -> anyhow::Result<(Dataset, Dataset)> {
-    let d = &config.data;
-    match d.dataset.as_str() {
-        "shapes" => {
-            let train = shapes::generate(d.train_size, d.image_size, d.classes, config.seed, 0)
-                .map_err(anyhow::Error::msg)?;
-            let test = shapes::generate(d.test_size, d.image_size, d.classes, config.seed, 1)
-                .map_err(anyhow::Error::msg)?;
-            Ok((train, test))
-        }
-        other => bail!("[data] dataset: unknown dataset `{other}`; accepted: shapes"),
-    }
+    crate::data::load(&config.data, config.seed)
+        .with_context(|| format!("loading dataset `{}`", config.data.dataset))
 }
 
 /// A model and its variables.
@@ -37,22 +32,138 @@ pub struct Network {
     pub model: Box<dyn ModuleT>,
 }
 
-/// Builds the model of `config` for `classes` on `device`, initialised from the seed.
+/// Builds the model of `config` for `classes` on `device`, initialised from the seed
+/// (or loaded from `[model] torchscript`), and checks it on one batch.
 pub fn build_network(config: &RunConfig, classes: i64, device: Device) -> anyhow::Result<Network> {
     tch::manual_seed(config.seed as i64);
     let vs = nn::VarStore::new(device);
-    let model = crate::model::build(&vs.root(), &config.model.arch, config.model.width, classes)
+    let m = &config.model;
+    let model: Box<dyn ModuleT> = match &m.torchscript {
+        Some(path) => Box::new(
+            crate::model::TorchScriptModel::load(path, device)
+                .map_err(|e| anyhow::anyhow!("[model] torchscript: {e}"))?,
+        ),
+        None => crate::model::build(&vs.root(), &m.arch, m.width, classes)
+            .map_err(|e| anyhow::anyhow!("[model] {e}"))?,
+    };
+    let model: Box<dyn ModuleT> = if m.mean.is_empty() && m.std.is_empty() {
+        model
+    } else {
+        Box::new(
+            crate::model::Normalized::new(model, &m.mean, &m.std, device)
+                .map_err(|e| anyhow::anyhow!("[model] mean/std: {e}"))?,
+        )
+    };
+    crate::model::probe(model.as_ref(), config.data.image_size, classes, device)
         .map_err(|e| anyhow::anyhow!("[model] {e}"))?;
     Ok(Network { vs, model })
 }
 
-/// Saves the variables to `path` atomically (safetensors: the extension decides).
-pub fn save_checkpoint(vs: &nn::VarStore, path: &std::path::Path) -> anyhow::Result<()> {
+/// Writes named tensors to `path` atomically (safetensors, temporary file + rename).
+fn write_tensors(named: &[(String, Tensor)], path: &Path) -> anyhow::Result<()> {
     let tmp = temporary_sibling(path);
-    vs.save(&tmp)
-        .with_context(|| format!("writing checkpoint {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("moving checkpoint into place at {}", path.display()))
+    let cpu: Vec<(String, Tensor)> = named
+        .iter()
+        .map(|(k, t)| (k.clone(), t.to_device(Device::Cpu)))
+        .collect();
+    Tensor::write_safetensors(&cpu, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("moving {} into place", path.display()))
+}
+
+fn model_tensors(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named
+}
+
+/// Saves the model's variables to `path` atomically (safetensors).
+pub fn save_checkpoint(vs: &nn::VarStore, path: &Path) -> anyhow::Result<()> {
+    write_tensors(&model_tensors(vs), path)
+}
+
+/// Reads a safetensors file into a map, naming the file on failure.
+fn read_tensors(path: &Path) -> anyhow::Result<HashMap<String, Tensor>> {
+    Ok(Tensor::read_safetensors(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .into_iter()
+        .collect())
+}
+
+/// Copies the tensors of `named` (keys `prefix` + variable name) into `vs`; every
+/// variable must be present with its shape.
+fn copy_into(
+    vs: &mut nn::VarStore,
+    named: &HashMap<String, Tensor>,
+    prefix: &str,
+    file: &Path,
+) -> anyhow::Result<()> {
+    let variables = vs.variables();
+    tch::no_grad(|| -> anyhow::Result<()> {
+        for (name, var) in &variables {
+            let key = format!("{prefix}{name}");
+            let src = named.get(&key).with_context(|| {
+                format!(
+                    "{} has no tensor `{key}`: it was written for another model",
+                    file.display()
+                )
+            })?;
+            if src.size() != var.size() {
+                bail!(
+                    "{}: `{key}` has shape {:?}, the model's variable {:?} (another [model] arch or width?)",
+                    file.display(),
+                    src.size(),
+                    var.size()
+                );
+            }
+            var.shallow_clone().copy_(src);
+        }
+        Ok(())
+    })
+}
+
+/// Loads model weights written by [`save_checkpoint`] into `vs`.
+pub fn load_weights(vs: &mut nn::VarStore, path: &Path) -> anyhow::Result<()> {
+    let named = read_tensors(path)?;
+    copy_into(vs, &named, "", path)
+}
+
+/// The trainer's state after a finished epoch: model, optimiser and epoch, in one file
+/// written atomically, so a resumed run continues exactly.
+const STATE_FILE: &str = "state.safetensors";
+
+fn save_state(
+    vs: &nn::VarStore,
+    optimizer: &Optimizer,
+    epochs_done: u32,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let mut named: Vec<(String, Tensor)> = model_tensors(vs)
+        .into_iter()
+        .map(|(k, t)| (format!("model.{k}"), t))
+        .collect();
+    named.extend(optimizer.state());
+    named.push((
+        "trainer.epochs_done".into(),
+        Tensor::from_slice(&[epochs_done as i64]),
+    ));
+    write_tensors(&named, path)
+}
+
+/// Restores model and optimiser from the state file; returns the finished epochs.
+fn load_state(
+    vs: &mut nn::VarStore,
+    optimizer: &mut Optimizer,
+    path: &Path,
+) -> anyhow::Result<u32> {
+    let named = read_tensors(path)?;
+    copy_into(vs, &named, "model.", path)?;
+    optimizer
+        .load_state(&named)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let done = named
+        .get("trainer.epochs_done")
+        .with_context(|| format!("{} has no epoch count", path.display()))?;
+    Ok(done.int64_value(&[0]) as u32)
 }
 
 /// What ended a training run.
@@ -66,18 +177,36 @@ pub enum Outcome {
 
 /// Trains, checkpoints and evaluates the run described by `config` into `run`. On an
 /// error, `metrics.json` keeps the finished epochs, status `failed` and the error.
+/// With `resume`, training continues from the run directory's state file.
 pub fn run(
     config: &RunConfig,
     registry: &Registry,
     run: &RunDir,
     device: Device,
     interrupted: &AtomicBool,
+    resume: bool,
 ) -> anyhow::Result<(Outcome, Metrics)> {
     let mut metrics = Metrics {
         status: "running".into(),
         ..Default::default()
     };
-    match train_and_evaluate(config, registry, run, device, interrupted, &mut metrics) {
+    if resume {
+        // Keep the figures of the finished epochs.
+        if let Ok(text) = std::fs::read_to_string(run.file("metrics.json")) {
+            if let Ok(previous) = serde_json::from_str::<Metrics>(&text) {
+                metrics.epochs = previous.epochs;
+            }
+        }
+    }
+    match train_and_evaluate(
+        config,
+        registry,
+        run,
+        device,
+        interrupted,
+        &mut metrics,
+        resume,
+    ) {
         Ok(outcome) => Ok((outcome, metrics)),
         Err(e) => {
             metrics.status = "failed".into();
@@ -97,6 +226,7 @@ fn train_and_evaluate(
     device: Device,
     interrupted: &AtomicBool,
     metrics: &mut Metrics,
+    resume: bool,
 ) -> anyhow::Result<Outcome> {
     let (train, test) = load_datasets(config)?;
     log::info!(
@@ -107,21 +237,26 @@ fn train_and_evaluate(
         train.num_classes(),
         device
     );
-    let net = build_network(config, train.num_classes(), device)?;
+    if config.model.torchscript.is_some() {
+        bail!("[model] torchscript: a TorchScript model can be evaluated and attacked (`sat-host eval --config ...`), not trained here; use [model] arch");
+    }
+    let mut net = build_network(config, train.num_classes(), device)?;
     let t = &config.train;
-    let mut optimizer = match t.optimizer {
-        OptimizerKind::Adam => nn::Adam {
-            wd: t.weight_decay,
-            ..Default::default()
-        }
-        .build(&net.vs, t.lr)?,
-        OptimizerKind::Sgd => nn::Sgd {
-            momentum: t.momentum,
-            wd: t.weight_decay,
-            ..Default::default()
-        }
-        .build(&net.vs, t.lr)?,
-    };
+    let mut optimizer = Optimizer::new(&net.vs, Rule::from_config(t));
+    let batch_size = t.batch_size.max(1);
+    let batches = (train.len() as usize).div_ceil(batch_size);
+    let schedule = Schedule::new(t.schedule, t.lr, &t.milestones, t.gamma, t.epochs, batches);
+    let state_file = run.file(STATE_FILE);
+    let mut first_epoch = 0;
+    if resume {
+        first_epoch = load_state(&mut net.vs, &mut optimizer, &state_file)?;
+        metrics.epochs.truncate(first_epoch as usize);
+        log::info!(
+            "resuming after epoch {first_epoch} of {} from {}",
+            t.epochs,
+            state_file.display()
+        );
+    }
     let mut pipeline = Pipeline::for_training(registry, config)?;
     match &pipeline.attack {
         Some(a) => log::info!(
@@ -147,14 +282,12 @@ fn train_and_evaluate(
     }
 
     let checkpoint = run.file("checkpoint.safetensors");
-    let batch_size = t.batch_size.max(1);
-    let batches = (train.len() as usize).div_ceil(batch_size);
     let adapter = OracleAdapter(ModelOracle {
         model: net.model.as_ref(),
         classes: train.num_classes() as u32,
     });
     let oracle = adapter.as_ref();
-    for epoch in 0..t.epochs {
+    for epoch in first_epoch..t.epochs {
         // Data order, augmentation and the attacks' randomness depend on (seed, epoch) only.
         let mut rng = SplitMix::new(config.seed, 1 + epoch as u64);
         tch::manual_seed((config.seed as i64).wrapping_add(1 + epoch as i64));
@@ -170,7 +303,7 @@ fn train_and_evaluate(
         bar.set_prefix(format!("{}/{}", epoch + 1, t.epochs));
         let start = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0i64, 0i64);
-        for chunk in order.chunks(batch_size) {
+        for (step, chunk) in order.chunks(batch_size).enumerate() {
             if interrupted.load(Ordering::SeqCst) {
                 bar.abandon_with_message("interrupted");
                 log::warn!("interrupted during epoch {}; the checkpoint of the last finished epoch is kept", epoch + 1);
@@ -226,7 +359,8 @@ fn train_and_evaluate(
                     if checkpoint.exists() { checkpoint.display().to_string() } else { "none (first epoch)".into() }
                 );
             }
-            optimizer.backward_step(&loss);
+            let lr = schedule.rate(epoch as usize * batches + step);
+            optimizer.backward_step(&loss, lr);
             let n = chunk.len() as i64;
             loss_sum += loss_value * n as f64;
             seen += n;
@@ -263,6 +397,7 @@ fn train_and_evaluate(
         );
         metrics.epochs.push(e);
         save_checkpoint(&net.vs, &checkpoint)?;
+        save_state(&net.vs, &optimizer, epoch + 1, &state_file)?;
         run.write_metrics(metrics)?;
     }
 

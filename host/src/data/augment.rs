@@ -82,7 +82,7 @@ mod tests {
 
     /// An image whose pixels inside an asymmetric box are 1, with that box and mask.
     fn sample() -> Samples {
-        let mut img = Tensor::zeros([1, 3, 8, 8], (Kind::Float, Device::Cpu));
+        let img = Tensor::zeros([1, 3, 8, 8], (Kind::Float, Device::Cpu));
         let _ = img.narrow(2, 1, 3).narrow(3, 0, 2).fill_(1.0); // rows 1..4, cols 0..2
         let mask = img.narrow(1, 0, 1).copy();
         Samples {

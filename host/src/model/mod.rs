@@ -1,13 +1,26 @@
 //! Classifiers, built on `tch::nn`. Inputs are images in `[0, 1]`; any normalisation
 //! belongs inside the model.
+mod preact;
 mod resnet;
+mod torchscript;
 
 use tch::nn::{self, ModuleT};
+use tch::{Kind, Tensor};
+pub use torchscript::TorchScriptModel;
 
-/// The architectures `[model] arch` accepts.
-pub const ARCHITECTURES: [&str; 4] = ["small-cnn", "resnet10", "resnet18", "resnet34"];
+/// The architectures `[model] arch` accepts (`wrn-D-K` for any valid depth and width).
+pub const ARCHITECTURES: [&str; 7] = [
+    "small-cnn",
+    "resnet10",
+    "resnet18",
+    "resnet34",
+    "preact-resnet18",
+    "wrn-28-10",
+    "wrn-34-10",
+];
 
-/// Builds `arch` with `width` channels in its first stage under `vs`.
+/// Builds `arch` with `width` channels in its first stage under `vs` (WRNs take their
+/// width from their name).
 pub fn build(
     vs: &nn::Path,
     arch: &str,
@@ -17,11 +30,23 @@ pub fn build(
     if width < 1 {
         return Err(format!("model width must be positive, got {width}"));
     }
+    if let Some(rest) = arch.strip_prefix("wrn-") {
+        let parsed = rest
+            .split_once('-')
+            .and_then(|(d, k)| Some((d.parse::<i64>().ok()?, k.parse::<i64>().ok()?)));
+        let Some((depth, widen)) = parsed else {
+            return Err(format!(
+                "model arch `{arch}`: expected wrn-<depth>-<widen>, e.g. wrn-28-10"
+            ));
+        };
+        return Ok(Box::new(preact::wide_resnet(vs, depth, widen, classes)?));
+    }
     Ok(match arch {
         "small-cnn" => Box::new(small_cnn(vs, width, classes)),
         "resnet10" => Box::new(resnet::resnet(vs, [1, 1, 1, 1], width, classes)),
         "resnet18" => Box::new(resnet::resnet(vs, [2, 2, 2, 2], width, classes)),
         "resnet34" => Box::new(resnet::resnet(vs, [3, 4, 6, 3], width, classes)),
+        "preact-resnet18" => Box::new(preact::preact_resnet18(vs, width, classes)),
         other => {
             return Err(format!(
                 "unknown model arch `{other}`{}; accepted: {}",
@@ -30,6 +55,84 @@ pub fn build(
             ))
         }
     })
+}
+
+/// A model behind a fixed per-channel normalisation `(x − mean) / std`, so that attacks
+/// and saliency still see images in `[0, 1]`.
+pub struct Normalized {
+    mean: Tensor,
+    std: Tensor,
+    inner: Box<dyn ModuleT>,
+}
+
+impl std::fmt::Debug for Normalized {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Normalized").finish_non_exhaustive()
+    }
+}
+
+impl Normalized {
+    /// Wraps `inner`; `mean` and `std` have one value per channel (3) or one for all.
+    pub fn new(
+        inner: Box<dyn ModuleT>,
+        mean: &[f64],
+        std: &[f64],
+        device: tch::Device,
+    ) -> Result<Self, String> {
+        let ok = |v: &[f64]| v.len() == 1 || v.len() == 3;
+        if !ok(mean) || !ok(std) {
+            return Err("mean and std need 1 or 3 values".into());
+        }
+        if std.iter().any(|s| !(*s > 0.0) || !s.is_finite()) {
+            return Err(format!("std must be positive, got {std:?}"));
+        }
+        let column = |v: &[f64]| {
+            Tensor::from_slice(v)
+                .to_kind(Kind::Float)
+                .reshape([1, -1, 1, 1])
+                .to_device(device)
+        };
+        Ok(Self {
+            mean: column(mean),
+            std: column(std),
+            inner,
+        })
+    }
+}
+
+impl ModuleT for Normalized {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.inner.forward_t(&((x - &self.mean) / &self.std), train)
+    }
+}
+
+/// Runs `model` once on a zero batch of `[1, 3, size, size]` and checks it returns
+/// `[1, classes]` logits, so a mismatched model fails at start-up with a clear message.
+pub fn probe(
+    model: &dyn ModuleT,
+    size: i64,
+    classes: i64,
+    device: tch::Device,
+) -> Result<(), String> {
+    let x = Tensor::zeros([1, 3, size, size], (Kind::Float, device));
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        tch::no_grad(|| model.forward_t(&x, false))
+    }))
+    .map_err(|p| {
+        let message = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        format!("the model fails on a [1, 3, {size}, {size}] batch: {message}")
+    })?;
+    if out.size() != [1, classes] {
+        return Err(format!(
+            "the model maps a [1, 3, {size}, {size}] batch to {:?}; the dataset needs [1, {classes}] logits",
+            out.size()
+        ));
+    }
+    Ok(())
 }
 
 fn conv_bn(vs: &nn::Path, c_in: i64, c_out: i64) -> nn::SequentialT {
@@ -76,5 +179,55 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let e = build(&vs.root(), "resnet81", 8, 5).err().unwrap();
         assert!(e.contains("did you mean `resnet18`"), "{e}");
+        let e = build(&vs.root(), "wrn-27-10", 8, 5).err().unwrap();
+        assert!(e.contains("6n + 4"), "{e}");
+    }
+
+    #[test]
+    fn wide_resnet_has_the_published_parameter_count() {
+        // WRN-28-10 on CIFAR-10: 36.5 M parameters (Zagoruyko and Komodakis, Table 1).
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _model = build(&vs.root(), "wrn-28-10", 1, 10).unwrap();
+        let count: i64 = vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum();
+        assert!((36_400_000..36_600_000).contains(&count), "{count}");
+        // PreAct ResNet-18 at width 64: 11.17 M.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _model = build(&vs.root(), "preact-resnet18", 64, 10).unwrap();
+        let count: i64 = vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum();
+        assert!((11_100_000..11_250_000).contains(&count), "{count}");
+    }
+
+    #[test]
+    fn normalisation_is_applied_inside_the_model() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let identity: Box<dyn ModuleT> = Box::new(nn::seq_t().add_fn(|x| x.shallow_clone()));
+        let _ = &vs;
+        let model =
+            Normalized::new(identity, &[0.5, 0.25, 0.0], &[0.5, 0.25, 2.0], Device::Cpu).unwrap();
+        let x = Tensor::ones([1, 3, 2, 2], (Kind::Float, Device::Cpu));
+        let y = model.forward_t(&x, false);
+        assert_eq!(
+            Vec::<f32>::try_from(y.mean_dim(&[2i64, 3][..], false, Kind::Float).reshape([-1]))
+                .unwrap(),
+            vec![1.0, 3.0, 0.5]
+        );
+        assert!(Normalized::new(Box::new(nn::seq_t()), &[0.0], &[0.0], Device::Cpu).is_err());
+    }
+
+    #[test]
+    fn probe_rejects_a_model_with_the_wrong_number_of_classes() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = build(&vs.root(), "small-cnn", 4, 5).unwrap();
+        assert!(probe(model.as_ref(), 16, 5, Device::Cpu).is_ok());
+        let e = probe(model.as_ref(), 16, 7, Device::Cpu).unwrap_err();
+        assert!(e.contains("[1, 7]"), "{e}");
     }
 }

@@ -134,7 +134,6 @@ sat_core::register_attack!(
 mod tests {
     use super::*;
     use crate::ball::per_sample_l2;
-    use sat_core::OracleBackend;
     use sat_core::{testing::LinearModel, Phase};
     use tch::Device;
 
@@ -268,11 +267,12 @@ mod tests {
                 eps * 2.0
             );
             let mut pgd = Pgd::from_config(sat_core::parse_config("pgd", &text).unwrap()).unwrap();
-            pgd.perturb(
-                &Batch::new(&x, &y, 0, 1, Phase::Evaluation),
-                Oracle::new(&oracle_ref),
-            )
-            .unwrap();
+            let _adversarial = pgd
+                .perturb(
+                    &Batch::new(&x, &y, 0, 1, Phase::Evaluation),
+                    Oracle::new(&oracle_ref),
+                )
+                .unwrap();
             assert_eq!(
                 adapter.0.queries.get(),
                 12,

@@ -1,0 +1,127 @@
+//! Image files (JPEG, PNG) to fixed-size `u8` pixel arrays, decoded in parallel.
+use super::error::DataError;
+use image::imageops::FilterType;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// An image resized to `size × size`: RGB pixels in CHW order, and the factors that
+/// map the original pixel coordinates onto the resized ones.
+pub struct Decoded {
+    /// `3 · size · size` bytes, channel-major.
+    pub pixels: Vec<u8>,
+    /// `(size / width, size / height)` of the original image.
+    pub scale: (f32, f32),
+}
+
+fn open(path: &Path) -> Result<image::DynamicImage, DataError> {
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| DataError::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| DataError::io(path, e))?;
+    reader
+        .decode()
+        .map_err(|e| DataError::format(path, format!("cannot decode image: {e}")))
+}
+
+/// Decodes the image at `path` and resizes it (bilinear) to `size × size`.
+pub fn read_rgb(path: &Path, size: u32) -> Result<Decoded, DataError> {
+    let image = open(path)?.to_rgb8();
+    let (w, h) = image.dimensions();
+    if w == 0 || h == 0 {
+        return Err(DataError::format(path, "empty image"));
+    }
+    let image = if (w, h) == (size, size) {
+        image
+    } else {
+        image::imageops::resize(&image, size, size, FilterType::Triangle)
+    };
+    let plane = (size * size) as usize;
+    let mut pixels = vec![0u8; 3 * plane];
+    for (i, p) in image.pixels().enumerate() {
+        for c in 0..3 {
+            pixels[c * plane + i] = p.0[c];
+        }
+    }
+    Ok(Decoded {
+        pixels,
+        scale: (size as f32 / w as f32, size as f32 / h as f32),
+    })
+}
+
+/// Decodes a mask or trimap at `path` as grey levels (`0` background, `255` object)
+/// resized with nearest-neighbour sampling to `size × size`.
+pub fn read_mask(path: &Path, size: u32) -> Result<Vec<u8>, DataError> {
+    let mask = open(path)?.to_luma8();
+    let (w, h) = mask.dimensions();
+    if w == 0 || h == 0 {
+        return Err(DataError::format(path, "empty mask"));
+    }
+    let mask = if (w, h) == (size, size) {
+        mask
+    } else {
+        image::imageops::resize(&mask, size, size, FilterType::Nearest)
+    };
+    Ok(mask.into_raw())
+}
+
+/// Applies `f` to every item on all cores, in order, with a progress bar labelled
+/// `what`; the first error (in item order) is returned.
+pub fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    what: &str,
+    f: impl Fn(&T) -> Result<R, DataError> + Sync,
+) -> Result<Vec<R>, DataError> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(items.len().max(1));
+    let bar = crate::logging::bars().add(ProgressBar::new(items.len() as u64));
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} ({elapsed}<{eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(what.to_string());
+    let next = AtomicUsize::new(0);
+    let mut slots: Vec<Option<Result<R, DataError>>> = (0..items.len()).map(|_| None).collect();
+    let chunks: Vec<Vec<(usize, Result<R, DataError>)>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= items.len() {
+                            break done;
+                        }
+                        let r = f(&items[i]);
+                        let failed = r.is_err();
+                        done.push((i, r));
+                        bar.inc(1);
+                        if failed {
+                            // Stop handing out work; earlier items still finish.
+                            next.fetch_max(items.len(), Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("a dataset worker panicked"))
+            .collect()
+    });
+    bar.finish_and_clear();
+    for (i, r) in chunks.into_iter().flatten() {
+        slots[i] = Some(r);
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for slot in slots {
+        match slot {
+            Some(r) => out.push(r?),
+            None => break,
+        }
+    }
+    Ok(out)
+}

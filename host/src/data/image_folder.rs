@@ -1,0 +1,282 @@
+//! ImageFolder: bring your own data. `root/train/<class>/<image>` and `root/test/<class>/<image>`
+//! (`val/` when there is no `test/`); classes are the sorted directory names of `train/`.
+//! Images are JPEG or PNG, resized to `image_size`.
+//!
+//! Optional sidecar annotations beside an image `photo.jpg`:
+//! - `photo.mask.png`: a segmentation mask (grey level / 255, object = white);
+//! - `photo.boxes.csv`: one box per line, `x0,y0,x1,y1` in the original image's pixels
+//!   (half-open; a non-numeric first line is a header), or `photo.boxes.json`:
+//!   `[[x0, y0, x1, y1], ...]`.
+//!
+//! If any image of the split has a mask, the dataset carries masks; images without one
+//! are kept (the `masks` plugin's `fallback` applies) or skipped per `[data]
+//! missing_masks`. The same holds for boxes (images without boxes have none).
+use super::assemble::{assemble, scale_box, Annotations, Sample};
+use super::decode::{parallel_map, read_mask, read_rgb};
+use super::error::{read_text, DataError};
+use super::{Dataset, MissingMasks, Split};
+use std::path::{Path, PathBuf};
+
+struct Entry {
+    image: PathBuf,
+    label: i64,
+    mask: Option<PathBuf>,
+    boxes: Option<PathBuf>,
+}
+
+fn is_image(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase());
+    let Some(name) = name else { return false };
+    !name.ends_with(".mask.png") && [".jpg", ".jpeg", ".png"].iter().any(|e| name.ends_with(e))
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let listing = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
+    let mut paths = Vec::new();
+    for entry in listing {
+        paths.push(entry.map_err(|e| DataError::io(dir, e))?.path());
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+fn classes(root: &Path) -> Result<Vec<String>, DataError> {
+    let train = root.join("train");
+    let names: Vec<String> = sorted_entries(&train)?
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    if names.is_empty() {
+        return Err(DataError::format(&train, "no class directories"));
+    }
+    Ok(names)
+}
+
+/// Reads the ImageFolder `split` under `root` at side `size`.
+pub fn image_folder(
+    root: &Path,
+    split: Split,
+    size: i64,
+    missing: MissingMasks,
+) -> Result<Dataset, DataError> {
+    let class_names = classes(root)?;
+    let dir = match split {
+        Split::Train => root.join("train"),
+        Split::Test if !root.join("test").exists() && root.join("val").exists() => root.join("val"),
+        Split::Test => root.join("test"),
+    };
+    let mut entries = Vec::new();
+    for class_dir in sorted_entries(&dir)?.into_iter().filter(|p| p.is_dir()) {
+        let name = class_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        let Some(label) = class_names.iter().position(|c| Some(c) == name.as_ref()) else {
+            return Err(DataError::format(
+                &class_dir,
+                "this class is not among the training classes",
+            ));
+        };
+        for image in sorted_entries(&class_dir)?
+            .into_iter()
+            .filter(|p| is_image(p))
+        {
+            let stem = image.with_extension("");
+            let sidecar = |suffix: &str| {
+                let p = PathBuf::from(format!("{}{suffix}", stem.display()));
+                p.exists().then_some(p)
+            };
+            let boxes = sidecar(".boxes.csv").or_else(|| sidecar(".boxes.json"));
+            entries.push(Entry {
+                mask: sidecar(".mask.png"),
+                boxes,
+                image,
+                label: label as i64,
+            });
+        }
+    }
+    if entries.is_empty() {
+        return Err(DataError::format(
+            &dir,
+            "no images (.jpg, .jpeg, .png) in class directories",
+        ));
+    }
+    let annotations = Annotations {
+        boxes: entries.iter().any(|e| e.boxes.is_some()),
+        masks: entries.iter().any(|e| e.mask.is_some()),
+    };
+    if annotations.masks && missing == MissingMasks::Skip {
+        entries.retain(|e| e.mask.is_some());
+    }
+    let samples = parallel_map(&entries, "image-folder", |e| {
+        let decoded = read_rgb(&e.image, size as u32)?;
+        let boxes = match &e.boxes {
+            Some(path) => read_boxes(path)?
+                .into_iter()
+                .filter_map(|b| scale_box(b, decoded.scale, size))
+                .collect(),
+            None => Vec::new(),
+        };
+        let mask = e
+            .mask
+            .as_ref()
+            .map(|m| read_mask(m, size as u32))
+            .transpose()?;
+        Ok(Sample {
+            pixels: decoded.pixels,
+            label: e.label,
+            boxes,
+            mask,
+        })
+    })?;
+    Ok(assemble(samples, size, class_names, annotations))
+}
+
+/// Boxes from a `.boxes.csv` or `.boxes.json` sidecar.
+fn read_boxes(path: &Path) -> Result<Vec<[f32; 4]>, DataError> {
+    let text = read_text(path)?;
+    let boxes: Vec<[f32; 4]> = if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).map_err(|e| {
+            DataError::record(
+                path,
+                format!("line {}, column {}", e.line(), e.column()),
+                format!("expected [[x0, y0, x1, y1], ...]: {e}"),
+            )
+        })?
+    } else {
+        let mut boxes = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+            if line.trim().is_empty() {
+                continue;
+            }
+            let parsed: Result<Vec<f32>, _> = fields.iter().map(|f| f.parse::<f32>()).collect();
+            match parsed {
+                Ok(v) if v.len() == 4 => boxes.push([v[0], v[1], v[2], v[3]]),
+                Err(_) if i == 0 => continue, // a header
+                _ => {
+                    return Err(DataError::record(
+                        path,
+                        format!("line {}", i + 1),
+                        format!("expected four numbers x0,y0,x1,y1, found `{line}`"),
+                    ))
+                }
+            }
+        }
+        boxes
+    };
+    for (i, b) in boxes.iter().enumerate() {
+        if !(b[2] > b[0] && b[3] > b[1]) || b.iter().any(|v| !v.is_finite()) {
+            return Err(DataError::record(
+                path,
+                format!("box {}", i + 1),
+                format!("{b:?} is not a box with x1 > x0 and y1 > y0"),
+            ));
+        }
+    }
+    Ok(boxes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{GrayImage, Luma, Rgb, RgbImage};
+
+    fn layout(root: &Path) {
+        for (split, class, name) in [
+            ("train", "cat", "a.png"),
+            ("train", "cat", "b.jpg"),
+            ("train", "dog", "c.png"),
+            ("test", "dog", "d.png"),
+        ] {
+            let dir = root.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            RgbImage::from_pixel(40, 20, Rgb([0, 200, 0]))
+                .save(dir.join(name))
+                .unwrap();
+        }
+        std::fs::write(
+            root.join("train/cat/a.boxes.csv"),
+            "x0,y0,x1,y1\n0,0,10,10\n20,5,40,20\n",
+        )
+        .unwrap();
+        std::fs::write(root.join("train/dog/c.boxes.json"), "[[4, 2, 8, 6]]").unwrap();
+        GrayImage::from_fn(40, 20, |x, _| Luma([if x < 10 { 255 } else { 0 }]))
+            .save(root.join("train/cat/a.mask.png"))
+            .unwrap();
+        std::fs::write(root.join("train/cat/notes.txt"), "ignored").unwrap();
+    }
+
+    #[test]
+    fn reads_classes_sidecar_boxes_and_masks() {
+        let dir = tempfile::tempdir().unwrap();
+        layout(dir.path());
+        let train = image_folder(dir.path(), Split::Train, 20, MissingMasks::Keep).unwrap();
+        assert_eq!(train.class_names, vec!["cat", "dog"]);
+        assert_eq!(Vec::<i64>::try_from(&train.labels).unwrap(), vec![0, 0, 1]);
+        let boxes = train.boxes.as_ref().unwrap();
+        assert_eq!(boxes.size(), vec![3, 2, 4]);
+        // 40×20 → 20×20: x halves, y stays.
+        assert_eq!(
+            Vec::<f32>::try_from(boxes.get(0).reshape([-1])).unwrap(),
+            vec![0.0, 0.0, 5.0, 10.0, 10.0, 5.0, 20.0, 20.0]
+        );
+        assert_eq!(
+            Vec::<f32>::try_from(boxes.get(1).get(0)).unwrap(),
+            vec![-1.0; 4]
+        );
+        assert_eq!(
+            Vec::<f32>::try_from(boxes.get(2).get(0)).unwrap(),
+            vec![2.0, 2.0, 4.0, 6.0]
+        );
+        let (masks, present) = train.masks.as_ref().unwrap();
+        assert_eq!(
+            Vec::<bool>::try_from(present).unwrap(),
+            vec![true, false, false]
+        );
+        assert_eq!(masks.int64_value(&[0, 0, 3, 4]), 255);
+        assert_eq!(masks.int64_value(&[0, 0, 3, 6]), 0);
+        let skipped = image_folder(dir.path(), Split::Train, 20, MissingMasks::Skip).unwrap();
+        assert_eq!(skipped.len(), 1);
+        let test = image_folder(dir.path(), Split::Test, 20, MissingMasks::Keep).unwrap();
+        assert_eq!(Vec::<i64>::try_from(&test.labels).unwrap(), vec![1]);
+        assert!(test.boxes.is_none() && test.masks.is_none());
+    }
+
+    #[test]
+    fn bad_sidecars_and_unknown_classes_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        layout(dir.path());
+        std::fs::write(
+            dir.path().join("train/cat/a.boxes.csv"),
+            "0,0,10,10\n1,2,3\n",
+        )
+        .unwrap();
+        let e = image_folder(dir.path(), Split::Train, 20, MissingMasks::Keep)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("a.boxes.csv, line 2: expected four numbers"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("train/cat/a.boxes.csv"), "5,5,1,1\n").unwrap();
+        let e = image_folder(dir.path(), Split::Train, 20, MissingMasks::Keep)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a.boxes.csv, box 1"), "{e}");
+        std::fs::write(dir.path().join("train/dog/c.boxes.json"), "[[4, 2, 8]]").unwrap();
+        std::fs::remove_file(dir.path().join("train/cat/a.boxes.csv")).unwrap();
+        let e = image_folder(dir.path(), Split::Train, 20, MissingMasks::Keep)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("c.boxes.json, line 1"), "{e}");
+        std::fs::create_dir_all(dir.path().join("test/bird")).unwrap();
+        let e = image_folder(dir.path(), Split::Test, 20, MissingMasks::Keep)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bird: this class is not among the training classes"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,31 @@
+//! A TorchScript model exported from PyTorch, evaluated and attacked like a native one.
+use std::path::Path;
+use tch::nn::ModuleT;
+use tch::{CModule, Device, Tensor};
+
+/// A TorchScript module in evaluation mode. It maps images in `[0, 1]` to logits; its
+/// own normalisation, if any, is part of it.
+#[derive(Debug)]
+pub struct TorchScriptModel {
+    module: CModule,
+}
+
+impl TorchScriptModel {
+    /// Loads `path` onto `device`.
+    pub fn load(path: &Path, device: Device) -> Result<Self, String> {
+        let mut module = CModule::load_on_device(path, device)
+            .map_err(|e| format!("cannot load TorchScript model {}: {e}", path.display()))?;
+        module.set_eval();
+        Ok(Self { module })
+    }
+}
+
+impl ModuleT for TorchScriptModel {
+    fn forward_t(&self, x: &Tensor, _train: bool) -> Tensor {
+        // `ModuleT` has no error path. The host probes the model once at load time
+        // (`model::probe`), and inside oracle calls the adapter turns a panic into an error.
+        self.module
+            .forward_ts(&[x])
+            .unwrap_or_else(|e| panic!("TorchScript forward failed: {e}"))
+    }
+}

@@ -1,0 +1,318 @@
+//! The training engine end to end: resume after Ctrl-C, datasets read from files in
+//! their real formats, TorchScript models, schedules and corrupt inputs.
+use sat_tests::{sat, tiny_run};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn metrics(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("metrics.json")).expect("metrics.json");
+    serde_json::from_str(&text).expect("valid metrics.json")
+}
+
+/// Settings of the resume test: SGD with Nesterov momentum, a cosine schedule and PGD
+/// training (random starts), so optimiser state, schedule position and attack
+/// randomness all have to be restored.
+const RESUMABLE: &[&str] = &[
+    "--set",
+    "data.train_size=384",
+    "--set",
+    "data.test_size=32",
+    "--set",
+    "train.epochs=4",
+    "--set",
+    "train.batch_size=32",
+    "--set",
+    "train.optimizer=\"sgd\"",
+    "--set",
+    "train.lr=0.05",
+    "--set",
+    "train.nesterov=true",
+    "--set",
+    "train.weight_decay=0.0005",
+    "--set",
+    "train.schedule=\"cosine\"",
+    "--set",
+    "model.width=8",
+    "--set",
+    "eval.attacks=[]",
+    "--set",
+    "components.pgd.steps=3",
+    "--attack",
+    "pgd",
+];
+
+#[test]
+fn resume_after_ctrl_c_reproduces_the_uninterrupted_weights() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut whole = vec!["run", "--set", "name=whole"];
+    whole.extend_from_slice(RESUMABLE);
+    sat(cwd.path(), &whole, &[]).success();
+
+    let child = Command::new(sat_tests::sat_host())
+        .arg("run")
+        .args(["--set", "name=cut"])
+        .args(RESUMABLE)
+        .current_dir(cwd.path())
+        .env_remove("SAT_PLUGIN_PATH")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let state = cwd.path().join("runs/cut/state.safetensors");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !state.exists() {
+        assert!(Instant::now() < deadline, "no state file within 300 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cut = cwd.path().join("runs/cut");
+    let m = metrics(&cut);
+    assert_eq!(m["status"], "interrupted");
+    let finished = m["epochs"].as_array().unwrap().len();
+    assert!(
+        (1..4).contains(&finished),
+        "{finished} epochs before the interrupt"
+    );
+
+    sat(cwd.path(), &["run", "--resume", cut.to_str().unwrap()], &[]).success();
+    let a = std::fs::read(cwd.path().join("runs/whole/checkpoint.safetensors")).unwrap();
+    let b = std::fs::read(cut.join("checkpoint.safetensors")).unwrap();
+    assert!(
+        a == b,
+        "the resumed run's final weights differ from the uninterrupted run's"
+    );
+    let (mw, mc) = (metrics(&cwd.path().join("runs/whole")), metrics(&cut));
+    assert_eq!(mc["status"], "completed");
+    assert_eq!(mc["epochs"].as_array().unwrap().len(), 4);
+    for e in 0..4 {
+        assert_eq!(
+            mw["epochs"][e]["train_loss"], mc["epochs"][e]["train_loss"],
+            "epoch {e}"
+        );
+    }
+    let log = std::fs::read_to_string(cut.join("log.txt")).unwrap();
+    assert!(
+        log.contains(&format!("resuming after epoch {finished} of 4")),
+        "{log}"
+    );
+}
+
+#[test]
+fn resume_needs_a_run_directory_with_state() {
+    let cwd = tempfile::tempdir().unwrap();
+    sat(cwd.path(), &["run", "--resume", "runs/nothing"], &[])
+        .fails_with(&["--resume runs/nothing: no config.toml there"]);
+    let dir = cwd.path().join("runs/empty");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("config.toml"),
+        "name = \"empty\"\n[data]\ntrain_size = 64\ntest_size = 32\n",
+    )
+    .unwrap();
+    sat(cwd.path(), &["run", "--resume", "runs/empty"], &[]).fails_with(&["state.safetensors"]);
+}
+
+fn cifar_record(label: u8, seed: u8) -> Vec<u8> {
+    let mut r = vec![label];
+    r.extend((0..3072).map(|i: u32| (i as u8).wrapping_mul(31).wrapping_add(seed)));
+    r
+}
+
+#[test]
+fn cifar10_binaries_train_and_a_truncated_file_is_a_clean_error() {
+    let cwd = tempfile::tempdir().unwrap();
+    let root = cwd.path().join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&root).unwrap();
+    for b in 1..=5u8 {
+        let batch: Vec<u8> = (0..8u8)
+            .flat_map(|i| cifar_record(i % 10, b * 8 + i))
+            .collect();
+        std::fs::write(root.join(format!("data_batch_{b}.bin")), batch).unwrap();
+    }
+    let test: Vec<u8> = (0..10u8).flat_map(|i| cifar_record(i, i)).collect();
+    std::fs::write(root.join("test_batch.bin"), &test).unwrap();
+    let args = [
+        "--set",
+        "data.dataset=\"cifar10\"",
+        "--set",
+        "data.root=\"cifar-10-batches-bin\"",
+        "--set",
+        "data.train_size=0",
+        "--set",
+        "name=c10-empty",
+    ];
+    // train_size = 0 asks for an empty subset: refused.
+    tiny_run(cwd.path(), &args, &[]).fails_with(&["both must be non-empty"]);
+    let args = [
+        "--set",
+        "data.dataset=\"cifar10\"",
+        "--set",
+        "data.root=\"cifar-10-batches-bin\"",
+        "--set",
+        "data.train_size=40",
+        "--set",
+        "name=c10",
+        "--attack",
+        "fgsm",
+    ];
+    let out = tiny_run(cwd.path(), &args, &[]).success();
+    let log = std::fs::read_to_string(cwd.path().join("runs/c10/log.txt")).unwrap();
+    assert!(
+        log.contains("40 training and 10 test images, 10 classes"),
+        "{log}\n{}",
+        out.stderr
+    );
+    assert!(metrics(&cwd.path().join("runs/c10"))["clean_accuracy"].is_number());
+
+    std::fs::write(root.join("test_batch.bin"), &test[..3073 * 4 + 100]).unwrap();
+    tiny_run(cwd.path(), &args, &[]).fails_with(&["test_batch.bin, record 4: truncated"]);
+    tiny_run(cwd.path(), &["--set", "data.dataset=\"cifar10\""], &[])
+        .fails_with(&["[data] root: dataset `cifar10` needs the directory"]);
+    tiny_run(cwd.path(), &["--set", "data.dataset=\"cifar11\""], &[])
+        .fails_with(&["unknown dataset `cifar11`", "did you mean `cifar10`"]);
+}
+
+#[test]
+fn an_image_folder_with_sidecar_masks_trains_with_sat() {
+    use image::{GrayImage, Luma, Rgb, RgbImage};
+    let cwd = tempfile::tempdir().unwrap();
+    let root = cwd.path().join("pets");
+    for split in ["train", "test"] {
+        for (c, class) in ["cat", "dog"].iter().enumerate() {
+            let dir = root.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..6u32 {
+                let image = RgbImage::from_fn(48, 40, |x, y| {
+                    let on = if c == 0 { x < 24 } else { y < 20 };
+                    Rgb(if on {
+                        [220, 40, (i * 30) as u8]
+                    } else {
+                        [30, 30, 30]
+                    })
+                });
+                image.save(dir.join(format!("{i}.png"))).unwrap();
+                if i % 2 == 0 {
+                    GrayImage::from_fn(48, 40, |x, y| {
+                        let on = if c == 0 { x < 24 } else { y < 20 };
+                        Luma([if on { 255 } else { 0 }])
+                    })
+                    .save(dir.join(format!("{i}.mask.png")))
+                    .unwrap();
+                }
+            }
+        }
+    }
+    let args = [
+        "--set",
+        "data.dataset=\"image-folder\"",
+        "--set",
+        "data.root=\"pets\"",
+        "--set",
+        "data.train_size=100",
+        "--set",
+        "name=pets",
+        "--plugin",
+        "masks",
+        "--attack",
+        "sat",
+    ];
+    tiny_run(cwd.path(), &args, &[]).success();
+    let log = std::fs::read_to_string(cwd.path().join("runs/pets/log.txt")).unwrap();
+    assert!(
+        log.contains("12 training and 12 test images, 2 classes"),
+        "{log}"
+    );
+    let mut skip = args.to_vec();
+    skip.extend([
+        "--set",
+        "data.missing_masks=\"skip\"",
+        "--set",
+        "name=pets-skip",
+    ]);
+    tiny_run(cwd.path(), &skip, &[]).success();
+    let log = std::fs::read_to_string(cwd.path().join("runs/pets-skip/log.txt")).unwrap();
+    assert!(log.contains("6 training and 6 test images"), "{log}");
+
+    std::fs::write(root.join("train/dog/3.png"), b"\x89PNG\r\n\x1a\n garbage").unwrap();
+    tiny_run(cwd.path(), &args, &[]).fails_with(&["train/dog/3.png: cannot decode image"]);
+}
+
+#[test]
+fn a_torchscript_model_is_evaluated_and_attacked() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let python = root.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} missing: run scripts/test",
+        python.display()
+    );
+    let cwd = tempfile::tempdir().unwrap();
+    let status = Command::new(&python)
+        .arg(root.join("tests/pytorch/crosscheck.py"))
+        .arg(cwd.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // crosscheck.py exports a 5-class CNN for 16×16 images.
+    std::fs::write(
+        cwd.path().join("ts.toml"),
+        r#"name = "ts"
+[data]
+image_size = 16
+classes = 5
+test_size = 64
+[model]
+torchscript = "model.pt"
+[eval]
+attacks = ["fgsm", "pgd"]
+epsilons = ["8/255"]
+"#,
+    )
+    .unwrap();
+    let out = sat(cwd.path(), &["eval", "--config", "ts.toml"], &[]).success();
+    let m = metrics(&cwd.path().join("runs/ts-eval"));
+    let clean = m["clean_accuracy"].as_f64().unwrap();
+    let robust = m["robust_accuracy"].as_array().unwrap();
+    assert_eq!(robust.len(), 2, "{}", out.stdout);
+    for r in robust {
+        assert!(r["accuracy"].as_f64().unwrap() <= clean, "{r}");
+    }
+    sat(
+        cwd.path(),
+        &["eval", "--config", "ts.toml", "--set", "data.image_size=32"],
+        &[],
+    )
+    .fails_with(&["[model] the model fails on a [1, 3, 32, 32] batch"]);
+    sat(cwd.path(), &["run", "--config", "ts.toml"], &[])
+        .fails_with(&["a TorchScript model can be evaluated and attacked"]);
+}
+
+#[test]
+fn a_checkpoint_of_another_architecture_is_refused_by_name() {
+    let cwd = tempfile::tempdir().unwrap();
+    tiny_run(cwd.path(), &["--set", "name=small"], &[]).success();
+    let out = sat(
+        cwd.path(),
+        &[
+            "eval",
+            "--run",
+            "runs/small",
+            "--set",
+            "model.arch=\"preact-resnet18\"",
+        ],
+        &[],
+    );
+    out.fails_with(&["checkpoint.safetensors has no tensor", "another model"]);
+}
