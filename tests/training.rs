@@ -316,3 +316,80 @@ fn a_checkpoint_of_another_architecture_is_refused_by_name() {
     );
     out.fails_with(&["checkpoint.safetensors has no tensor", "another model"]);
 }
+
+#[test]
+fn a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let cwd = tempfile::tempdir().unwrap();
+    // A sane rate in epoch 1, then ×1e30 from epoch 2 on.
+    let out = tiny_run(
+        cwd.path(),
+        &[
+            "--set",
+            "name=diverge",
+            "--set",
+            "train.epochs=3",
+            "--set",
+            "train.optimizer=\"sgd\"",
+            "--set",
+            "train.lr=0.01",
+            "--set",
+            "train.schedule=\"multistep\"",
+            "--set",
+            "train.milestones=[1]",
+            "--set",
+            "train.gamma=1e30",
+        ],
+        &[],
+    );
+    out.fails_with(&[
+        "the training loss became",
+        "in epoch 2",
+        "runs/diverge/checkpoint.safetensors",
+    ]);
+    let dir = cwd.path().join("runs/diverge");
+    let m = metrics(&dir);
+    assert_eq!(m["status"], "failed");
+    assert_eq!(m["epochs"].as_array().unwrap().len(), 1);
+    assert!(m["error"].as_str().unwrap().contains("in epoch 2"));
+    // The kept checkpoint is epoch 1's: finite weights that evaluate.
+    sat(
+        cwd.path(),
+        &["eval", "--run", "runs/diverge", "--set", "eval.attacks=[]"],
+        &[],
+    )
+    .success();
+}
+
+#[test]
+fn every_architecture_trains_a_step_and_bad_schedules_are_config_errors() {
+    let cwd = tempfile::tempdir().unwrap();
+    for arch in ["preact-resnet18", "wrn-10-1", "resnet10"] {
+        tiny_run(
+            cwd.path(),
+            &[
+                "--set",
+                &format!("name={arch}"),
+                "--set",
+                &format!("model.arch=\"{arch}\""),
+                "--set",
+                "model.mean=[0.5, 0.5, 0.5]",
+                "--set",
+                "model.std=[0.25, 0.25, 0.25]",
+                "--set",
+                "train.schedule=\"one-cycle\"",
+                "--set",
+                "eval.attacks=[]",
+            ],
+            &[],
+        )
+        .success();
+    }
+    tiny_run(cwd.path(), &["--set", "train.schedule=\"cosin\""], &[])
+        .fails_with(&["--set train.schedule: unknown value `cosin`; did you mean `cosine`?"]);
+    tiny_run(
+        cwd.path(),
+        &["--set", "model.mean=[0.5]", "--set", "model.std=[0.0]"],
+        &[],
+    )
+    .fails_with(&["[model] mean/std: std must be positive"]);
+}

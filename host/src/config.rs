@@ -295,7 +295,7 @@ impl ConfigSource {
     }
 
     /// Where the key at `path` (e.g. `["components", "pgd", "steps"]`) is written, or
-    /// `--set` if the file does not contain it.
+    /// `--set <key>` if the file does not contain it.
     pub fn locate<S: AsRef<str>>(&self, path: &[S]) -> Location {
         let line_col = key_span(&self.text, path).map(|offset| line_col(&self.text, offset));
         match line_col {
@@ -304,7 +304,10 @@ impl ConfigSource {
                 line_col: Some(lc),
             },
             None => Location {
-                file: "--set".into(),
+                file: format!(
+                    "--set {}",
+                    path.iter().map(AsRef::as_ref).collect::<Vec<_>>().join(".")
+                ),
                 line_col: None,
             },
         }
@@ -444,24 +447,27 @@ pub fn load(
         from_file
     } else {
         let mut table: toml::Table = toml::from_str(&source.text).expect("parsed above");
+        let mut config = None;
+        // One override at a time, so that an error names the override that caused it.
         for o in overrides {
+            let location = Location {
+                file: format!("--set {}", o.key.join(".")),
+                line_col: None,
+            };
             o.apply(&mut table).map_err(|message| ConfigError {
-                location: Location {
-                    file: "--set".into(),
-                    line_col: None,
-                },
+                location: location.clone(),
                 message,
             })?;
+            config = Some(
+                toml::Value::Table(table.clone())
+                    .try_into::<RunConfig>()
+                    .map_err(|e| ConfigError {
+                        location,
+                        message: explain(e.message()),
+                    })?,
+            );
         }
-        toml::Value::Table(table)
-            .try_into::<RunConfig>()
-            .map_err(|e| ConfigError {
-                location: Location {
-                    file: "--set".into(),
-                    line_col: None,
-                },
-                message: explain(e.message()),
-            })?
+        config.expect("at least one override")
     };
     // Plugin paths are relative to the config file.
     if let Some(dir) = path.and_then(Path::parent) {
@@ -529,7 +535,7 @@ mod tests {
         assert_eq!(c.components["pgd"]["steps"].as_integer(), Some(3));
         assert_eq!(c.eval.epsilons, vec![Epsilon(1.0 / 255.0)]);
         let bad = load(Some(f.path()), &[Override::parse("train.epoch=1").unwrap()]).unwrap_err();
-        assert_eq!(bad.location.file, "--set");
+        assert_eq!(bad.location.file, "--set train.epoch");
         assert!(bad.message.contains("did you mean `epochs`"), "{bad}");
     }
 
@@ -544,7 +550,10 @@ mod tests {
             "c.toml:3:1"
         );
         assert_eq!(src.locate(&["components", "pgd"]).line_col, Some((1, 13)));
-        assert_eq!(src.locate(&["components", "fgsm"]).file, "--set");
+        assert_eq!(
+            src.locate(&["components", "fgsm"]).file,
+            "--set components.fgsm"
+        );
     }
 
     #[test]

@@ -9,8 +9,9 @@ use anyhow::Context;
 use sat_core::{OracleAdapter, Phase};
 use tch::{nn::ModuleT, Device, Kind, Tensor};
 
-/// Accuracy of `model` on the first `limit` samples of `data` (all if 0), optionally on
-/// the inputs `pipeline` makes.
+/// Accuracy of `model` on `limit` samples of `data` spread evenly over it (all if 0,
+/// so that class-sorted test sets stay balanced), optionally on the inputs `pipeline`
+/// makes.
 pub fn accuracy(
     model: &dyn ModuleT,
     data: &Dataset,
@@ -34,7 +35,10 @@ pub fn accuracy(
     let mut correct = 0i64;
     let step = batch_size.max(1) as i64;
     for start in (0..n).step_by(step as usize) {
-        let index = Tensor::arange_start(start, (start + step).min(n), (Kind::Int64, Device::Cpu));
+        // Sample i of the n evaluated is i·len/n: every sample when n = len.
+        let index = Tensor::arange_start(start, (start + step).min(n), (Kind::Int64, Device::Cpu))
+            * data.len();
+        let index = index.floor_divide_scalar(n);
         let samples = data.select(&index).to(device);
         let inputs = match pipeline.as_deref_mut() {
             Some(p) => p.inputs(&samples, 0, 1, Phase::Evaluation, &oracle, &mut rng)?,
