@@ -384,6 +384,19 @@ fn every_architecture_trains_a_step_and_bad_schedules_are_config_errors() {
         )
         .success();
     }
+    let cpu_amp = tiny_run(
+        cwd.path(),
+        &["--set", "train.amp=true", "--set", "device=\"cpu\""],
+        &[],
+    )
+    .success();
+    assert!(
+        cpu_amp
+            .stderr
+            .contains("mixed precision is used on CUDA only"),
+        "{}",
+        cpu_amp.stderr
+    );
     tiny_run(cwd.path(), &["--set", "train.schedule=\"cosin\""], &[])
         .fails_with(&["--set train.schedule: unknown value `cosin`; did you mean `cosine`?"]);
     tiny_run(

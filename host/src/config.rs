@@ -178,6 +178,9 @@ pub struct TrainConfig {
     pub milestones: Vec<u32>,
     /// Factor of `multistep`.
     pub gamma: f64,
+    /// Mixed precision (float16 autocast with dynamic loss scaling) on CUDA; ignored,
+    /// with a warning, on the CPU.
+    pub amp: bool,
     /// Saliency sources; with several, one is drawn per batch (weights below).
     pub saliency: Vec<String>,
     /// Drawing weights of the saliency sources (empty = equal).
@@ -208,6 +211,7 @@ impl Default for TrainConfig {
             schedule: crate::schedule::ScheduleKind::Constant,
             milestones: Vec::new(),
             gamma: 0.1,
+            amp: false,
             saliency: Vec::new(),
             saliency_weights: Vec::new(),
             attack: String::new(),

@@ -49,6 +49,31 @@ impl Rule {
     }
 }
 
+/// Dynamic loss scaling for mixed-precision training (`torch.cuda.amp.GradScaler`'s
+/// rule): the loss is multiplied by `scale` before the backward pass and the gradients
+/// divided by it before the update; a step whose gradients are not finite is skipped
+/// and halves the scale; 2000 finite steps in a row double it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossScale {
+    /// The current factor.
+    pub scale: f64,
+    /// Finite steps since the last change.
+    pub good_steps: u32,
+}
+
+impl Default for LossScale {
+    fn default() -> Self {
+        Self {
+            scale: 65536.0,
+            good_steps: 0,
+        }
+    }
+}
+
+impl LossScale {
+    const GROWTH_INTERVAL: u32 = 2000;
+}
+
 /// An optimiser over the trainable variables of a var store.
 pub struct Optimizer {
     rule: Rule,
@@ -86,6 +111,52 @@ impl Optimizer {
         }
         loss.backward();
         self.step(lr);
+    }
+
+    /// [`Optimizer::backward_step`] with dynamic loss scaling; returns whether the step
+    /// was taken (it is skipped, and the scale halved, when a gradient is not finite).
+    pub fn scaled_backward_step(&mut self, loss: &Tensor, lr: f64, scaler: &mut LossScale) -> bool {
+        for (_, p) in &self.params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        (loss * scaler.scale).backward();
+        let finite = tch::no_grad(|| {
+            let mut all = Tensor::from(true).to_device(loss.device());
+            for (_, p) in &self.params {
+                let g = p.grad();
+                if g.defined() {
+                    all = all.logical_and(&g.isfinite().all());
+                }
+            }
+            bool::try_from(all).unwrap_or(false)
+        });
+        if !finite {
+            scaler.scale /= 2.0;
+            scaler.good_steps = 0;
+            log::debug!(
+                "non-finite scaled gradients: step skipped, loss scale now {}",
+                scaler.scale
+            );
+            return false;
+        }
+        tch::no_grad(|| {
+            for (_, p) in &self.params {
+                let mut g = p.grad();
+                if g.defined() {
+                    let _ = g.g_mul_scalar_(1.0 / scaler.scale);
+                }
+            }
+        });
+        self.step(lr);
+        scaler.good_steps += 1;
+        if scaler.good_steps >= LossScale::GROWTH_INTERVAL {
+            scaler.scale *= 2.0;
+            scaler.good_steps = 0;
+        }
+        true
     }
 
     /// One update at learning rate `lr` from the parameters' current gradients.
@@ -212,7 +283,9 @@ mod tests {
             (vs, lin)
         };
         let (vs_a, lin_a) = make();
-        let (vs_b, lin_b) = make();
+        let (mut vs_b, lin_b) = make();
+        // Tests share the global RNG: make the copies identical explicitly.
+        vs_b.copy(&vs_a).unwrap();
         let mut ours = Optimizer::new(&vs_a, rule);
         let mut reference = theirs.build(&vs_b, lr).unwrap();
         tch::manual_seed(4);
@@ -276,6 +349,59 @@ mod tests {
     }
 
     #[test]
+    fn loss_scaling_takes_the_unscaled_step_and_skips_overflows() {
+        let make = || {
+            tch::manual_seed(5);
+            let vs = nn::VarStore::new(Device::Cpu);
+            let lin = nn::linear(vs.root() / "l", 4, 3, Default::default());
+            (vs, lin)
+        };
+        let rule = Rule::Sgd {
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.0,
+        };
+        let x = Tensor::randn([5, 4], (Kind::Float, Device::Cpu));
+        let y = Tensor::from_slice(&[0i64, 1, 2, 1, 0]);
+        let (vs_a, lin_a) = make();
+        let (mut vs_b, lin_b) = make();
+        vs_b.copy(&vs_a).unwrap();
+        let mut plain = Optimizer::new(&vs_a, rule);
+        let mut scaled = Optimizer::new(&vs_b, rule);
+        let mut scaler = LossScale::default();
+        for _ in 0..3 {
+            plain.backward_step(&lin_a.forward(&x).cross_entropy_for_logits(&y), 0.1);
+            assert!(scaled.scaled_backward_step(
+                &lin_b.forward(&x).cross_entropy_for_logits(&y),
+                0.1,
+                &mut scaler
+            ));
+        }
+        let diff = (&lin_a.ws - &lin_b.ws).abs().max().double_value(&[]);
+        assert!(diff < 1e-6, "{diff}");
+        assert_eq!(scaler.good_steps, 3);
+        // A scale that overflows float32 gradients: no step, the scale halves.
+        let before = lin_b.ws.copy();
+        let mut huge = LossScale {
+            scale: 1e39,
+            good_steps: 7,
+        };
+        assert!(!scaled.scaled_backward_step(
+            &lin_b.forward(&x).cross_entropy_for_logits(&y),
+            0.1,
+            &mut huge
+        ));
+        assert!(lin_b.ws.equal(&before));
+        assert_eq!(
+            huge,
+            LossScale {
+                scale: 5e38,
+                good_steps: 0
+            }
+        );
+    }
+
+    #[test]
     fn restored_state_continues_identically() {
         let rule = Rule::Adam {
             beta1: 0.9,
@@ -284,11 +410,22 @@ mod tests {
             weight_decay: 0.0,
         };
         let run = |split: Option<usize>, restore: bool| {
-            tch::manual_seed(1);
             let vs = nn::VarStore::new(Device::Cpu);
             let lin = nn::linear(vs.root() / "l", 4, 2, Default::default());
+            // Fixed values, independent of the RNG other tests share.
+            let opts = (Kind::Float, Device::Cpu);
+            tch::no_grad(|| {
+                lin.ws
+                    .shallow_clone()
+                    .copy_(&Tensor::linspace(-0.5, 0.5, 8, opts).reshape([2, 4]));
+                lin.bs
+                    .as_ref()
+                    .unwrap()
+                    .shallow_clone()
+                    .copy_(&Tensor::zeros([2], opts));
+            });
             let mut opt = Optimizer::new(&vs, rule);
-            let x = Tensor::randn([6, 4], (Kind::Float, Device::Cpu));
+            let x = Tensor::linspace(-2.0, 3.0, 24, opts).reshape([6, 4]).sin();
             let y = Tensor::from_slice(&[0i64, 1, 0, 1, 1, 0]);
             for i in 0..6 {
                 if Some(i) == split {

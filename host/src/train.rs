@@ -3,7 +3,7 @@
 use crate::config::{LossKind, RunConfig};
 use crate::data::{augment, rng::SplitMix, Dataset};
 use crate::eval;
-use crate::optimizer::{Optimizer, Rule};
+use crate::optimizer::{LossScale, Optimizer, Rule};
 use crate::oracle::ModelOracle;
 use crate::pipeline::Pipeline;
 use crate::registry::Registry;
@@ -134,6 +134,7 @@ const STATE_FILE: &str = "state.safetensors";
 fn save_state(
     vs: &nn::VarStore,
     optimizer: &Optimizer,
+    scaler: &LossScale,
     epochs_done: u32,
     path: &Path,
 ) -> anyhow::Result<()> {
@@ -146,6 +147,11 @@ fn save_state(
         "trainer.epochs_done".into(),
         Tensor::from_slice(&[epochs_done as i64]),
     ));
+    named.push(("amp.scale".into(), Tensor::from_slice(&[scaler.scale])));
+    named.push((
+        "amp.good_steps".into(),
+        Tensor::from_slice(&[scaler.good_steps as i64]),
+    ));
     write_tensors(&named, path)
 }
 
@@ -153,6 +159,7 @@ fn save_state(
 fn load_state(
     vs: &mut nn::VarStore,
     optimizer: &mut Optimizer,
+    scaler: &mut LossScale,
     path: &Path,
 ) -> anyhow::Result<u32> {
     let named = read_tensors(path)?;
@@ -160,6 +167,10 @@ fn load_state(
     optimizer
         .load_state(&named)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if let (Some(scale), Some(good)) = (named.get("amp.scale"), named.get("amp.good_steps")) {
+        scaler.scale = scale.double_value(&[0]);
+        scaler.good_steps = good.int64_value(&[0]) as u32;
+    }
     let done = named
         .get("trainer.epochs_done")
         .with_context(|| format!("{} has no epoch count", path.display()))?;
@@ -247,9 +258,18 @@ fn train_and_evaluate(
     let batches = (train.len() as usize).div_ceil(batch_size);
     let schedule = Schedule::new(t.schedule, t.lr, &t.milestones, t.gamma, t.epochs, batches);
     let state_file = run.file(STATE_FILE);
+    // Mixed precision: float16 autocast of the training forward passes with dynamic
+    // loss scaling, on CUDA only.
+    let amp = t.amp && device.is_cuda();
+    if t.amp && !amp {
+        log::warn!(
+            "[train] amp: mixed precision is used on CUDA only; training in float32 on {device:?}"
+        );
+    }
+    let mut scaler = LossScale::default();
     let mut first_epoch = 0;
     if resume {
-        first_epoch = load_state(&mut net.vs, &mut optimizer, &state_file)?;
+        first_epoch = load_state(&mut net.vs, &mut optimizer, &mut scaler, &state_file)?;
         metrics.epochs.truncate(first_epoch as usize);
         log::info!(
             "resuming after epoch {first_epoch} of {} from {}",
@@ -336,12 +356,14 @@ fn train_and_evaluate(
                     return Err(e.into());
                 }
             };
-            let logits = net.model.forward_t(&inputs, true);
+            let logits =
+                tch::autocast(amp, || net.model.forward_t(&inputs, true)).to_kind(Kind::Float);
             let loss = match t.loss {
                 LossKind::Ce => logits.cross_entropy_for_logits(&samples.labels),
                 LossKind::Trades => {
                     // CE(f(x), y) + β·KL(f(x) ‖ f(x_adv)), gradients through both terms.
-                    let clean = net.model.forward_t(&samples.images, true);
+                    let clean = tch::autocast(amp, || net.model.forward_t(&samples.images, true))
+                        .to_kind(Kind::Float);
                     let kl = sat_core::objective_value(
                         &logits,
                         &sat_core::Objective::kl_divergence(&clean),
@@ -360,7 +382,11 @@ fn train_and_evaluate(
                 );
             }
             let lr = schedule.rate(epoch as usize * batches + step);
-            optimizer.backward_step(&loss, lr);
+            if amp {
+                optimizer.scaled_backward_step(&loss, lr, &mut scaler);
+            } else {
+                optimizer.backward_step(&loss, lr);
+            }
             let n = chunk.len() as i64;
             loss_sum += loss_value * n as f64;
             seen += n;
@@ -397,7 +423,7 @@ fn train_and_evaluate(
         );
         metrics.epochs.push(e);
         save_checkpoint(&net.vs, &checkpoint)?;
-        save_state(&net.vs, &optimizer, epoch + 1, &state_file)?;
+        save_state(&net.vs, &optimizer, &scaler, epoch + 1, &state_file)?;
         run.write_metrics(metrics)?;
     }
 
