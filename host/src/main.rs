@@ -8,7 +8,6 @@ mod data;
 mod device;
 mod eval;
 mod logging;
-mod model;
 mod optimizer;
 mod oracle;
 mod pipeline;

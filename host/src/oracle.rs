@@ -36,7 +36,7 @@ mod tests {
     #[test]
     fn input_gradients_leave_parameter_gradients_alone() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let model = crate::model::small_cnn(&vs.root(), 4, 3);
+        let model = sat_models::small_cnn(&vs.root(), 4, 3);
         let adapter = OracleAdapter(ModelOracle {
             model: &model,
             classes: 3,

@@ -40,21 +40,27 @@ pub fn build_network(config: &RunConfig, classes: i64, device: Device) -> anyhow
     let m = &config.model;
     let model: Box<dyn ModuleT> = match &m.torchscript {
         Some(path) => Box::new(
-            crate::model::TorchScriptModel::load(path, device)
+            sat_models::TorchScriptModel::load(path, device)
                 .map_err(|e| anyhow::anyhow!("[model] torchscript: {e}"))?,
         ),
-        None => crate::model::build(&vs.root(), &m.arch, m.width, classes)
-            .map_err(|e| anyhow::anyhow!("[model] {e}"))?,
+        None => sat_models::build(&vs.root(), &m.arch, m.width, classes).map_err(|e| match e {
+            sat_models::ModelError::UnknownArch(arch) => anyhow::anyhow!(
+                "[model] arch: unknown model arch `{arch}`{}; accepted: {}",
+                crate::suggest::did_you_mean(&arch, sat_models::ARCHITECTURES),
+                sat_models::ARCHITECTURES.join(", ")
+            ),
+            other => anyhow::anyhow!("[model] {other}"),
+        })?,
     };
     let model: Box<dyn ModuleT> = if m.mean.is_empty() && m.std.is_empty() {
         model
     } else {
         Box::new(
-            crate::model::Normalized::new(model, &m.mean, &m.std, device)
+            sat_models::Normalized::new(model, &m.mean, &m.std, device)
                 .map_err(|e| anyhow::anyhow!("[model] mean/std: {e}"))?,
         )
     };
-    crate::model::probe(model.as_ref(), config.data.image_size, classes, device)
+    sat_models::probe(model.as_ref(), config.data.image_size, classes, device)
         .map_err(|e| anyhow::anyhow!("[model] {e}"))?;
     Ok(Network { vs, model })
 }

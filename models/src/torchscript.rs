@@ -1,4 +1,5 @@
 //! A TorchScript model exported from PyTorch, evaluated and attacked like a native one.
+use crate::ModelError;
 use std::path::Path;
 use tch::nn::ModuleT;
 use tch::{CModule, Device, Tensor};
@@ -12,9 +13,13 @@ pub struct TorchScriptModel {
 
 impl TorchScriptModel {
     /// Loads `path` onto `device`.
-    pub fn load(path: &Path, device: Device) -> Result<Self, String> {
-        let mut module = CModule::load_on_device(path, device)
-            .map_err(|e| format!("cannot load TorchScript model {}: {e}", path.display()))?;
+    pub fn load(path: &Path, device: Device) -> Result<Self, ModelError> {
+        let mut module = CModule::load_on_device(path, device).map_err(|e| {
+            ModelError::Invalid(format!(
+                "cannot load TorchScript model {}: {e}",
+                path.display()
+            ))
+        })?;
         module.set_eval();
         Ok(Self { module })
     }
@@ -23,7 +28,7 @@ impl TorchScriptModel {
 impl ModuleT for TorchScriptModel {
     fn forward_t(&self, x: &Tensor, _train: bool) -> Tensor {
         // `ModuleT` has no error path. The host probes the model once at load time
-        // (`model::probe`), and inside oracle calls the adapter turns a panic into an error.
+        // (`probe`), and inside oracle calls the adapter turns a panic into an error.
         self.module
             .forward_ts(&[x])
             .unwrap_or_else(|e| panic!("TorchScript forward failed: {e}"))

@@ -1,4 +1,5 @@
 //! CIFAR-style ResNets (3×3 stem, no max-pool) with basic blocks.
+use crate::activation::relu;
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
@@ -41,17 +42,14 @@ impl Block {
 
 impl ModuleT for Block {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let y = x
-            .apply(&self.c1)
-            .apply_t(&self.b1, train)
-            .relu()
+        let y = relu(&x.apply(&self.c1).apply_t(&self.b1, train))
             .apply(&self.c2)
             .apply_t(&self.b2, train);
         let skip = match &self.shortcut {
             Some((c, b)) => x.apply(c).apply_t(b, train),
             None => x.shallow_clone(),
         };
-        (y + skip).relu()
+        relu(&(y + skip))
     }
 }
 
@@ -60,7 +58,7 @@ pub fn resnet(vs: &nn::Path, blocks: [usize; 4], width: i64, classes: i64) -> nn
     let mut net = nn::seq_t()
         .add(conv(vs / "stem", 3, width, 3, 1))
         .add(nn::batch_norm2d(vs / "stem_bn", width, Default::default()))
-        .add_fn(|x| x.relu());
+        .add_fn(relu);
     let mut c_in = width;
     for (stage, &count) in blocks.iter().enumerate() {
         let c_out = width << stage;

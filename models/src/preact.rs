@@ -1,5 +1,7 @@
 //! Pre-activation ResNet-18 (He et al. 2016) and Wide ResNets (Zagoruyko and Komodakis
 //! 2016), CIFAR-style: 3×3 stem, no max-pool, BN-ReLU before each convolution.
+use crate::activation::relu;
+use crate::ModelError;
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
@@ -39,16 +41,12 @@ impl PreActBlock {
 
 impl ModuleT for PreActBlock {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let a = x.apply_t(&self.b1, train).relu();
+        let a = relu(&x.apply_t(&self.b1, train));
         let skip = match &self.shortcut {
             Some(c) => a.apply(c),
             None => x.shallow_clone(),
         };
-        a.apply(&self.c1)
-            .apply_t(&self.b2, train)
-            .relu()
-            .apply(&self.c2)
-            + skip
+        relu(&a.apply(&self.c1).apply_t(&self.b2, train)).apply(&self.c2) + skip
     }
 }
 
@@ -84,7 +82,7 @@ fn stages(
 
 fn head(vs: &nn::Path, net: nn::SequentialT, c: i64, classes: i64) -> nn::SequentialT {
     net.add(nn::batch_norm2d(vs / "final_bn", c, Default::default()))
-        .add_fn(|x| x.relu().adaptive_avg_pool2d([1, 1]).flatten(1, -1))
+        .add_fn(|x| relu(x).adaptive_avg_pool2d([1, 1]).flatten(1, -1))
         .add(nn::linear(vs / "head", c, classes, Default::default()))
 }
 
@@ -102,11 +100,11 @@ pub fn wide_resnet(
     depth: i64,
     widen: i64,
     classes: i64,
-) -> Result<nn::SequentialT, String> {
+) -> Result<nn::SequentialT, ModelError> {
     if depth < 10 || (depth - 4) % 6 != 0 || widen < 1 {
-        return Err(format!(
+        return Err(ModelError::Invalid(format!(
             "wrn-{depth}-{widen}: depth must be 6n + 4 (10, 16, 22, 28, 34, 40, …) and the widening factor positive"
-        ));
+        )));
     }
     let blocks = ((depth - 4) / 6) as usize;
     let net = nn::seq_t().add(conv(vs / "stem", 3, 16, 3, 1));

@@ -1,12 +1,26 @@
 //! Classifiers, built on `tch::nn`. Inputs are images in `[0, 1]`; any normalisation
-//! belongs inside the model.
+//! belongs inside the model. Every ReLU goes through [`activation::relu`], so saliency
+//! methods can run their own backward rule through the activations.
+pub mod activation;
 mod preact;
+pub mod relu_backprop;
 mod resnet;
 mod torchscript;
 
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 pub use torchscript::TorchScriptModel;
+
+/// Why a model cannot be built or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// `arch` names no architecture of [`ARCHITECTURES`].
+    #[error("unknown model arch `{0}`")]
+    UnknownArch(String),
+    /// Any other problem, described.
+    #[error("{0}")]
+    Invalid(String),
+}
 
 /// The architectures `[model] arch` accepts (`wrn-D-K` for any valid depth and width).
 pub const ARCHITECTURES: [&str; 7] = [
@@ -26,18 +40,20 @@ pub fn build(
     arch: &str,
     width: i64,
     classes: i64,
-) -> Result<Box<dyn ModuleT>, String> {
+) -> Result<Box<dyn ModuleT>, ModelError> {
     if width < 1 {
-        return Err(format!("model width must be positive, got {width}"));
+        return Err(ModelError::Invalid(format!(
+            "model width must be positive, got {width}"
+        )));
     }
     if let Some(rest) = arch.strip_prefix("wrn-") {
         let parsed = rest
             .split_once('-')
             .and_then(|(d, k)| Some((d.parse::<i64>().ok()?, k.parse::<i64>().ok()?)));
         let Some((depth, widen)) = parsed else {
-            return Err(format!(
+            return Err(ModelError::Invalid(format!(
                 "model arch `{arch}`: expected wrn-<depth>-<widen>, e.g. wrn-28-10"
-            ));
+            )));
         };
         return Ok(Box::new(preact::wide_resnet(vs, depth, widen, classes)?));
     }
@@ -47,13 +63,7 @@ pub fn build(
         "resnet18" => Box::new(resnet::resnet(vs, [2, 2, 2, 2], width, classes)),
         "resnet34" => Box::new(resnet::resnet(vs, [3, 4, 6, 3], width, classes)),
         "preact-resnet18" => Box::new(preact::preact_resnet18(vs, width, classes)),
-        other => {
-            return Err(format!(
-                "unknown model arch `{other}`{}; accepted: {}",
-                crate::suggest::did_you_mean(other, ARCHITECTURES),
-                ARCHITECTURES.join(", ")
-            ))
-        }
+        other => return Err(ModelError::UnknownArch(other.to_string())),
     })
 }
 
@@ -78,13 +88,17 @@ impl Normalized {
         mean: &[f64],
         std: &[f64],
         device: tch::Device,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ModelError> {
         let ok = |v: &[f64]| v.len() == 1 || v.len() == 3;
         if !ok(mean) || !ok(std) {
-            return Err("mean and std need 1 or 3 values".into());
+            return Err(ModelError::Invalid(
+                "mean and std need 1 or 3 values".into(),
+            ));
         }
         if std.iter().any(|s| !(*s > 0.0) || !s.is_finite()) {
-            return Err(format!("std must be positive, got {std:?}"));
+            return Err(ModelError::Invalid(format!(
+                "std must be positive, got {std:?}"
+            )));
         }
         let column = |v: &[f64]| {
             Tensor::from_slice(v)
@@ -113,7 +127,7 @@ pub fn probe(
     size: i64,
     classes: i64,
     device: tch::Device,
-) -> Result<(), String> {
+) -> Result<(), ModelError> {
     let x = Tensor::zeros([1, 3, size, size], (Kind::Float, device));
     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         tch::no_grad(|| model.forward_t(&x, false))
@@ -124,13 +138,15 @@ pub fn probe(
             .cloned()
             .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "unknown panic".into());
-        format!("the model fails on a [1, 3, {size}, {size}] batch: {message}")
+        ModelError::Invalid(format!(
+            "the model fails on a [1, 3, {size}, {size}] batch: {message}"
+        ))
     })?;
     if out.size() != [1, classes] {
-        return Err(format!(
+        return Err(ModelError::Invalid(format!(
             "the model maps a [1, 3, {size}, {size}] batch to {:?}; the dataset needs [1, {classes}] logits",
             out.size()
-        ));
+        )));
     }
     Ok(())
 }
@@ -144,7 +160,7 @@ fn conv_bn(vs: &nn::Path, c_in: i64, c_out: i64) -> nn::SequentialT {
     nn::seq_t()
         .add(nn::conv2d(vs / "conv", c_in, c_out, 3, conv))
         .add(nn::batch_norm2d(vs / "bn", c_out, Default::default()))
-        .add_fn(|x| x.relu())
+        .add_fn(activation::relu)
 }
 
 /// A small VGG-style network for CPU runs: three stages of conv-BN-ReLU, global
@@ -178,8 +194,14 @@ mod tests {
         }
         let vs = nn::VarStore::new(Device::Cpu);
         let e = build(&vs.root(), "resnet81", 8, 5).err().unwrap();
-        assert!(e.contains("did you mean `resnet18`"), "{e}");
-        let e = build(&vs.root(), "wrn-27-10", 8, 5).err().unwrap();
+        assert!(
+            matches!(&e, ModelError::UnknownArch(a) if a == "resnet81"),
+            "{e}"
+        );
+        let e = build(&vs.root(), "wrn-27-10", 8, 5)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("6n + 4"), "{e}");
     }
 
@@ -227,7 +249,9 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let model = build(&vs.root(), "small-cnn", 4, 5).unwrap();
         assert!(probe(model.as_ref(), 16, 5, Device::Cpu).is_ok());
-        let e = probe(model.as_ref(), 16, 7, Device::Cpu).unwrap_err();
+        let e = probe(model.as_ref(), 16, 7, Device::Cpu)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("[1, 7]"), "{e}");
     }
 }

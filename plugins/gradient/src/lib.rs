@@ -1,0 +1,233 @@
+//! Saliency from a teacher model's gradients, as one plugin library: `gradient`,
+//! `guided-backprop`, `smoothgrad`, `integrated-gradients`, `gradcam++` and
+//! `guided-gradcam++`.
+//!
+//! The teacher is the model being trained (`teacher = "self"`, through the host's
+//! oracle), a checkpoint of this project (`teacher = "runs/x/checkpoint.safetensors"`
+//! with its `arch` and `width`), or a TorchScript file (`teacher = "model.pt"`).
+//! Guided backprop and Grad-CAM++ need to see the teacher's ReLUs, so they need a
+//! checkpoint teacher. Maps are taken for one class per sample: the label
+//! (`target = "label"`) or the teacher's prediction (`"predicted"`).
+
+pub mod gradcam;
+pub mod methods;
+pub mod teacher;
+
+sat_core::export_plugin!();
+
+use sat_core::PluginError;
+use serde::Deserialize;
+use tch::{Kind, Tensor};
+
+/// How a gradient-type attribution becomes a map in `[−1, 1]`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Output {
+    /// `sign(a)`: −1, 0 or +1 per pixel and channel.
+    Sign,
+    /// `a / max|a|` per sample.
+    Normalized,
+    /// `|a| / max|a|` per sample, in `[0, 1]`.
+    Abs,
+}
+
+impl Output {
+    /// Applies the transform to attributions `[N, C, H, W]`.
+    pub fn apply(self, a: &Tensor) -> Result<Tensor, PluginError> {
+        let per_sample_max = |t: &Tensor| -> Result<Tensor, PluginError> {
+            let n = t.size()[0];
+            Ok(t.f_abs()?
+                .f_reshape([n, -1])?
+                .f_amax([1i64].as_slice(), false)?
+                .f_clamp_min(1e-12)?
+                .f_reshape([n, 1, 1, 1])?)
+        };
+        Ok(match self {
+            Output::Sign => a.f_sign()?,
+            Output::Normalized => a.f_div(&per_sample_max(a)?)?,
+            Output::Abs => a.f_abs()?.f_div(&per_sample_max(a)?)?,
+        }
+        .f_to_kind(Kind::Float)?)
+    }
+}
+
+/// Which class each sample's map explains.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// The sample's label.
+    Label,
+    /// The teacher's predicted class.
+    Predicted,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sat_core::component::Configurable;
+    use sat_core::{testing::LinearModel, Batch, Oracle, Phase, SaliencySource};
+    use tch::{nn, Device};
+
+    #[test]
+    fn every_component_builds_from_its_defaults() {
+        assert_eq!(sat_core::check_registrations(), Ok(6));
+    }
+
+    /// A small CNN teacher with 3 classes saved as a checkpoint in `dir`.
+    fn teacher_file(dir: &std::path::Path) -> String {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _model = sat_models::build(&vs.root(), "small-cnn", 4, 3).unwrap();
+        let path = dir.join("teacher.safetensors");
+        vs.save(&path).unwrap();
+        path.display().to_string()
+    }
+
+    fn batch_of(n: i64) -> (Tensor, Tensor) {
+        let x = Tensor::rand([n, 3, 16, 16], (Kind::Float, Device::Cpu));
+        let y = Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(3);
+        (x, y)
+    }
+
+    fn config<C: serde::de::DeserializeOwned>(name: &str, text: &str) -> C {
+        sat_core::parse_config(name, text).unwrap()
+    }
+
+    #[test]
+    fn integrated_gradients_are_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let teacher = teacher_file(dir.path());
+        let text = format!(
+            "teacher = \"{teacher}\"\narch = \"small-cnn\"\nwidth = 4\nclasses = 3\nsteps = 256\nbatch_size = 100\nbaseline = 0.0"
+        );
+        let mut ig =
+            methods::IntegratedGradients::from_config(config("integrated-gradients", &text))
+                .unwrap();
+        let oracle = LinearModel::random(3, 3 * 16 * 16, 1).oracle();
+        let oracle_ref = oracle.as_ref();
+        let (x, y) = batch_of(3);
+        let batch = Batch::new(&x, &y, 0, 1, Phase::Training);
+        let attributions = ig.attributions(&batch, Oracle::new(&oracle_ref)).unwrap();
+        // f(x) − f(0) for the target logit, from the same teacher.
+        let vs = {
+            let mut vs = nn::VarStore::new(Device::Cpu);
+            let model = sat_models::build(&vs.root(), "small-cnn", 4, 3).unwrap();
+            vs.load(&teacher).unwrap();
+            (vs, model)
+        };
+        let f = |t: &Tensor| {
+            tch::no_grad(|| vs.1.forward_t(t, false))
+                .gather(1, &y.unsqueeze(1), false)
+                .squeeze_dim(1)
+        };
+        let expected = f(&x) - f(&x.zeros_like());
+        let got = attributions.sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Float);
+        let err = (&got - &expected).abs();
+        // Midpoint rule with 256 steps on a piecewise-linear network: within 1 % + 1e-4.
+        let bound = expected.abs() * 0.01 + 1e-4;
+        assert!(
+            bool::try_from(err.le_tensor(&bound).all()).unwrap(),
+            "sums {got:?} vs f(x) − f(x') {expected:?}"
+        );
+    }
+
+    #[test]
+    fn smoothgrad_with_zero_sigma_is_the_gradient_and_self_teacher_uses_the_oracle() {
+        let oracle = LinearModel::random(3, 3 * 16 * 16, 2);
+        let weight = oracle.weight.copy();
+        let oracle = oracle.oracle();
+        let oracle_ref = oracle.as_ref();
+        let (x, y) = batch_of(4);
+        let batch = Batch::new(&x, &y, 0, 1, Phase::Training);
+        let mut sg =
+            methods::SmoothGrad::from_config(config("smoothgrad", "sigma = 0.0\nsamples = 3"))
+                .unwrap();
+        let smooth = sg.attributions(&batch, Oracle::new(&oracle_ref)).unwrap();
+        // The linear model's logit gradient is its weight row for the label.
+        let rows = weight.index_select(0, &y).reshape([4, 3, 16, 16]);
+        assert!(smooth.allclose(&rows, 1e-5, 1e-6, false));
+        let mut g = methods::Gradient::from_config(config("gradient", "")).unwrap();
+        let map = g.saliency(&batch, Oracle::new(&oracle_ref)).unwrap();
+        assert!(map.equal(&rows.sign()));
+        let mut noisy =
+            methods::SmoothGrad::from_config(config("smoothgrad", "sigma = 0.3")).unwrap();
+        // Linear model: noise does not change the gradient either.
+        let n = noisy
+            .attributions(&batch, Oracle::new(&oracle_ref))
+            .unwrap();
+        assert!(n.allclose(&rows, 1e-5, 1e-6, false));
+    }
+
+    #[test]
+    fn gradcam_is_non_negative_image_sized_and_needs_a_checkpoint_teacher() {
+        let dir = tempfile::tempdir().unwrap();
+        let teacher = teacher_file(dir.path());
+        let oracle = LinearModel::random(3, 3 * 16 * 16, 3).oracle();
+        let oracle_ref = oracle.as_ref();
+        let (x, y) = batch_of(5);
+        let batch = Batch::new(&x, &y, 0, 1, Phase::Training);
+        let text = format!("teacher = \"{teacher}\"\nwidth = 4\nclasses = 3\noutput = \"unit\"");
+        let mut cam = gradcam::GradCamPP::from_config(config("gradcam++", &text)).unwrap();
+        let map = cam.saliency(&batch, Oracle::new(&oracle_ref)).unwrap();
+        assert_eq!(map.size(), vec![5, 1, 16, 16]);
+        assert!(map.min().double_value(&[]) >= 0.0);
+        assert!(map.max().double_value(&[]) <= 1.0);
+        let text = format!("teacher = \"{teacher}\"\nwidth = 4\nclasses = 3\nlayer = 0");
+        let mut first = gradcam::GradCamPP::from_config(config("gradcam++", &text)).unwrap();
+        let centred = first.saliency(&batch, Oracle::new(&oracle_ref)).unwrap();
+        assert!(centred.min().double_value(&[]) >= -1.0 && centred.max().double_value(&[]) <= 1.0);
+        let text = format!("teacher = \"{teacher}\"\nwidth = 4\nclasses = 3\nlayer = 9");
+        let mut bad = gradcam::GradCamPP::from_config(config("gradcam++", &text)).unwrap();
+        let e = bad
+            .saliency(&batch, Oracle::new(&oracle_ref))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("layer 9: the teacher has 5 spatial ReLU layers"),
+            "{e}"
+        );
+        let mut own = gradcam::GradCamPP::from_config(config("gradcam++", "")).unwrap();
+        let e = own
+            .saliency(&batch, Oracle::new(&oracle_ref))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs to see the teacher's ReLUs"), "{e}");
+        let text = format!("teacher = \"{teacher}\"\nwidth = 4\nclasses = 3");
+        let mut ggc =
+            gradcam::GuidedGradCamPP::from_config(config("guided-gradcam++", &text)).unwrap();
+        let m = ggc.saliency(&batch, Oracle::new(&oracle_ref)).unwrap();
+        assert_eq!(m.size(), vec![5, 3, 16, 16]);
+        let mut gb =
+            methods::GuidedBackprop::from_config(config("guided-backprop", &text)).unwrap();
+        let g = gb.saliency(&batch, Oracle::new(&oracle_ref)).unwrap();
+        // Where Grad-CAM++ is positive, guided Grad-CAM++ keeps guided backprop's sign.
+        let agree = m.ne(0.0).logical_and(&m.ne_tensor(&g));
+        assert_eq!(agree.sum(Kind::Int64).int64_value(&[]), 0);
+    }
+
+    #[test]
+    fn a_missing_or_mismatched_teacher_is_a_config_error() {
+        let oracle = LinearModel::random(3, 3 * 16 * 16, 4).oracle();
+        let oracle_ref = oracle.as_ref();
+        let (x, y) = batch_of(2);
+        let batch = Batch::new(&x, &y, 0, 1, Phase::Training);
+        let mut g = methods::GuidedBackprop::from_config(config(
+            "guided-backprop",
+            "teacher = \"nope.safetensors\"",
+        ))
+        .unwrap();
+        let e = g
+            .saliency(&batch, Oracle::new(&oracle_ref))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope.safetensors: no such file"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let teacher = teacher_file(dir.path());
+        let text = format!("teacher = \"{teacher}\"\narch = \"resnet10\"\nwidth = 4\nclasses = 3");
+        let mut g = methods::GuidedBackprop::from_config(config("guided-backprop", &text)).unwrap();
+        let e = g
+            .saliency(&batch, Oracle::new(&oracle_ref))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is it a checkpoint of arch `resnet10`"), "{e}");
+    }
+}
