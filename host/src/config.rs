@@ -144,6 +144,16 @@ pub enum OptimizerKind {
     Sgd,
 }
 
+/// How often the saliency source is drawn among several.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SaliencyDraw {
+    /// A fresh draw for every batch.
+    Batch,
+    /// One draw per epoch (the paper's ensemble of teachers).
+    Epoch,
+}
+
 /// The training objective.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -185,6 +195,8 @@ pub struct TrainConfig {
     pub saliency: Vec<String>,
     /// Drawing weights of the saliency sources (empty = equal).
     pub saliency_weights: Vec<f64>,
+    /// How often a saliency source is drawn: `"batch"` or `"epoch"`.
+    pub saliency_draw: SaliencyDraw,
     /// The attack that makes training inputs; empty = standard training.
     pub attack: String,
     /// A second attack used instead of `attack` on a batch with probability
@@ -214,6 +226,7 @@ impl Default for TrainConfig {
             amp: false,
             saliency: Vec::new(),
             saliency_weights: Vec::new(),
+            saliency_draw: SaliencyDraw::Batch,
             attack: String::new(),
             mix: String::new(),
             mix_probability: 0.5,
@@ -235,6 +248,8 @@ pub struct EvalConfig {
     pub max_samples: usize,
     /// Evaluation batch size.
     pub batch_size: usize,
+    /// Also measure the mean Etmann alignment of the model (on `max_samples` images).
+    pub alignment: bool,
     /// Per-component settings for evaluation only, `[eval.components.<name>]`, laid over
     /// `[components.<name>]` (e.g. PGD-5 for training, PGD-10 for evaluation).
     pub components: BTreeMap<String, toml::Table>,
@@ -247,6 +262,7 @@ impl Default for EvalConfig {
             epsilons: [2.0, 4.0, 8.0].iter().map(|v| Epsilon(v / 255.0)).collect(),
             max_samples: 500,
             batch_size: 250,
+            alignment: true,
             components: BTreeMap::new(),
         }
     }
@@ -346,6 +362,24 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// Splits a dotted key into its segments; a segment may be quoted as in TOML
+/// (`components."gradcam++".layer`).
+fn split_key(key: &str) -> Result<Vec<String>, String> {
+    let mut parts = vec![String::new()];
+    let mut quoted = false;
+    for c in key.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '.' if !quoted => parts.push(String::new()),
+            c => parts.last_mut().expect("non-empty").push(c),
+        }
+    }
+    if quoted {
+        return Err("unterminated quote in the key".into());
+    }
+    Ok(parts.into_iter().map(|p| p.trim().to_owned()).collect())
+}
+
 /// A `--set key.path=value` override.
 #[derive(Debug, Clone)]
 pub struct Override {
@@ -361,7 +395,7 @@ impl Override {
         let (key, value) = text
             .split_once('=')
             .ok_or_else(|| format!("`{text}`: expected key=value"))?;
-        let key: Vec<String> = key.trim().split('.').map(|s| s.trim().to_owned()).collect();
+        let key = split_key(key.trim()).map_err(|m| format!("`{text}`: {m}"))?;
         if key.iter().any(String::is_empty) {
             return Err(format!("`{text}`: empty key segment"));
         }
@@ -541,6 +575,16 @@ mod tests {
         let bad = load(Some(f.path()), &[Override::parse("train.epoch=1").unwrap()]).unwrap_err();
         assert_eq!(bad.location.file, "--set train.epoch");
         assert!(bad.message.contains("did you mean `epochs`"), "{bad}");
+    }
+
+    #[test]
+    fn override_keys_may_quote_segments() {
+        let o = Override::parse("components.\"gradcam++\".layer=-2").unwrap();
+        assert_eq!(o.key, vec!["components", "gradcam++", "layer"]);
+        assert_eq!(o.value.as_integer(), Some(-2));
+        let o = Override::parse("components.gradcam++.layer=1").unwrap();
+        assert_eq!(o.key, vec!["components", "gradcam++", "layer"]);
+        assert!(Override::parse("components.\"x.layer=1").is_err());
     }
 
     #[test]

@@ -53,6 +53,58 @@ pub fn accuracy(
     Ok(correct as f64 / n.max(1) as f64)
 }
 
+/// What [`evaluate`] measures.
+pub struct Evaluation {
+    /// Clean accuracy on the whole test set.
+    pub clean: f64,
+    /// Robust accuracy per attack and budget.
+    pub robust: Vec<RobustAccuracy>,
+    /// Mean Etmann alignment, when `[eval] alignment` is on.
+    pub alignment: Option<f64>,
+}
+
+/// The mean Etmann et al. (2019) alignment `|⟨x, ∇ₓΨ_ŷ(x)⟩| / ‖∇ₓΨ_ŷ(x)‖` over `limit`
+/// test images spread over `data` (all if 0), `Ψ_ŷ` being the logit of the predicted
+/// class; samples with a zero gradient count as 0.
+pub fn alignment(
+    model: &dyn ModuleT,
+    data: &Dataset,
+    limit: usize,
+    batch_size: usize,
+    device: Device,
+) -> f64 {
+    let n = if limit == 0 {
+        data.len()
+    } else {
+        (limit as i64).min(data.len())
+    };
+    let step = batch_size.max(1) as i64;
+    let mut total = 0f64;
+    for start in (0..n).step_by(step as usize) {
+        let index = Tensor::arange_start(start, (start + step).min(n), (Kind::Int64, Device::Cpu))
+            * data.len();
+        let index = index.floor_divide_scalar(n);
+        let x = data
+            .select(&index)
+            .to(device)
+            .images
+            .detach()
+            .set_requires_grad(true);
+        let logits = tch::with_grad(|| model.forward_t(&x, false));
+        let predicted = logits.argmax(-1, false).unsqueeze(1);
+        let score = logits.gather(1, &predicted, false).sum(Kind::Float);
+        let g = Tensor::run_backward(&[score], &[&x], false, false).remove(0);
+        let flat_g = g.flatten(1, -1);
+        let dot = (x.detach().flatten(1, -1) * &flat_g).sum_dim_intlist(1, false, Kind::Double);
+        let norm = flat_g
+            .to_kind(Kind::Double)
+            .norm_scalaropt_dim(2, [1i64].as_slice(), false);
+        let per = dot.abs() / norm.clamp_min(1e-30);
+        total += per.sum(Kind::Double).double_value(&[]);
+    }
+    total / n.max(1) as f64
+}
+
 /// Clean accuracy on the whole test set and robust accuracy for every attack and budget
 /// of `[eval]`.
 pub fn evaluate(
@@ -61,10 +113,17 @@ pub fn evaluate(
     config: &RunConfig,
     registry: &Registry,
     device: Device,
-) -> anyhow::Result<(f64, Vec<RobustAccuracy>)> {
+) -> anyhow::Result<Evaluation> {
     let eval = &config.eval;
     let clean = accuracy(model, test, 0, eval.batch_size, device, None, config.seed)?;
     log::info!("clean accuracy {:.4} on {} test images", clean, test.len());
+    let alignment = if eval.alignment {
+        let a = alignment(model, test, eval.max_samples, eval.batch_size, device);
+        log::info!("mean Etmann alignment {a:.4}");
+        Some(a)
+    } else {
+        None
+    };
     let mut robust = Vec::new();
     for name in &eval.attacks {
         for &eps in &eval.epsilons {
@@ -97,5 +156,50 @@ pub fn evaluate(
             });
         }
     }
-    Ok((clean, robust))
+    Ok(Evaluation {
+        clean,
+        robust,
+        alignment,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::nn;
+
+    #[test]
+    fn alignment_of_a_linear_model_is_the_projection_on_its_weights() {
+        // Ψ_k(x) = w_k · x: α(x) = |x · w_ŷ| / ‖w_ŷ‖.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let lin = nn::linear(
+            vs.root() / "l",
+            12,
+            2,
+            nn::LinearConfig {
+                bias: false,
+                ..Default::default()
+            },
+        );
+        let model = nn::seq_t().add_fn(|x| x.flatten(1, -1)).add(lin);
+        let images = Tensor::rand([5, 3, 2, 2], (Kind::Float, Device::Cpu));
+        let data = Dataset {
+            images: images.copy(),
+            labels: Tensor::zeros([5], (Kind::Int64, Device::Cpu)),
+            boxes: None,
+            masks: None,
+            class_names: vec!["a".into(), "b".into()],
+        };
+        let got = alignment(&model, &data, 0, 2, Device::Cpu);
+        let w = vs.variables()["l.weight"].copy();
+        let flat = images.flatten(1, -1);
+        let logits = flat.matmul(&w.tr());
+        let pred = logits.argmax(-1, false);
+        let rows = w.index_select(0, &pred);
+        let expected = ((&flat * &rows).sum_dim_intlist(1, false, Kind::Float).abs()
+            / rows.norm_scalaropt_dim(2, [1i64].as_slice(), false))
+        .mean(Kind::Float)
+        .double_value(&[]);
+        assert!((got - expected).abs() < 1e-5, "{got} vs {expected}");
+    }
 }

@@ -7,6 +7,7 @@ mod config;
 mod data;
 mod device;
 mod eval;
+mod gallery;
 mod logging;
 mod optimizer;
 mod oracle;
@@ -59,6 +60,31 @@ enum Command {
     Run(RunArgs),
     /// Evaluate a trained model: clean and robust accuracy.
     Eval(EvalArgs),
+    /// Write a PNG gallery of the maps of saliency sources (image, map, overlay,
+    /// perturbed image) on test images.
+    Saliency(SaliencyArgs),
+}
+
+#[derive(Args, Debug)]
+struct SaliencyArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Saliency source(s) to show (repeatable; default: `[train] saliency`).
+    #[arg(long = "plugin", value_name = "NAME")]
+    plugins: Vec<String>,
+    /// Weights for the model the host answers oracle calls with (sources with
+    /// `teacher = "self"`); default: the freshly initialised model.
+    #[arg(long, value_name = "FILE")]
+    checkpoint: Option<PathBuf>,
+    /// Test images shown.
+    #[arg(long, default_value_t = 6)]
+    samples: i64,
+    /// Budget of the perturbed-image column `clip(x − ε·S)`.
+    #[arg(long, value_name = "EPS", default_value = "8/255", value_parser = Epsilon::parse)]
+    eps: Epsilon,
+    /// Output directory.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -147,7 +173,52 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run(args) => run(&cli, args),
         Command::Eval(args) => evaluate(&cli, args),
+        Command::Saliency(args) => saliency_gallery(&cli, args),
     }
+}
+
+fn saliency_gallery(cli: &Cli, args: &SaliencyArgs) -> anyhow::Result<ExitCode> {
+    let mut extra = Vec::new();
+    if !args.plugins.is_empty() {
+        let list = args
+            .plugins
+            .iter()
+            .cloned()
+            .map(toml::Value::String)
+            .collect();
+        extra.push(Override {
+            key: vec!["train".into(), "saliency".into()],
+            value: toml::Value::Array(list),
+        });
+    }
+    let (config, registry) = prepare(cli, &args.config, &extra)?;
+    if config.train.saliency.is_empty() {
+        bail!("no saliency source to show: pass --plugin NAME or set [train] saliency");
+    }
+    let device = device::parse(&config.device).map_err(|e| anyhow::anyhow!("device: {e}"))?;
+    let (_, test) = train::load_datasets(&config)?;
+    let mut net = train::build_network(&config, test.num_classes(), device)?;
+    match &args.checkpoint {
+        Some(c) => train::load_weights(&mut net.vs, c)?,
+        None => {
+            log::info!("no --checkpoint: sources with teacher = \"self\" see an untrained model")
+        }
+    }
+    let files = gallery::write(
+        &config,
+        &registry,
+        net.model.as_ref(),
+        &test,
+        &config.train.saliency,
+        args.samples,
+        args.eps.0,
+        &args.out,
+        device,
+    )?;
+    for f in files {
+        println!("{}", f.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn cli_json(cli: &Cli) -> bool {
@@ -372,6 +443,9 @@ fn print_summary(metrics: &report::Metrics, dir: &Path) {
     if let Some(clean) = metrics.clean_accuracy {
         println!("  clean accuracy        {clean:.4}");
     }
+    if let Some(a) = metrics.alignment {
+        println!("  alignment             {a:.4}");
+    }
     for r in &metrics.robust_accuracy {
         println!(
             "  {:<8} {:<4} eps {:<7} {:.4}",
@@ -442,7 +516,7 @@ fn evaluate(cli: &Cli, args: &EvalArgs) -> anyhow::Result<ExitCode> {
             "eval --config without --checkpoint needs a [model] torchscript file; pass --checkpoint FILE"
         ),
     }
-    let (clean, robust) = eval::evaluate(net.model.as_ref(), &test, &config, &registry, device)?;
+    let evaluation = eval::evaluate(net.model.as_ref(), &test, &config, &registry, device)?;
     let out = report::RunDir {
         path: args
             .out
@@ -458,8 +532,9 @@ fn evaluate(cli: &Cli, args: &EvalArgs) -> anyhow::Result<ExitCode> {
             status: "evaluated".into(),
             ..Default::default()
         });
-    metrics.clean_accuracy = Some(clean);
-    metrics.robust_accuracy = robust;
+    metrics.clean_accuracy = Some(evaluation.clean);
+    metrics.robust_accuracy = evaluation.robust;
+    metrics.alignment = evaluation.alignment;
     out.write_metrics(&metrics)?;
     print_summary(&metrics, &out.path);
     Ok(ExitCode::SUCCESS)

@@ -1,7 +1,7 @@
-//! How a run combines its plugins: saliency sources (one drawn per batch) feeding an
+//! How a run combines its plugins: saliency sources (one drawn per batch or per epoch) feeding an
 //! attack that makes the model's inputs.
 use crate::component::{AttackComponent, ComponentError, Origin, SaliencyComponent};
-use crate::config::RunConfig;
+use crate::config::{RunConfig, SaliencyDraw};
 use crate::data::{rng::SplitMix, Samples};
 use crate::registry::{Registry, RegistryError};
 use sat_core::{ComponentKind, Epsilon, OracleRef, Phase};
@@ -90,6 +90,8 @@ pub struct Pipeline {
     pub attack: Option<AttackComponent>,
     /// The second attack and the probability of using it on a batch.
     pub mix: Option<(AttackComponent, f64)>,
+    /// With `[train] saliency_draw = "epoch"`: the seed of the per-epoch draw.
+    per_epoch: Option<u64>,
 }
 
 /// Why a pipeline could not be built.
@@ -186,11 +188,26 @@ impl Pipeline {
             cumulative,
             attack,
             mix: None,
+            per_epoch: (train.saliency_draw == SaliencyDraw::Epoch).then_some(config.seed),
         };
         if let Some(a) = &pipeline.attack {
             pipeline.check_saliency(a)?;
         }
         Ok(pipeline)
+    }
+
+    fn source_at(&self, u: f64) -> usize {
+        self.cumulative
+            .iter()
+            .position(|&c| u < c)
+            .unwrap_or(self.cumulative.len().saturating_sub(1))
+    }
+
+    /// With `saliency_draw = "epoch"`, the index of the source used throughout `epoch`
+    /// (drawn from the seed and the epoch only).
+    pub fn epoch_source(&self, epoch: u32) -> Option<usize> {
+        let seed = self.per_epoch?;
+        Some(self.source_at(SplitMix::new(seed ^ 0x5A11_E7C7, epoch as u64).uniform()))
     }
 
     /// Whether any attack of the pipeline asks for saliency.
@@ -216,22 +233,29 @@ impl Pipeline {
             Some((_, p)) => rng.uniform() < *p,
             None => false,
         };
+        let requires_saliency = match (use_mix, &self.mix, &self.attack) {
+            (true, Some((mix, _)), _) => mix.requires_saliency,
+            (_, _, Some(attack)) => attack.requires_saliency,
+            (_, _, None) => return Ok(samples.images.shallow_clone()),
+        };
+        let source = if requires_saliency {
+            Some(match self.epoch_source(epoch) {
+                Some(index) => index,
+                None => self.source_at(rng.uniform()),
+            })
+        } else {
+            None
+        };
+        let mut batch = samples.batch(epoch, epochs, phase);
+        if let Some(index) = source {
+            let map = self.sources[index].saliency(&batch, oracle)?;
+            batch = batch.with_saliency(&map);
+        }
         let attack = match (use_mix, self.mix.as_mut(), self.attack.as_mut()) {
             (true, Some((mix, _)), _) => mix,
             (_, _, Some(attack)) => attack,
             (_, _, None) => return Ok(samples.images.shallow_clone()),
         };
-        let mut batch = samples.batch(epoch, epochs, phase);
-        if attack.requires_saliency {
-            let u = rng.uniform();
-            let index = self
-                .cumulative
-                .iter()
-                .position(|&c| u < c)
-                .unwrap_or(self.cumulative.len() - 1);
-            let map = self.sources[index].saliency(&batch, oracle)?;
-            batch = batch.with_saliency(&map);
-        }
         attack.perturb(&batch, oracle)
     }
 }

@@ -327,6 +327,13 @@ fn train_and_evaluate(
             .progress_chars("=> "),
         );
         bar.set_prefix(format!("{}/{}", epoch + 1, t.epochs));
+        if let Some(i) = pipeline.epoch_source(epoch) {
+            log::info!(
+                "epoch {}: saliency source `{}`",
+                epoch + 1,
+                pipeline.sources[i].origin.name
+            );
+        }
         let start = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0i64, 0i64);
         for (step, chunk) in order.chunks(batch_size).enumerate() {
@@ -433,9 +440,10 @@ fn train_and_evaluate(
         run.write_metrics(metrics)?;
     }
 
-    let (clean, robust) = eval::evaluate(net.model.as_ref(), &test, config, registry, device)?;
-    metrics.clean_accuracy = Some(clean);
-    metrics.robust_accuracy = robust;
+    let evaluation = eval::evaluate(net.model.as_ref(), &test, config, registry, device)?;
+    metrics.clean_accuracy = Some(evaluation.clean);
+    metrics.robust_accuracy = evaluation.robust;
+    metrics.alignment = evaluation.alignment;
     metrics.status = "completed".into();
     run.write_metrics(metrics)?;
     Ok(Outcome::Completed)
