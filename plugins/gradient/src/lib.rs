@@ -204,6 +204,60 @@ mod tests {
         assert_eq!(agree.sum(Kind::Int64).int64_value(&[]), 0);
     }
 
+    /// Runs only where CUDA is present (the CI machine has none; it prints why it
+    /// returns early): every source gives the same map on the GPU as on the CPU.
+    #[test]
+    fn cuda_and_cpu_give_the_same_maps() {
+        if !tch::Cuda::is_available() {
+            eprintln!("cuda_and_cpu_give_the_same_maps: no CUDA device, nothing to compare");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let teacher = teacher_file(dir.path());
+        let (x, y) = batch_of(4);
+        let common =
+            format!("teacher = \"{teacher}\"\nwidth = 4\nclasses = 3\noutput = \"normalized\"");
+        for (name, extra) in [
+            ("gradient", ""),
+            ("guided-backprop", ""),
+            ("smoothgrad", "sigma = 0.0\nsamples = 2"),
+            ("integrated-gradients", "steps = 8"),
+        ] {
+            let text = format!("{common}\n{extra}");
+            let make = || -> Box<dyn SaliencySource> {
+                match name {
+                    "gradient" => {
+                        Box::new(methods::Gradient::from_config(config(name, &text)).unwrap())
+                    }
+                    "guided-backprop" => {
+                        Box::new(methods::GuidedBackprop::from_config(config(name, &text)).unwrap())
+                    }
+                    "smoothgrad" => {
+                        Box::new(methods::SmoothGrad::from_config(config(name, &text)).unwrap())
+                    }
+                    _ => Box::new(
+                        methods::IntegratedGradients::from_config(config(name, &text)).unwrap(),
+                    ),
+                }
+            };
+            let mut maps = Vec::new();
+            for device in [Device::Cpu, Device::Cuda(0)] {
+                let oracle = LinearModel::random(3, 3 * 16 * 16, 6).oracle();
+                let oracle_ref = oracle.as_ref();
+                let (xd, yd) = (x.to_device(device), y.to_device(device));
+                let batch = Batch::new(&xd, &yd, 0, 1, Phase::Training);
+                maps.push(
+                    make()
+                        .saliency(&batch, Oracle::new(&oracle_ref))
+                        .unwrap()
+                        .to_device(Device::Cpu),
+                );
+            }
+            let diff = (&maps[0] - &maps[1]).abs().max().double_value(&[]);
+            assert!(diff < 1e-3, "{name}: CPU and CUDA maps differ by {diff}");
+        }
+    }
+
     #[test]
     fn a_missing_or_mismatched_teacher_is_a_config_error() {
         let oracle = LinearModel::random(3, 3 * 16 * 16, 4).oracle();
