@@ -162,13 +162,14 @@ impl SaliencySource for GradCamPP {
 source_config!(
     /// Configuration of `guided-gradcam++`.
     GuidedGradCamConfig {
-        output: Output::Sign,
+        output: Output::Normalized,
         /// The Grad-CAM++ layer, as in `gradcam++`.
         layer: i64 = -1,
     }
 );
 
-/// Guided Grad-CAM++: guided backprop weighted pixel-wise by the Grad-CAM++ map.
+/// Guided Grad-CAM++: guided backprop weighted pixel-wise by the Grad-CAM++ map (its
+/// default output is `normalized`: a sign would discard the weighting).
 pub struct GuidedGradCamPP {
     teacher: Teacher,
     layer: i64,
@@ -205,5 +206,5 @@ sat_core::register_saliency!(
     GuidedGradCamPP,
     name = "guided-gradcam++",
     description = "Guided backprop times Grad-CAM++ of a checkpoint teacher",
-    defaults = defaults!("sign", "layer = -1\n"),
+    defaults = defaults!("normalized", "layer = -1\n"),
 );
