@@ -113,8 +113,7 @@ fn faulty(cwd: &Path, extra: &[&str]) -> String {
     let dir = plugin_dir(&["sat_fixture_faulty"]);
     let mut args = vec!["--plugin-dir", dir.path().to_str().unwrap()];
     args.extend_from_slice(extra);
-    let err = tiny_run(cwd, &args, &[]).fails_with(&["libsat_fixture_faulty.so"]);
-    err
+    tiny_run(cwd, &args, &[]).fails_with(&["libsat_fixture_faulty.so"])
 }
 
 #[test]

@@ -95,7 +95,7 @@ impl Normalized {
                 "mean and std need 1 or 3 values".into(),
             ));
         }
-        if std.iter().any(|s| !(*s > 0.0) || !s.is_finite()) {
+        if std.iter().any(|s| *s <= 0.0 || !s.is_finite()) {
             return Err(ModelError::Invalid(format!(
                 "std must be positive, got {std:?}"
             )));

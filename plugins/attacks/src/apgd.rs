@@ -68,7 +68,7 @@ pub fn checkpoints(steps: u32) -> Vec<u32> {
 /// `[N, 1, 1, 1]` view of a per-sample tensor.
 fn per_sample(t: &Tensor, dims: usize) -> Result<Tensor, PluginError> {
     let mut shape = vec![-1i64];
-    shape.extend(std::iter::repeat(1).take(dims - 1));
+    shape.extend(std::iter::repeat_n(1, dims - 1));
     Ok(t.f_reshape(shape)?)
 }
 

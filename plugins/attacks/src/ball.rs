@@ -33,7 +33,7 @@ pub fn per_sample_l2(t: &Tensor) -> Result<Tensor, PluginError> {
         .f_reshape([n, -1])?
         .f_norm_scalaropt_dim(2, [1i64].as_slice(), false)?;
     let mut shape = vec![n];
-    shape.extend(std::iter::repeat(1).take(t.dim() - 1));
+    shape.extend(std::iter::repeat_n(1, t.dim() - 1));
     Ok(norms.f_reshape(shape)?)
 }
 

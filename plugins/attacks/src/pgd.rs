@@ -115,7 +115,7 @@ impl Attack for Pgd {
             let (adv, loss) = self.run(&x, &labels, oracle)?;
             let better = loss.f_gt_tensor(&best_loss)?;
             let mut shape = vec![-1i64];
-            shape.extend(std::iter::repeat(1).take(x.dim() - 1));
+            shape.extend(std::iter::repeat_n(1, x.dim() - 1));
             best = adv.f_where_self(&better.f_reshape(shape)?, &best)?;
             best_loss = loss.f_where_self(&better, &best_loss)?;
         }

@@ -49,7 +49,7 @@ impl Configurable for Sat {
                 config.base
             )));
         }
-        if !(config.period > 0.0) {
+        if config.period.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
             return Err(PluginError::config(format!(
                 "[sat] period must be positive, got {}",
                 config.period
