@@ -613,4 +613,26 @@ mod tests {
         assert_eq!(back.eval.epsilons, c.eval.epsilons);
         assert_eq!(back.components["pgd"]["steps"].as_integer(), Some(3));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: crate::data::fuzz_cases(256),
+            ..Default::default()
+        })]
+        /// Any config text and any `--set` text: a config or an error with a place.
+        #[test]
+        fn any_config_text_loads_cleanly(
+            text in "(\\[[a-z.]{0,12}\\]|[a-z_.]{1,12} ?= ?(\"[^\"\n]{0,8}\"|[0-9./e+-]{1,6}|true|\\[[0-9, \"/]{0,10}\\])|\n|#.{0,5}|\\PC{0,3}){0,30}",
+            set in "\\PC{0,40}",
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("c.toml");
+            std::fs::write(&path, &text).unwrap();
+            let overrides: Vec<Override> = Override::parse(&set).into_iter().collect();
+            if let Err(e) = load(Some(&path), &overrides) {
+                let shown = e.to_string();
+                proptest::prop_assert!(shown.contains("c.toml") || shown.starts_with("--set"), "{}", shown);
+            }
+        }
+    }
 }

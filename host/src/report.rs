@@ -17,6 +17,22 @@ pub struct EpochMetrics {
     pub images_per_sec: f64,
     /// Wall time of the epoch.
     pub seconds: f64,
+    /// Resident memory of the process at the end of the epoch, MiB (Linux; 0 elsewhere).
+    #[serde(default)]
+    pub rss_mib: f64,
+}
+
+/// The process's resident set size in MiB, from `/proc/self/status` (0 if unavailable).
+pub fn resident_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Robust accuracy under one attack at one budget.
@@ -115,11 +131,12 @@ impl RunDir {
     pub fn write_metrics(&self, metrics: &Metrics) -> std::io::Result<()> {
         let json = serde_json::to_string_pretty(metrics).map_err(std::io::Error::other)?;
         write_atomic(&self.file("metrics.json"), json.as_bytes())?;
-        let mut csv = String::from("epoch,train_loss,train_accuracy,images_per_sec,seconds\n");
+        let mut csv =
+            String::from("epoch,train_loss,train_accuracy,images_per_sec,seconds,rss_mib\n");
         for e in &metrics.epochs {
             csv += &format!(
-                "{},{},{},{},{}\n",
-                e.epoch, e.train_loss, e.train_accuracy, e.images_per_sec, e.seconds
+                "{},{},{},{},{},{}\n",
+                e.epoch, e.train_loss, e.train_accuracy, e.images_per_sec, e.seconds, e.rss_mib
             );
         }
         write_atomic(&self.file("metrics.csv"), csv.as_bytes())?;
@@ -176,6 +193,7 @@ mod tests {
                 train_accuracy: 0.4,
                 images_per_sec: 10.0,
                 seconds: 2.0,
+                rss_mib: 100.0,
             }],
             error: None,
         };

@@ -424,15 +424,17 @@ fn train_and_evaluate(
             train_accuracy: correct as f64 / seen.max(1) as f64,
             images_per_sec: seen as f64 / seconds,
             seconds,
+            rss_mib: crate::report::resident_mib(),
         };
         log::info!(
-            "epoch {}/{}: loss {:.4}, train accuracy {:.4}, {:.0} images/s, {:.1} s",
+            "epoch {}/{}: loss {:.4}, train accuracy {:.4}, {:.0} images/s, {:.1} s, RSS {:.0} MiB",
             e.epoch,
             t.epochs,
             e.train_loss,
             e.train_accuracy,
             e.images_per_sec,
-            e.seconds
+            e.seconds,
+            e.rss_mib
         );
         metrics.epochs.push(e);
         save_checkpoint(&net.vs, &checkpoint)?;

@@ -217,4 +217,25 @@ mod tests {
             .to_string();
         assert!(e.contains("test.bin, record 0: coarse label 20"), "{e}");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: crate::data::fuzz_cases(64),
+            ..Default::default()
+        })]
+        /// Any bytes as a CIFAR file: a dataset or an error naming the file, never a panic.
+        #[test]
+        fn any_bytes_read_cleanly(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..7000)) {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("test_batch.bin"), &bytes).unwrap();
+            std::fs::write(dir.path().join("test.bin"), &bytes).unwrap();
+            match cifar10(dir.path(), Split::Test) {
+                Ok(d) => proptest::prop_assert_eq!(d.len() as usize, bytes.len() / 3073),
+                Err(e) => proptest::prop_assert!(e.to_string().contains("test_batch.bin")),
+            }
+            if let Err(e) = cifar100(dir.path(), Split::Test, Cifar100Labels::Fine) {
+                proptest::prop_assert!(e.to_string().contains("test.bin"));
+            }
+        }
+    }
 }

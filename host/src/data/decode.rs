@@ -125,3 +125,47 @@ pub fn parallel_map<T: Sync, R: Send>(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: crate::data::fuzz_cases(128),
+            ..Default::default()
+        })]
+        /// Any bytes behind a PNG or JPEG signature (or a real image's first bytes): an
+        /// image or an error naming the file, never a panic.
+        #[test]
+        fn any_image_bytes_decode_cleanly(
+            kind in 0u8..3,
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            cut in 0usize..2000,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("x.img");
+            let mut bytes = match kind {
+                0 => b"\x89PNG\r\n\x1a\n".to_vec(),
+                1 => vec![0xFF, 0xD8, 0xFF, 0xE0],
+                _ => {
+                    let mut png = Vec::new();
+                    image::RgbImage::from_pixel(9, 7, image::Rgb([1, 2, 3]))
+                        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+                        .unwrap();
+                    png.truncate(cut.min(png.len()));
+                    png
+                }
+            };
+            bytes.extend(&tail);
+            std::fs::write(&path, &bytes).unwrap();
+            match read_rgb(&path, 8) {
+                Ok(d) => proptest::prop_assert_eq!(d.pixels.len(), 3 * 64),
+                Err(e) => proptest::prop_assert!(e.to_string().contains("x.img")),
+            }
+            if let Err(e) = read_mask(&path, 8) {
+                proptest::prop_assert!(e.to_string().contains("x.img"));
+            }
+        }
+    }
+}

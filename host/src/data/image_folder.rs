@@ -279,4 +279,22 @@ mod tests {
             "{e}"
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: crate::data::fuzz_cases(128),
+            ..Default::default()
+        })]
+        /// Any text as a boxes sidecar (CSV or JSON): boxes or an error naming the file.
+        #[test]
+        fn any_sidecar_text_reads_cleanly(text in "\\PC{0,200}", json in proptest::prelude::any::<bool>()) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(if json { "a.boxes.json" } else { "a.boxes.csv" });
+            std::fs::write(&path, &text).unwrap();
+            match read_boxes(&path) {
+                Ok(boxes) => proptest::prop_assert!(boxes.iter().all(|b| b[2] > b[0] && b[3] > b[1])),
+                Err(e) => proptest::prop_assert!(e.to_string().contains("a.boxes.")),
+            }
+        }
+    }
 }

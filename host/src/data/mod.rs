@@ -24,6 +24,16 @@ pub const DATASETS: [&str; 6] = [
     "image-folder",
 ];
 
+/// Cases per property test of the readers and the config parser: `default`, or
+/// `SAT_FUZZ_CASES` for a long fuzzing run (see docs/RELIABILITY.md).
+#[cfg(test)]
+pub fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("SAT_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A split of a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Split {

@@ -261,4 +261,22 @@ mod tests {
             .to_string();
         assert!(e.contains("n01_1.JPEG"), "{e}");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: crate::data::fuzz_cases(64),
+            ..Default::default()
+        })]
+        /// Any annotation text: a dataset or an error naming a file, never a panic.
+        #[test]
+        fn any_annotation_text_reads_cleanly(text in "(val_0\\.JPEG|n0[12]|[0-9x.-]{1,4}|\t| |\n){0,40}") {
+            let dir = tempfile::tempdir().unwrap();
+            layout(dir.path());
+            std::fs::write(dir.path().join("val/val_annotations.txt"), &text).unwrap();
+            match tiny_imagenet(dir.path(), Split::Test, 16) {
+                Ok(d) => proptest::prop_assert!(d.len() >= 0),
+                Err(e) => proptest::prop_assert!(e.to_string().contains(".txt") || e.to_string().contains(".JPEG")),
+            }
+        }
+    }
 }

@@ -200,7 +200,7 @@ mod tests {
             methods::GuidedBackprop::from_config(config("guided-backprop", &text)).unwrap();
         let g = gb.saliency(&batch, Oracle::new(&oracle_ref)).unwrap();
         // Where Grad-CAM++ is positive, guided Grad-CAM++ keeps guided backprop's sign.
-        let agree = m.ne(0.0).logical_and(&m.ne_tensor(&g));
+        let agree = m.ne(0.0).logical_and(&m.sign().ne_tensor(&g));
         assert_eq!(agree.sum(Kind::Int64).int64_value(&[]), 0);
     }
 
