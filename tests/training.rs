@@ -442,3 +442,43 @@ fn mixed_precision_trains_on_cuda() {
         assert!(e["train_loss"].as_f64().unwrap().is_finite());
     }
 }
+
+#[test]
+fn bench_measures_every_row_and_writes_json() {
+    let cwd = tempfile::tempdir().unwrap();
+    let out = sat(
+        cwd.path(),
+        &[
+            "bench",
+            "--models",
+            "small-cnn",
+            "--batch",
+            "4",
+            "--warmup",
+            "0",
+            "--steps",
+            "1",
+            "--set",
+            "model.width=4",
+            "--json",
+            "bench.json",
+        ],
+        &[],
+    )
+    .success();
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cwd.path().join("bench.json")).unwrap())
+            .unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 8, "{}", out.stdout);
+    for r in rows {
+        assert!(r["images_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["peak_rss_mib"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert!(
+        out.stdout.contains("| small-cnn | trades-10 |"),
+        "{}",
+        out.stdout
+    );
+    sat(cwd.path(), &["bench", "--rows", "pgd-8"], &[]).fails_with(&["unknown bench row `pgd-8`"]);
+}

@@ -2,6 +2,7 @@
 // `#[sabi_trait]`-generated code from sat-core expands impls in anonymous consts.
 #![allow(non_local_definitions)]
 
+mod bench;
 mod component;
 mod config;
 mod data;
@@ -63,6 +64,41 @@ enum Command {
     /// Write a PNG gallery of the maps of saliency sources (image, map, overlay,
     /// perturbed image) on test images.
     Saliency(SaliencyArgs),
+    /// Measure training-step and evaluation throughput (images/s, peak memory) per
+    /// training mode and model on generated 32×32 data.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Architectures, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "small-cnn,preact-resnet18"
+    )]
+    models: Vec<String>,
+    /// Rows, comma-separated (default: all).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "standard,sat-masks,sat-gradient,fgsm-rs,pgd-7,trades-10,eval-pgd-20,eval-apgd-ce"
+    )]
+    rows: Vec<String>,
+    /// Batch size.
+    #[arg(long, default_value_t = 128)]
+    batch: i64,
+    /// Untimed steps per row.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Timed steps per row.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Write the rows as JSON here.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -174,6 +210,29 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run(&cli, args),
         Command::Eval(args) => evaluate(&cli, args),
         Command::Saliency(args) => saliency_gallery(&cli, args),
+        Command::Bench(args) => {
+            let (config, registry) = prepare(&cli, &args.config, &[])?;
+            let device =
+                device::parse(&config.device).map_err(|e| anyhow::anyhow!("device: {e}"))?;
+            let plan = bench::Plan {
+                models: args.models.clone(),
+                rows: args.rows.clone(),
+                batch: args.batch,
+                warmup: args.warmup,
+                steps: args.steps.max(1),
+            };
+            log::info!(
+                "bench on {device:?}, {} libtorch threads, batch {}",
+                tch::get_num_threads(),
+                plan.batch
+            );
+            let rows = bench::run(&config, &registry, &plan, device)?;
+            if let Some(path) = &args.json {
+                report::write_atomic(path, serde_json::to_string_pretty(&rows)?.as_bytes())?;
+            }
+            print!("{}", bench::markdown(&rows));
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

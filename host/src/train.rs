@@ -183,6 +183,31 @@ fn load_state(
     Ok(done.int64_value(&[0]) as u32)
 }
 
+/// The training loss on `inputs` (the pipeline's output for `samples`) and the logits
+/// on `inputs`: cross-entropy, or TRADES' `CE(f(x), y) + β·KL(f(x) ‖ f(x_adv))` with
+/// gradients through both terms. `amp` runs the forward passes under autocast.
+pub fn training_loss(
+    model: &dyn ModuleT,
+    inputs: &Tensor,
+    samples: &crate::data::Samples,
+    kind: LossKind,
+    beta: f64,
+    amp: bool,
+) -> anyhow::Result<(Tensor, Tensor)> {
+    let logits = tch::autocast(amp, || model.forward_t(inputs, true)).to_kind(Kind::Float);
+    let loss = match kind {
+        LossKind::Ce => logits.cross_entropy_for_logits(&samples.labels),
+        LossKind::Trades => {
+            let clean =
+                tch::autocast(amp, || model.forward_t(&samples.images, true)).to_kind(Kind::Float);
+            let kl =
+                sat_core::objective_value(&logits, &sat_core::Objective::kl_divergence(&clean))?;
+            clean.cross_entropy_for_logits(&samples.labels) + kl.mean(Kind::Float) * beta
+        }
+    };
+    Ok((loss, logits))
+}
+
 /// What ended a training run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -369,22 +394,14 @@ fn train_and_evaluate(
                     return Err(e.into());
                 }
             };
-            let logits =
-                tch::autocast(amp, || net.model.forward_t(&inputs, true)).to_kind(Kind::Float);
-            let loss = match t.loss {
-                LossKind::Ce => logits.cross_entropy_for_logits(&samples.labels),
-                LossKind::Trades => {
-                    // CE(f(x), y) + β·KL(f(x) ‖ f(x_adv)), gradients through both terms.
-                    let clean = tch::autocast(amp, || net.model.forward_t(&samples.images, true))
-                        .to_kind(Kind::Float);
-                    let kl = sat_core::objective_value(
-                        &logits,
-                        &sat_core::Objective::kl_divergence(&clean),
-                    )?;
-                    clean.cross_entropy_for_logits(&samples.labels)
-                        + kl.mean(Kind::Float) * t.trades_beta
-                }
-            };
+            let (loss, logits) = training_loss(
+                net.model.as_ref(),
+                &inputs,
+                &samples,
+                t.loss,
+                t.trades_beta,
+                amp,
+            )?;
             let loss_value = loss.double_value(&[]);
             if !loss_value.is_finite() {
                 bar.abandon_with_message("non-finite loss");

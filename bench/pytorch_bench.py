@@ -1,0 +1,239 @@
+"""The rows of `sat-host bench` in plain PyTorch eager, for the Rust/PyTorch ratio.
+
+Usage: .venv/bin/python bench/pytorch_bench.py --models small-cnn,preact-resnet18 \
+           [--width 32] [--batch 128] [--warmup 2] [--steps 5] [--json FILE]
+
+Same models (small CNN, PreAct ResNet-18), same batch, same threads (torch's default,
+like libtorch's in sat-host), the same step per row: attacks in eval mode on images in
+[0, 1] (eps 8/255, step 2/255; FGSM-RS step 10/255), then one Adam step (lr 1e-3) on the
+model in train mode. APGD-CE has no row here (no reference implementation in plain
+PyTorch in this repository). Peak RSS per row uses Linux's clear_refs, as sat-host does.
+"""
+import argparse
+import copy
+import json
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+EPS = 8 / 255
+STEP = 2 / 255
+
+
+def conv_bn(c_in, c_out):
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()
+    )
+
+
+def small_cnn(width, classes):
+    w1, w2, w3 = width, 2 * width, 4 * width
+    return nn.Sequential(
+        conv_bn(3, w1), conv_bn(w1, w1), nn.MaxPool2d(2),
+        conv_bn(w1, w2), conv_bn(w2, w2), nn.MaxPool2d(2),
+        conv_bn(w2, w3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(w3, classes),
+    )
+
+
+class PreActBlock(nn.Module):
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.b1 = nn.BatchNorm2d(c_in)
+        self.r1 = nn.ReLU()
+        self.c1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(c_out)
+        self.r2 = nn.ReLU()
+        self.c2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.sc = (
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False)
+            if stride != 1 or c_in != c_out
+            else None
+        )
+
+    def forward(self, x):
+        a = self.r1(self.b1(x))
+        skip = self.sc(a) if self.sc is not None else x
+        return self.c2(self.r2(self.b2(self.c1(a)))) + skip
+
+
+def preact_resnet18(width, classes):
+    layers = [nn.Conv2d(3, width, 3, 1, 1, bias=False)]
+    c = width
+    for stage, w in enumerate([width, 2 * width, 4 * width, 8 * width]):
+        for i in range(2):
+            layers.append(PreActBlock(c, w, 2 if (i == 0 and stage > 0) else 1))
+            c = w
+    layers += [nn.BatchNorm2d(c), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+               nn.Linear(c, classes)]
+    return nn.Sequential(*layers)
+
+
+def input_grad(model, x, loss_fn):
+    x = x.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(loss_fn(model(x)), x)
+    return g
+
+
+def pgd(model, x, y, steps, random_start=True):
+    model.eval()
+    adv = (x + torch.empty_like(x).uniform_(-EPS, EPS)).clamp(0, 1) if random_start else x
+    for _ in range(steps):
+        g = input_grad(model, adv, lambda z: F.cross_entropy(z, y, reduction="sum"))
+        adv = torch.min(torch.max(adv + STEP * g.sign(), x - EPS), x + EPS).clamp(0, 1)
+    model.train()
+    return adv.detach()
+
+
+def fgsm_rs(model, x, y):
+    model.eval()
+    start = (x + torch.empty_like(x).uniform_(-EPS, EPS)).clamp(0, 1)
+    g = input_grad(model, start, lambda z: F.cross_entropy(z, y, reduction="sum"))
+    adv = torch.min(torch.max(start + 10 / 255 * g.sign(), x - EPS), x + EPS).clamp(0, 1)
+    model.train()
+    return adv.detach()
+
+
+def trades_inner(model, x, steps):
+    model.eval()
+    with torch.no_grad():
+        p_clean = F.softmax(model(x), 1)
+    adv = x + 0.001 * torch.randn_like(x)
+    for _ in range(steps):
+        g = input_grad(
+            model, adv,
+            lambda z: F.kl_div(F.log_softmax(z, 1), p_clean, reduction="sum"),
+        )
+        adv = torch.min(torch.max(adv + STEP * g.sign(), x - EPS), x + EPS).clamp(0, 1)
+    model.train()
+    return adv.detach()
+
+
+def sat_step(x, saliency, p=0.5):
+    signs = torch.randint(0, 2, x.shape).float() * 2 - 1
+    use = torch.rand(x.shape[0], 1, 1, 1) < p
+    g = torch.where(use, saliency.expand_as(x), signs)
+    return (x - EPS * g).clamp(0, 1)
+
+
+def guided_backprop(teacher, x, y):
+    grads = []
+
+    def hook(module, grad_in, grad_out):
+        return (grad_in[0].clamp(min=0),)
+
+    handles = [m.register_full_backward_hook(hook) for m in teacher.modules()
+               if isinstance(m, nn.ReLU)]
+    x = x.detach().requires_grad_(True)
+    score = teacher(x).gather(1, y[:, None]).sum()
+    (g,) = torch.autograd.grad(score, x)
+    for h in handles:
+        h.remove()
+    return g.sign()
+
+
+def peak_mib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def reset_peak():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+ROWS = ["standard", "sat-masks", "sat-gradient", "fgsm-rs", "pgd-7", "trades-10", "eval-pgd-20"]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="small-cnn,preact-resnet18")
+    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--width", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
+    classes, n = 6, args.batch * (args.warmup + args.steps)
+    data = torch.rand(n, 3, 32, 32)
+    labels = torch.randint(0, classes, (n,))
+    masks = (torch.rand(n, 1, 32, 32) > 0.5).float() * 2 - 1
+    out = []
+    for arch in args.models.split(","):
+        for row in args.rows.split(","):
+            make = small_cnn if arch == "small-cnn" else preact_resnet18
+            model = make(args.width, classes)
+            teacher = copy.deepcopy(model).eval()
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+            model.train()
+            reset_peak()
+            timed = 0.0
+            for i in range(args.warmup + args.steps):
+                sl = slice(i * args.batch, (i + 1) * args.batch)
+                x, y, m = data[sl], labels[sl], masks[sl]
+                start = time.perf_counter()
+                if row == "eval-pgd-20":
+                    adv = pgd(model, x, y, 20)
+                    model.eval()
+                    with torch.no_grad():
+                        int(model(adv).argmax(1).sum())
+                    model.train()
+                else:
+                    if row == "standard":
+                        inputs = x
+                    elif row == "sat-masks":
+                        inputs = sat_step(x, m)
+                    elif row == "sat-gradient":
+                        inputs = sat_step(x, guided_backprop(teacher, x, y))
+                    elif row == "fgsm-rs":
+                        inputs = fgsm_rs(model, x, y)
+                    elif row == "pgd-7":
+                        inputs = pgd(model, x, y, 7)
+                    elif row == "trades-10":
+                        inputs = trades_inner(model, x, 10)
+                    else:
+                        raise SystemExit(f"unknown row {row}")
+                    logits = model(inputs)
+                    if row == "trades-10":
+                        clean = model(x)
+                        kl = F.kl_div(F.log_softmax(logits, 1), F.softmax(clean, 1),
+                                      reduction="batchmean")
+                        loss = F.cross_entropy(clean, y) + 6.0 * kl
+                    else:
+                        loss = F.cross_entropy(logits, y)
+                    opt.zero_grad(set_to_none=False)
+                    loss.backward()
+                    opt.step()
+                    loss.item()
+                if i >= args.warmup:
+                    timed += time.perf_counter() - start
+            r = {
+                "model": arch,
+                "row": row,
+                "images_per_sec": args.steps * args.batch / timed,
+                "seconds_per_step": timed / args.steps,
+                "peak_rss_mib": peak_mib(),
+            }
+            print(f"{arch} {row}: {r['images_per_sec']:.1f} images/s, "
+                  f"{r['seconds_per_step']:.3f} s/step, peak RSS {r['peak_rss_mib']:.0f} MiB",
+                  flush=True)
+            out.append(r)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
