@@ -482,3 +482,80 @@ fn bench_measures_every_row_and_writes_json() {
     );
     sat(cwd.path(), &["bench", "--rows", "pgd-8"], &[]).fails_with(&["unknown bench row `pgd-8`"]);
 }
+
+#[test]
+fn kill_9_never_leaves_a_torn_checkpoint_and_resume_continues() {
+    let cwd = tempfile::tempdir().unwrap();
+    let args = [
+        "run",
+        "--set",
+        "name=crash",
+        "--set",
+        "data.train_size=96",
+        "--set",
+        "data.test_size=32",
+        "--set",
+        "train.batch_size=32",
+        "--set",
+        "model.width=4",
+        "--set",
+        "train.epochs=400",
+        "--set",
+        "eval.attacks=[]",
+    ];
+    let dir = cwd.path().join("runs/crash");
+    let state = dir.join("state.safetensors");
+    // Several SIGKILLs at staggered moments; after each the files on disk must load.
+    for round in 0..4u64 {
+        let mut cmd = Command::new(sat_tests::sat_host());
+        if round == 0 {
+            cmd.args(args);
+        } else {
+            cmd.args(["run", "--resume", "runs/crash"]);
+        }
+        let mut child = cmd
+            .current_dir(cwd.path())
+            .env_remove("SAT_PLUGIN_PATH")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !state.exists() {
+            assert!(Instant::now() < deadline, "no state file within 120 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(150 + 97 * round));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        sat(
+            cwd.path(),
+            &[
+                "eval",
+                "--run",
+                "runs/crash",
+                "--set",
+                "eval.attacks=[]",
+                "--out",
+                "eval",
+            ],
+            &[],
+        )
+        .success();
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    // Finish quickly: resume with fewer epochs than already done, or a few more.
+    let done = metrics(&dir)["epochs"].as_array().unwrap().len();
+    let more = format!("train.epochs={}", done + 1);
+    sat(
+        cwd.path(),
+        &["run", "--resume", "runs/crash", "--set", &more],
+        &[],
+    )
+    .success();
+    assert_eq!(metrics(&dir)["status"], "completed", "{leftovers:?}");
+}

@@ -454,9 +454,11 @@ fn train_and_evaluate(
             e.rss_mib
         );
         metrics.epochs.push(e);
+        // Metrics before state: a crash in between makes --resume redo this epoch, and
+        // the resumed run drops its figures before recording them again.
         save_checkpoint(&net.vs, &checkpoint)?;
-        save_state(&net.vs, &optimizer, &scaler, epoch + 1, &state_file)?;
         run.write_metrics(metrics)?;
+        save_state(&net.vs, &optimizer, &scaler, epoch + 1, &state_file)?;
     }
 
     let evaluation = eval::evaluate(net.model.as_ref(), &test, config, registry, device)?;

@@ -73,13 +73,13 @@ impl Configurable for Pgd {
 }
 
 impl Pgd {
-    /// One PGD run from a (random or clean) start; returns the inputs and their losses.
+    /// One PGD run from a (random or clean) start; returns the adversarial inputs.
     fn run(
         &self,
         x: &Tensor,
         labels: &Tensor,
         oracle: Oracle<'_, '_>,
-    ) -> Result<(Tensor, Tensor), PluginError> {
+    ) -> Result<Tensor, PluginError> {
         let c = &self.config;
         let (norm, eps) = (Norm::from(c.norm), c.epsilon.0);
         let mut adv = if c.random_start {
@@ -93,10 +93,7 @@ impl Pgd {
                 adv.f_add(&ascent_direction(&g.gradient, norm)?.f_mul_scalar(c.step_size.0)?)?;
             adv = project(&step, x, norm, eps)?;
         }
-        let logits = oracle.logits(&adv)?;
-        let loss =
-            logits.f_cross_entropy_loss::<Tensor>(labels, None, tch::Reduction::None, -100, 0.0)?;
-        Ok((adv, loss))
+        Ok(adv)
     }
 }
 
@@ -110,9 +107,24 @@ impl Attack for Pgd {
     }
     fn perturb(&mut self, batch: &Batch, oracle: Oracle<'_, '_>) -> Result<Tensor, PluginError> {
         let (x, labels) = (batch.images(), batch.labels());
-        let (mut best, mut best_loss) = self.run(&x, &labels, oracle)?;
+        let mut best = self.run(&x, &labels, oracle)?;
+        if self.config.restarts == 1 {
+            // One run: no loss to compare, no extra forward pass.
+            return Ok(best.f_to_kind(Kind::Float)?);
+        }
+        let loss_of = |adv: &Tensor| -> Result<Tensor, PluginError> {
+            Ok(oracle.logits(adv)?.f_cross_entropy_loss::<Tensor>(
+                &labels,
+                None,
+                tch::Reduction::None,
+                -100,
+                0.0,
+            )?)
+        };
+        let mut best_loss = loss_of(&best)?;
         for _ in 1..self.config.restarts {
-            let (adv, loss) = self.run(&x, &labels, oracle)?;
+            let adv = self.run(&x, &labels, oracle)?;
+            let loss = loss_of(&adv)?;
             let better = loss.f_gt_tensor(&best_loss)?;
             let mut shape = vec![-1i64];
             shape.extend(std::iter::repeat_n(1, x.dim() - 1));
