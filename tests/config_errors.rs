@@ -60,7 +60,8 @@ fn unknown_plugin_names_list_the_available_ones() {
     tiny_run(cwd.path(), &["--plugin", "maskz", "--attack", "sat"], &[]).fails_with(&[
         "no saliency component `maskz`",
         "did you mean `masks`",
-        "available saliency components: boxes, masks",
+        "available saliency components: boxes, gradcam++, gradient",
+        "masks",
     ]);
     tiny_run(cwd.path(), &["--attack", "pgdd"], &[]).fails_with(&[
         "no attack component `pgdd`",
