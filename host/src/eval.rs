@@ -21,24 +21,15 @@ pub fn accuracy(
     mut pipeline: Option<&mut Pipeline>,
     seed: u64,
 ) -> anyhow::Result<f64> {
-    let n = if limit == 0 {
-        data.len()
-    } else {
-        (limit as i64).min(data.len())
-    };
     let adapter = OracleAdapter(ModelOracle {
         model,
         classes: data.num_classes() as u32,
     });
     let oracle = adapter.as_ref();
     let mut rng = SplitMix::new(seed, 0xE7A1);
-    let mut correct = 0i64;
-    let step = batch_size.max(1) as i64;
-    for start in (0..n).step_by(step as usize) {
-        // Sample i of the n evaluated is i·len/n: every sample when n = len.
-        let index = Tensor::arange_start(start, (start + step).min(n), (Kind::Int64, Device::Cpu))
-            * data.len();
-        let index = index.floor_divide_scalar(n);
+    let (mut correct, mut n) = (0i64, 0i64);
+    for index in data.spread_batches(limit, batch_size) {
+        n += index.size()[0];
         let samples = data.select(&index).to(device);
         let inputs = match pipeline.as_deref_mut() {
             Some(p) => p.inputs(&samples, 0, 1, Phase::Evaluation, &oracle, &mut rng)?,
@@ -73,17 +64,9 @@ pub fn alignment(
     batch_size: usize,
     device: Device,
 ) -> f64 {
-    let n = if limit == 0 {
-        data.len()
-    } else {
-        (limit as i64).min(data.len())
-    };
-    let step = batch_size.max(1) as i64;
-    let mut total = 0f64;
-    for start in (0..n).step_by(step as usize) {
-        let index = Tensor::arange_start(start, (start + step).min(n), (Kind::Int64, Device::Cpu))
-            * data.len();
-        let index = index.floor_divide_scalar(n);
+    let (mut total, mut n) = (0f64, 0i64);
+    for index in data.spread_batches(limit, batch_size) {
+        n += index.size()[0];
         let x = data
             .select(&index)
             .to(device)

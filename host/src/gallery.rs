@@ -94,7 +94,7 @@ pub fn write(
 ) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let n = samples.clamp(1, test.len());
-    let index = (Tensor::arange(n, (Kind::Int64, Device::Cpu)) * test.len()).floor_divide_scalar(n);
+    let index = test.spread_batches(n as usize, n as usize).remove(0);
     let data = test.select(&index).to(device);
     let adapter = OracleAdapter(ModelOracle {
         model,

@@ -236,20 +236,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `--plugin NAME...` as the override of `[train] saliency` (none without names).
+fn saliency_override(plugins: &[String]) -> Option<Override> {
+    (!plugins.is_empty()).then(|| Override {
+        key: vec!["train".into(), "saliency".into()],
+        value: toml::Value::Array(plugins.iter().cloned().map(toml::Value::String).collect()),
+    })
+}
+
 fn saliency_gallery(cli: &Cli, args: &SaliencyArgs) -> anyhow::Result<ExitCode> {
-    let mut extra = Vec::new();
-    if !args.plugins.is_empty() {
-        let list = args
-            .plugins
-            .iter()
-            .cloned()
-            .map(toml::Value::String)
-            .collect();
-        extra.push(Override {
-            key: vec!["train".into(), "saliency".into()],
-            value: toml::Value::Array(list),
-        });
-    }
+    let extra: Vec<Override> = saliency_override(&args.plugins).into_iter().collect();
     let (config, registry) = prepare(cli, &args.config, &extra)?;
     if config.train.saliency.is_empty() {
         bail!("no saliency source to show: pass --plugin NAME or set [train] saliency");
@@ -407,20 +403,7 @@ fn check_names(
 }
 
 fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let mut extra = Vec::new();
-    if !args.plugins.is_empty() {
-        let list = toml::Value::Array(
-            args.plugins
-                .iter()
-                .cloned()
-                .map(toml::Value::String)
-                .collect(),
-        );
-        extra.push(Override {
-            key: vec!["train".into(), "saliency".into()],
-            value: list,
-        });
-    }
+    let mut extra: Vec<Override> = saliency_override(&args.plugins).into_iter().collect();
     if let Some(attack) = &args.attack {
         let attack = if attack == "none" {
             String::new()

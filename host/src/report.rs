@@ -22,13 +22,18 @@ pub struct EpochMetrics {
     pub rss_mib: f64,
 }
 
-/// The process's resident set size in MiB, from `/proc/self/status` (0 if unavailable).
+/// The process's resident set size in MiB (0 if unavailable).
 pub fn resident_mib() -> f64 {
+    process_status_mib("VmRSS")
+}
+
+/// A `kB` field of `/proc/self/status` (`VmRSS`, `VmHWM`, …) in MiB; 0 if unavailable.
+pub fn process_status_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })

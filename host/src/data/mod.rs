@@ -186,6 +186,27 @@ impl Dataset {
         }
     }
 
+    /// Index batches (int64 CPU tensors of at most `batch_size` entries) over `limit`
+    /// samples spread evenly over the dataset (all if 0): sample i of the n chosen is
+    /// i·len/n, so class-sorted sets stay balanced and n = len gives every sample.
+    pub fn spread_batches(&self, limit: usize, batch_size: usize) -> Vec<Tensor> {
+        let len = self.len();
+        let n = if limit == 0 {
+            len
+        } else {
+            (limit as i64).min(len)
+        };
+        let step = batch_size.max(1) as i64;
+        (0..n)
+            .step_by(step as usize)
+            .map(|start| {
+                (Tensor::arange_start(start, (start + step).min(n), (Kind::Int64, Device::Cpu))
+                    * len)
+                    .floor_divide_scalar(n)
+            })
+            .collect()
+    }
+
     /// The dataset restricted to `index`, in the stored kinds.
     pub fn subset(&self, index: &Tensor) -> Dataset {
         Dataset {
