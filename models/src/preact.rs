@@ -1,19 +1,10 @@
 //! Pre-activation ResNet-18 (He et al. 2016) and Wide ResNets (Zagoruyko and Komodakis
 //! 2016), CIFAR-style: 3×3 stem, no max-pool, BN-ReLU before each convolution.
 use crate::activation::relu;
+use crate::resnet::conv;
 use crate::ModelError;
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
-
-fn conv(vs: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64) -> nn::Conv2D {
-    let cfg = nn::ConvConfig {
-        stride,
-        padding: k / 2,
-        bias: false,
-        ..Default::default()
-    };
-    nn::conv2d(vs, c_in, c_out, k, cfg)
-}
 
 /// A pre-activation basic block: `BN-ReLU-conv3×3-BN-ReLU-conv3×3`, with a 1×1
 /// projection of the pre-activated input when the shape changes.

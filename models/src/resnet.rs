@@ -3,7 +3,8 @@ use crate::activation::relu;
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-fn conv(vs: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64) -> nn::Conv2D {
+/// A bias-free `k × k` convolution with "same" padding (the conv before a batch norm).
+pub(crate) fn conv(vs: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64) -> nn::Conv2D {
     let cfg = nn::ConvConfig {
         stride,
         padding: k / 2,

@@ -2,7 +2,7 @@
 //! teacher, upsampled to the image, and guided Grad-CAM++ (its product with guided
 //! backprop).
 use crate::methods::{defaults, source_config, GuidedBackprop};
-use crate::teacher::{Teacher, TeacherConfig};
+use crate::teacher::Teacher;
 use crate::Output;
 use sat_core::{component::Configurable, Batch, Oracle, PluginError, SaliencySource};
 use sat_models::relu_backprop;
@@ -19,59 +19,16 @@ pub enum CamOutput {
     Unit,
 }
 
-/// Configuration of `gradcam++`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GradCamConfig {
-    /// A checkpoint of this project (Grad-CAM++ reads the teacher's activations).
-    pub teacher: String,
-    /// Architecture of the teacher.
-    pub arch: String,
-    /// Width of the teacher.
-    pub width: i64,
-    /// Classes of the teacher (0 = the host model's).
-    pub classes: i64,
-    /// The teacher's normalisation mean.
-    pub mean: Vec<f64>,
-    /// The teacher's normalisation std.
-    pub std: Vec<f64>,
-    /// `"label"` or `"predicted"`.
-    pub target: crate::Target,
-    /// Which spatial ReLU output (4-D activation) in forward order; negative counts from
-    /// the end (−1 = the last one, before pooling).
-    pub layer: i64,
-    /// `"centered"` or `"unit"`.
-    pub output: CamOutput,
-}
-
-impl Default for GradCamConfig {
-    fn default() -> Self {
-        let t = TeacherConfig::default();
-        Self {
-            teacher: t.teacher,
-            arch: t.arch,
-            width: t.width,
-            classes: t.classes,
-            mean: t.mean,
-            std: t.std,
-            target: t.target,
-            layer: -1,
-            output: CamOutput::Centered,
-        }
+source_config!(
+    /// Configuration of `gradcam++` (its teacher must be a checkpoint of this project:
+    /// Grad-CAM++ reads the teacher's activations).
+    GradCamConfig {
+        output: CamOutput = CamOutput::Centered,
+        /// Which spatial ReLU output (4-D activation) in forward order; negative counts
+        /// from the end (−1 = the last one, before pooling).
+        layer: i64 = -1,
     }
-}
-
-fn teacher_of(c: &GradCamConfig) -> TeacherConfig {
-    TeacherConfig {
-        teacher: c.teacher.clone(),
-        arch: c.arch.clone(),
-        width: c.width,
-        classes: c.classes,
-        mean: c.mean.clone(),
-        std: c.std.clone(),
-        target: c.target,
-    }
-}
+);
 
 /// The Grad-CAM++ map `[N, 1, H, W]` in `[0, 1]` (per-sample maximum 1, or all 0).
 pub fn gradcam_pp(
@@ -142,7 +99,7 @@ impl Configurable for GradCamPP {
     type Config = GradCamConfig;
     fn from_config(c: GradCamConfig) -> Result<Self, PluginError> {
         Ok(Self {
-            teacher: Teacher::new(teacher_of(&c))?,
+            teacher: Teacher::new(c.teacher_config())?,
             layer: c.layer,
             output: c.output,
         })
@@ -162,7 +119,7 @@ impl SaliencySource for GradCamPP {
 source_config!(
     /// Configuration of `guided-gradcam++`.
     GuidedGradCamConfig {
-        output: Output::Normalized,
+        output: Output = Output::Normalized,
         /// The Grad-CAM++ layer, as in `gradcam++`.
         layer: i64 = -1,
     }
@@ -199,8 +156,9 @@ impl SaliencySource for GuidedGradCamPP {
 sat_core::register_saliency!(
     GradCamPP,
     name = "gradcam++",
-    description = "Grad-CAM++ of a checkpoint teacher at a spatial layer, upsampled (2·cam − 1 by default)",
-    defaults = "teacher = \"self\"\narch = \"small-cnn\"\nwidth = 32\nclasses = 0\nmean = []\nstd = []\ntarget = \"label\"\nlayer = -1\noutput = \"centered\"\n",
+    description =
+        "Grad-CAM++ of a checkpoint teacher at a spatial layer, upsampled (2·cam − 1 by default)",
+    defaults = defaults!("centered", "layer = -1\n"),
 );
 sat_core::register_saliency!(
     GuidedGradCamPP,

@@ -1,18 +1,17 @@
 //! Gradient-based sources: `gradient`, `guided-backprop`, `smoothgrad` and
 //! `integrated-gradients`.
-use crate::teacher::{Teacher, TeacherConfig};
+use crate::teacher::Teacher;
 use crate::Output;
 use sat_core::{component::Configurable, Batch, Oracle, PluginError, SaliencySource};
 use sat_models::relu_backprop::ReluRule;
-use serde::Deserialize;
 use tch::{Kind, Tensor};
 
 /// Declares a source's configuration: the teacher keys every source shares, then its
 /// own keys with their defaults.
 macro_rules! source_config {
-    ($(#[$doc:meta])* $name:ident { output: $output:expr $(, $(#[$fdoc:meta])* $field:ident : $ty:ty = $default:expr)* $(,)? }) => {
+    ($(#[$doc:meta])* $name:ident { output: $oty:ty = $output:expr $(, $(#[$fdoc:meta])* $field:ident : $ty:ty = $default:expr)* $(,)? }) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Deserialize)]
+        #[derive(Debug, Clone, serde::Deserialize)]
         #[serde(deny_unknown_fields, default)]
         pub struct $name {
             /// `"self"`, a checkpoint of this project, or a TorchScript file.
@@ -29,14 +28,14 @@ macro_rules! source_config {
             pub std: Vec<f64>,
             /// `"label"` or `"predicted"`.
             pub target: crate::Target,
-            /// How attributions become a map.
-            pub output: Output,
+            /// How the method's result becomes a map.
+            pub output: $oty,
             $( $(#[$fdoc])* pub $field: $ty, )*
         }
 
         impl Default for $name {
             fn default() -> Self {
-                let t = TeacherConfig::default();
+                let t = $crate::teacher::TeacherConfig::default();
                 Self {
                     teacher: t.teacher,
                     arch: t.arch,
@@ -53,8 +52,8 @@ macro_rules! source_config {
 
         impl $name {
             /// The teacher part.
-            pub fn teacher_config(&self) -> TeacherConfig {
-                TeacherConfig {
+            pub fn teacher_config(&self) -> $crate::teacher::TeacherConfig {
+                $crate::teacher::TeacherConfig {
                     teacher: self.teacher.clone(),
                     arch: self.arch.clone(),
                     width: self.width,
@@ -84,16 +83,16 @@ pub(crate) use defaults;
 
 source_config!(
     /// Configuration of `gradient`.
-    GradientConfig { output: Output::Sign }
+    GradientConfig { output: Output = Output::Sign }
 );
 source_config!(
     /// Configuration of `guided-backprop`.
-    GuidedConfig { output: Output::Sign }
+    GuidedConfig { output: Output = Output::Sign }
 );
 source_config!(
     /// Configuration of `smoothgrad`.
     SmoothGradConfig {
-        output: Output::Sign,
+        output: Output = Output::Sign,
         /// Noisy copies averaged per image.
         samples: i64 = 16,
         /// Standard deviation of the Gaussian noise, in pixel units of `[0, 1]` images.
@@ -103,7 +102,7 @@ source_config!(
 source_config!(
     /// Configuration of `integrated-gradients`.
     IntegratedGradientsConfig {
-        output: Output::Sign,
+        output: Output = Output::Sign,
         /// Points on the path from the baseline to the image (midpoint rule).
         steps: i64 = 32,
         /// The baseline image's constant value (0 = black).

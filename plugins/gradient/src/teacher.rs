@@ -42,13 +42,13 @@ impl Default for TeacherConfig {
     }
 }
 
-enum Loaded {
-    Own {
-        _vs: nn::VarStore,
-        model: Box<dyn ModuleT>,
-        /// Whether the model's ReLUs are visible (a model of this project).
-        native: bool,
-    },
+/// A teacher model of its own (not the host's).
+struct Loaded {
+    /// Keeps the variables of a checkpoint teacher alive.
+    _vs: nn::VarStore,
+    model: Box<dyn ModuleT>,
+    /// Whether the model's ReLUs are visible (a model of this project).
+    native: bool,
 }
 
 /// A teacher, loaded lazily.
@@ -92,7 +92,7 @@ impl Teacher {
             path.extension().and_then(|e| e.to_str()),
             Some("pt" | "ts" | "jit")
         );
-        let vs = nn::VarStore::new(device);
+        let mut vs = nn::VarStore::new(device);
         let model: Box<dyn ModuleT> = if script {
             Box::new(
                 sat_models::TorchScriptModel::load(path, device)
@@ -104,7 +104,6 @@ impl Teacher {
             } else {
                 oracle.num_classes() as i64
             };
-            let mut vs = vs;
             let model = sat_models::build(&vs.root(), &c.arch, c.width, classes)
                 .map_err(|e| PluginError::config(format!("teacher: {e}")))?;
             vs.load(path).map_err(|e| {
@@ -116,25 +115,19 @@ impl Teacher {
                 ))
             })?;
             vs.freeze();
-            let model: Box<dyn ModuleT> = if c.mean.is_empty() && c.std.is_empty() {
+            if c.mean.is_empty() && c.std.is_empty() {
                 model
             } else {
                 Box::new(
                     sat_models::Normalized::new(model, &c.mean, &c.std, device)
                         .map_err(|e| PluginError::config(format!("teacher: {e}")))?,
                 )
-            };
-            self.loaded = Some(Loaded::Own {
-                _vs: vs,
-                model,
-                native: true,
-            });
-            return Ok(());
+            }
         };
-        self.loaded = Some(Loaded::Own {
+        self.loaded = Some(Loaded {
             _vs: vs,
             model,
-            native: false,
+            native: !script,
         });
         Ok(())
     }
@@ -148,7 +141,7 @@ impl Teacher {
         self.load(images.device(), oracle)?;
         match &self.loaded {
             None => oracle.logits(images),
-            Some(Loaded::Own { model, .. }) => {
+            Some(Loaded { model, .. }) => {
                 Ok(tch::no_grad(|| model.forward_t(images, false)).f_to_kind(Kind::Float)?)
             }
         }
@@ -186,7 +179,7 @@ impl Teacher {
                 let g = oracle.input_gradient(images, Objective::logit(target))?;
                 Ok((g.gradient, Vec::new()))
             }
-            Some(Loaded::Own { model, native, .. }) => {
+            Some(Loaded { model, native, .. }) => {
                 if rule != ReluRule::Vanilla && !native {
                     return Err(self.needs_native(what));
                 }
@@ -207,7 +200,7 @@ impl Teacher {
     ) -> Result<&dyn ModuleT, PluginError> {
         self.load(device, oracle)?;
         match &self.loaded {
-            Some(Loaded::Own {
+            Some(Loaded {
                 model,
                 native: true,
                 ..
