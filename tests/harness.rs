@@ -115,6 +115,32 @@ pub fn sat(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     }
 }
 
+/// Starts `sat-host args…` in `cwd` in the background (stdout discarded, stderr as
+/// given), with `SAT_PLUGIN_PATH` cleared.
+pub fn spawn_sat(cwd: &Path, args: &[&str], stderr: std::process::Stdio) -> std::process::Child {
+    Command::new(sat_host())
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("SAT_PLUGIN_PATH")
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("start sat-host")
+}
+
+/// Waits until `path` exists, failing the test after `seconds`.
+pub fn wait_for_file(path: &Path, seconds: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while !path.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} did not appear within {seconds} s",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Overrides that make a training run take a few seconds.
 pub const TINY: &[&str] = &[
     "--set",

@@ -177,8 +177,9 @@ fn contract_breaking_outputs_are_rejected() {
 fn ctrl_c_keeps_the_finished_epochs_and_exits_130() {
     use std::process::{Command, Stdio};
     let cwd = tempfile::tempdir().unwrap();
-    let child = Command::new(sat_tests::sat_host())
-        .args([
+    let child = sat_tests::spawn_sat(
+        cwd.path(),
+        &[
             "run",
             "--set",
             "name=int",
@@ -186,23 +187,15 @@ fn ctrl_c_keeps_the_finished_epochs_and_exits_130() {
             "train.epochs=1000",
             "--set",
             "data.train_size=64",
-        ])
-        .args(["--set", "train.batch_size=32", "--set", "model.width=4"])
-        .current_dir(cwd.path())
-        .env_remove("SAT_PLUGIN_PATH")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+            "--set",
+            "train.batch_size=32",
+            "--set",
+            "model.width=4",
+        ],
+        Stdio::piped(),
+    );
     let checkpoint = cwd.path().join("runs/int/checkpoint.safetensors");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while !checkpoint.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no checkpoint within 120 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    sat_tests::wait_for_file(&checkpoint, 120);
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

@@ -1,9 +1,9 @@
 //! The training engine end to end: resume after Ctrl-C, datasets read from files in
 //! their real formats, TorchScript models, schedules and corrupt inputs.
-use sat_tests::{sat, tiny_run};
+use sat_tests::{sat, spawn_sat, tiny_run, wait_for_file};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn metrics(dir: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(dir.join("metrics.json")).expect("metrics.json");
@@ -49,22 +49,10 @@ fn resume_after_ctrl_c_reproduces_the_uninterrupted_weights() {
     whole.extend_from_slice(RESUMABLE);
     sat(cwd.path(), &whole, &[]).success();
 
-    let child = Command::new(sat_tests::sat_host())
-        .arg("run")
-        .args(["--set", "name=cut"])
-        .args(RESUMABLE)
-        .current_dir(cwd.path())
-        .env_remove("SAT_PLUGIN_PATH")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let state = cwd.path().join("runs/cut/state.safetensors");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !state.exists() {
-        assert!(Instant::now() < deadline, "no state file within 300 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut cut = vec!["run", "--set", "name=cut"];
+    cut.extend_from_slice(RESUMABLE);
+    let child = spawn_sat(cwd.path(), &cut, Stdio::piped());
+    wait_for_file(&cwd.path().join("runs/cut/state.safetensors"), 300);
     let kill = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -507,24 +495,13 @@ fn kill_9_never_leaves_a_torn_checkpoint_and_resume_continues() {
     let state = dir.join("state.safetensors");
     // Several SIGKILLs at staggered moments; after each the files on disk must load.
     for round in 0..4u64 {
-        let mut cmd = Command::new(sat_tests::sat_host());
-        if round == 0 {
-            cmd.args(args);
-        } else {
-            cmd.args(["run", "--resume", "runs/crash"]);
-        }
-        let mut child = cmd
-            .current_dir(cwd.path())
-            .env_remove("SAT_PLUGIN_PATH")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !state.exists() {
-            assert!(Instant::now() < deadline, "no state file within 120 s");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let resume = ["run", "--resume", "runs/crash"];
+        let mut child = spawn_sat(
+            cwd.path(),
+            if round == 0 { &args } else { &resume },
+            Stdio::null(),
+        );
+        wait_for_file(&state, 120);
         std::thread::sleep(Duration::from_millis(150 + 97 * round));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
