@@ -1,13 +1,22 @@
 """The rows of `sat-host bench` in plain PyTorch eager, for the Rust/PyTorch ratio.
 
 Usage: .venv/bin/python bench/pytorch_bench.py --models small-cnn,preact-resnet18 \
-           [--width 32] [--batch 128] [--warmup 2] [--steps 5] [--json FILE]
+           [--width 32] [--batch 128] [--warmup 2] [--steps 5] [--json FILE] \
+           [--device cuda] [--amp] [--no-cudnn-benchmark] [--flops]
 
 Same models (small CNN, PreAct ResNet-18), same batch, same threads (torch's default,
 like libtorch's in sat-host), the same step per row: attacks in eval mode on images in
 [0, 1] (eps 8/255, step 2/255; FGSM-RS step 10/255), then one Adam step (lr 1e-3) on the
 model in train mode. APGD-CE has no row here (no reference implementation in plain
 PyTorch in this repository). Peak RSS per row uses Linux's clear_refs, as sat-host does.
+
+On CUDA (`--device cuda`): cuDNN benchmark mode is on unless `--no-cudnn-benchmark`
+(sat-host's `cudnn_benchmark` default), `--amp` runs the training forward passes under
+float16 autocast with a GradScaler (sat-host's `train.amp`), the device is synchronised
+around each timed step, and each row also reports the peak CUDA memory allocated.
+`--flops` counts the floating-point operations of one step of each row
+(torch.utils.flop_counter: convolutions and matrix products, forward and backward) for
+the fraction of the card's matrix rate (bench/matmul_rate.py).
 """
 import argparse
 import copy
@@ -111,8 +120,8 @@ def trades_inner(model, x, steps):
 
 
 def sat_step(x, saliency, p=0.5):
-    signs = torch.randint(0, 2, x.shape).float() * 2 - 1
-    use = torch.rand(x.shape[0], 1, 1, 1) < p
+    signs = torch.randint(0, 2, x.shape, device=x.device).float() * 2 - 1
+    use = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < p
     g = torch.where(use, saliency.expand_as(x), signs)
     return (x - EPS * g).clamp(0, 1)
 
@@ -161,62 +170,88 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--json")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--amp", action="store_true")
+    ap.add_argument("--no-cudnn-benchmark", action="store_true")
+    ap.add_argument("--flops", action="store_true")
     args = ap.parse_args()
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
-    classes, n = 6, args.batch * (args.warmup + args.steps)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    amp = args.amp and cuda
+    torch.backends.cudnn.benchmark = cuda and not args.no_cudnn_benchmark
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
+          f"device {device}, amp {amp}, cudnn benchmark {torch.backends.cudnn.benchmark}")
+    classes, n = 6, args.batch * (args.warmup + args.steps + 1)
     data = torch.rand(n, 3, 32, 32)
     labels = torch.randint(0, classes, (n,))
     masks = (torch.rand(n, 1, 32, 32) > 0.5).float() * 2 - 1
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
     out = []
     for arch in args.models.split(","):
         for row in args.rows.split(","):
             make = small_cnn if arch == "small-cnn" else preact_resnet18
-            model = make(args.width, classes)
+            model = make(args.width, classes).to(device)
             teacher = copy.deepcopy(model).eval()
             for p in teacher.parameters():
                 p.requires_grad_(False)
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+            scaler = torch.amp.GradScaler("cuda", enabled=amp)
             model.train()
             reset_peak()
-            timed = 0.0
-            for i in range(args.warmup + args.steps):
-                sl = slice(i * args.batch, (i + 1) * args.batch)
-                x, y, m = data[sl], labels[sl], masks[sl]
-                start = time.perf_counter()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+
+            def step(x, y, m):
                 if row == "eval-pgd-20":
                     adv = pgd(model, x, y, 20)
                     model.eval()
                     with torch.no_grad():
                         int(model(adv).argmax(1).sum())
                     model.train()
+                    return
+                if row == "standard":
+                    inputs = x
+                elif row == "sat-masks":
+                    inputs = sat_step(x, m)
+                elif row == "sat-gradient":
+                    inputs = sat_step(x, guided_backprop(teacher, x, y))
+                elif row == "fgsm-rs":
+                    inputs = fgsm_rs(model, x, y)
+                elif row == "pgd-7":
+                    inputs = pgd(model, x, y, 7)
+                elif row == "trades-10":
+                    inputs = trades_inner(model, x, 10)
                 else:
-                    if row == "standard":
-                        inputs = x
-                    elif row == "sat-masks":
-                        inputs = sat_step(x, m)
-                    elif row == "sat-gradient":
-                        inputs = sat_step(x, guided_backprop(teacher, x, y))
-                    elif row == "fgsm-rs":
-                        inputs = fgsm_rs(model, x, y)
-                    elif row == "pgd-7":
-                        inputs = pgd(model, x, y, 7)
-                    elif row == "trades-10":
-                        inputs = trades_inner(model, x, 10)
-                    else:
-                        raise SystemExit(f"unknown row {row}")
-                    logits = model(inputs)
+                    raise SystemExit(f"unknown row {row}")
+                with torch.autocast("cuda", torch.float16, enabled=amp):
+                    logits = model(inputs).float()
                     if row == "trades-10":
-                        clean = model(x)
-                        kl = F.kl_div(F.log_softmax(logits, 1), F.softmax(clean, 1),
-                                      reduction="batchmean")
-                        loss = F.cross_entropy(clean, y) + 6.0 * kl
-                    else:
-                        loss = F.cross_entropy(logits, y)
-                    opt.zero_grad(set_to_none=False)
-                    loss.backward()
-                    opt.step()
-                    loss.item()
+                        clean = model(x).float()
+                if row == "trades-10":
+                    kl = F.kl_div(F.log_softmax(logits, 1), F.softmax(clean, 1),
+                                  reduction="batchmean")
+                    loss = F.cross_entropy(clean, y) + 6.0 * kl
+                else:
+                    loss = F.cross_entropy(logits, y)
+                opt.zero_grad(set_to_none=False)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                loss.item()
+
+            timed = 0.0
+            for i in range(args.warmup + args.steps):
+                sl = slice(i * args.batch, (i + 1) * args.batch)
+                x, y, m = data[sl].to(device), labels[sl].to(device), masks[sl].to(device)
+                sync()
+                start = time.perf_counter()
+                step(x, y, m)
+                sync()
                 if i >= args.warmup:
                     timed += time.perf_counter() - start
             r = {
@@ -225,7 +260,24 @@ def main():
                 "images_per_sec": args.steps * args.batch / timed,
                 "seconds_per_step": timed / args.steps,
                 "peak_rss_mib": peak_mib(),
+                "device": str(device),
+                "amp": amp,
+                "batch": args.batch,
+                "cudnn_benchmark": torch.backends.cudnn.benchmark,
             }
+            if cuda:
+                r["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+            if args.flops:
+                from torch.utils.flop_counter import FlopCounterMode
+
+                sl = slice(n - args.batch, n)
+                try:
+                    with FlopCounterMode(display=False) as counter:
+                        step(data[sl].to(device), labels[sl].to(device), masks[sl].to(device))
+                    r["flops_per_step"] = counter.get_total_flops()
+                except RuntimeError as e:  # the counter's module hooks vs. backward hooks
+                    print(f"{arch} {row}: FLOPs not counted ({str(e).splitlines()[0][:80]})")
+                    r["flops_per_step"] = None
             print(f"{arch} {row}: {r['images_per_sec']:.1f} images/s, "
                   f"{r['seconds_per_step']:.3f} s/step, peak RSS {r['peak_rss_mib']:.0f} MiB",
                   flush=True)

@@ -1,7 +1,9 @@
 //! Shared build script for every crate that links libtorch (the host, the plugins,
 //! third-party plugins). It gives the produced binaries, test executables and plugin
 //! libraries an rpath to the libtorch that tch was built against, so nothing needs
-//! `LD_LIBRARY_PATH`, and records that libtorch's version as `SAT_LIBTORCH_VERSION`.
+//! `LD_LIBRARY_PATH`, links libtorch's CUDA library where it has one (so CUDA works),
+//! and records that libtorch's version as `SAT_LIBTORCH_VERSION` and whether it has
+//! CUDA as `SAT_LIBTORCH_CUDA` (`1` or `0`).
 //!
 //! Use it with `build = "<path to sat>/core/libtorch_build.rs"` in `Cargo.toml`.
 use std::{env, fs, path::Path};
@@ -17,6 +19,17 @@ fn main() {
     let root = Path::new(&libtorch);
     let lib = root.join("lib");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    // libtorch's CUDA backend registers itself when libtorch_cuda.so is loaded, but
+    // nothing calls into it directly, so the linker's default `--as-needed` drops it and
+    // libtorch then sees no CUDA device. Keep it as a dependency of every binary, test
+    // and plugin (tch-rs issue #980).
+    let cuda = lib.join("libtorch_cuda.so").exists();
+    if cuda {
+        println!("cargo:rustc-link-arg=-L{}", lib.display());
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-ltorch_cuda");
+    }
+    println!("cargo:rustc-env=SAT_LIBTORCH_CUDA={}", u8::from(cuda));
     let version = libtorch_version(root).unwrap_or_else(|| {
         panic!(
             "cannot read the libtorch version under {} (expected version.py or build-version)",

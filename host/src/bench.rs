@@ -3,7 +3,7 @@
 //! `bench/pytorch_bench.py` measures the same rows in PyTorch eager for the ratio.
 use crate::config::{LossKind, RunConfig};
 use crate::data::{rng::SplitMix, shapes};
-use crate::optimizer::{Optimizer, Rule};
+use crate::optimizer::{LossScale, Optimizer, Rule};
 use crate::oracle::ModelOracle;
 use crate::pipeline::{create_attack, Pipeline};
 use crate::registry::Registry;
@@ -27,6 +27,14 @@ pub struct Row {
     pub seconds_per_step: f64,
     /// Peak resident memory of the process during the row, MiB (Linux).
     pub peak_rss_mib: f64,
+    /// The device, as libtorch names it (`Cpu`, `Cuda(0)`).
+    pub device: String,
+    /// Training forward passes under float16 autocast with loss scaling (CUDA only).
+    pub amp: bool,
+    /// Batch size.
+    pub batch: i64,
+    /// cuDNN benchmark mode (CUDA only).
+    pub cudnn_benchmark: bool,
 }
 
 /// What to measure.
@@ -77,6 +85,10 @@ pub fn run(
     let count = plan.batch as usize * (plan.warmup + plan.steps);
     let data = shapes::generate(count, 32, classes, base.seed, 0).map_err(anyhow::Error::msg)?;
     let teacher_dir = tempfile_dir()?;
+    let amp = base.train.amp && device.is_cuda();
+    if base.train.amp && !amp {
+        log::warn!("[train] amp: mixed precision is used on CUDA only; measuring float32");
+    }
     for arch in &plan.models {
         for name in &plan.rows {
             let Some(&(row, saliency, attack, loss, settings)) =
@@ -121,6 +133,7 @@ pub fn run(
             };
             let mut pipeline = Pipeline::new(registry, &config, attack_component)?;
             let mut optimizer = Optimizer::new(&net.vs, Rule::from_config(&config.train));
+            let mut scaler = LossScale::default();
             let adapter = OracleAdapter(ModelOracle {
                 model: net.model.as_ref(),
                 classes: classes as u32,
@@ -159,9 +172,13 @@ pub fn run(
                         &samples,
                         loss,
                         config.train.trades_beta,
-                        false,
+                        amp,
                     )?;
-                    optimizer.backward_step(&loss, config.train.lr);
+                    if amp {
+                        optimizer.scaled_backward_step(&loss, config.train.lr, &mut scaler);
+                    } else {
+                        optimizer.backward_step(&loss, config.train.lr);
+                    }
                     let _ = loss.double_value(&[]);
                 }
                 if let Device::Cuda(index) = device {
@@ -177,6 +194,10 @@ pub fn run(
                 images_per_sec: (plan.steps as i64 * plan.batch) as f64 / timed,
                 seconds_per_step: timed / plan.steps as f64,
                 peak_rss_mib: peak_mib(),
+                device: format!("{device:?}"),
+                amp,
+                batch: plan.batch,
+                cudnn_benchmark: device.is_cuda() && base.cudnn_benchmark,
             };
             log::info!(
                 "{} {}: {:.1} images/s, {:.3} s/step, peak RSS {:.0} MiB",

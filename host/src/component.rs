@@ -38,17 +38,28 @@ impl Origin {
     }
 }
 
-fn finite_range(t: &Tensor) -> Result<(f64, f64), String> {
-    let finite = t
-        .f_isfinite()
-        .and_then(|f| f.f_all())
-        .map_err(|e| e.to_string())?;
-    if !bool::try_from(&finite).unwrap_or(false) {
+/// The smallest and largest value of `t`, and `extra` (a scalar tensor on `t`'s
+/// device), read back to the host in one transfer: on CUDA each read is a
+/// synchronisation, and these checks run on every batch. Errors if `t` holds NaN or
+/// infinite values (`aminmax` propagates NaN, so both ends are finite exactly when
+/// every value is).
+fn finite_range(t: &Tensor, extra: Option<Tensor>) -> Result<(f64, f64, f64), String> {
+    let values = (|| {
+        let (lo, hi) = t.f_aminmax(None, false)?;
+        let mut parts = vec![lo, hi];
+        if let Some(e) = extra {
+            parts.push(e.f_to_kind(t.kind())?);
+        }
+        Tensor::f_stack(&parts, 0)?
+            .f_to_device(tch::Device::Cpu)?
+            .f_to_kind(Kind::Double)
+    })()
+    .map_err(|e| e.to_string())?;
+    let values = Vec::<f64>::try_from(&values).map_err(|e| e.to_string())?;
+    if !(values[0].is_finite() && values[1].is_finite()) {
         return Err("a tensor with NaN or infinite values".into());
     }
-    let lo = t.f_min().map_err(|e| e.to_string())?.double_value(&[]);
-    let hi = t.f_max().map_err(|e| e.to_string())?.double_value(&[]);
-    Ok((lo, hi))
+    Ok((values[0], values[1], values.get(2).copied().unwrap_or(0.0)))
 }
 
 /// A saliency source from a plugin.
@@ -106,8 +117,8 @@ impl SaliencyComponent {
                 ),
             ));
         }
-        let (lo, hi) =
-            finite_range(&map).map_err(|m| self.origin.error(KIND, format!("returned {m}")))?;
+        let (lo, hi, _) = finite_range(&map, None)
+            .map_err(|m| self.origin.error(KIND, format!("returned {m}")))?;
         if lo < -1.0 - 1e-5 || hi > 1.0 + 1e-5 {
             return Err(self.origin.error(
                 KIND,
@@ -173,17 +184,16 @@ impl AttackComponent {
                 ),
             ));
         }
-        let (lo, hi) =
-            finite_range(&adv).map_err(|m| self.origin.error(KIND, format!("returned {m}")))?;
+        let size = perturbation_size(self.threat.norm, &adv, &images)
+            .map_err(|m| self.origin.error(KIND, m))?;
+        let (lo, hi, size) = finite_range(&adv, Some(size))
+            .map_err(|m| self.origin.error(KIND, format!("returned {m}")))?;
         if lo < -1e-6 || hi > 1.0 + 1e-6 {
             return Err(self.origin.error(
                 KIND,
                 format!("returned pixels in [{lo}, {hi}], outside [0, 1]"),
             ));
         }
-        let size = self
-            .perturbation_size(&adv, &images)
-            .map_err(|m| self.origin.error(KIND, m))?;
         // SAT and noise are ℓ∞ perturbations of size ε exactly; allow float rounding.
         if size > self.threat.epsilon * (1.0 + 1e-4) + 1e-6 {
             return Err(self.origin.error(
@@ -197,16 +207,17 @@ impl AttackComponent {
         }
         Ok(adv)
     }
+}
 
-    fn perturbation_size(&self, adv: &Tensor, images: &Tensor) -> Result<f64, String> {
-        let delta = adv.f_sub(images).map_err(|e| e.to_string())?;
-        let size = match self.threat.norm {
-            Norm::Linf => delta.f_abs().and_then(|d| d.f_max()),
-            Norm::L2 => delta
-                .f_flatten(1, -1)
-                .and_then(|d| d.f_norm_scalaropt_dim(2, [1i64].as_slice(), false))
-                .and_then(|n| n.f_max()),
-        };
-        size.map(|s| s.double_value(&[])).map_err(|e| e.to_string())
+/// The largest per-sample `norm` of `adv − images`, as a scalar tensor on their device.
+fn perturbation_size(norm: Norm, adv: &Tensor, images: &Tensor) -> Result<Tensor, String> {
+    let delta = adv.f_sub(images).map_err(|e| e.to_string())?;
+    match norm {
+        Norm::Linf => delta.f_abs().and_then(|d| d.f_max()),
+        Norm::L2 => delta
+            .f_flatten(1, -1)
+            .and_then(|d| d.f_norm_scalaropt_dim(2, [1i64].as_slice(), false))
+            .and_then(|n| n.f_max()),
     }
+    .map_err(|e| e.to_string())
 }

@@ -17,6 +17,10 @@ pub struct RunConfig {
     pub seed: u64,
     /// `"auto"` (CUDA when present), `"cpu"`, `"cuda"` or `"cuda:N"`.
     pub device: String,
+    /// cuDNN benchmark mode on CUDA: cuDNN times its convolution algorithms on the
+    /// first batch of each shape and keeps the fastest (faster steps; run-to-run results
+    /// are not bitwise identical). Ignored on the CPU.
+    pub cudnn_benchmark: bool,
     /// Where run directories are made (relative to the working directory).
     pub runs_dir: PathBuf,
     /// Extra plugin libraries.
@@ -39,6 +43,7 @@ impl Default for RunConfig {
             name: "run".into(),
             seed: 0,
             device: "auto".into(),
+            cudnn_benchmark: true,
             runs_dir: PathBuf::from("runs"),
             plugins: PluginsConfig::default(),
             data: DataConfig::default(),

@@ -3,7 +3,7 @@
 //! so that a resumed run continues exactly where it stopped.
 use crate::config::{OptimizerKind, TrainConfig};
 use std::collections::HashMap;
-use tch::{nn, Tensor};
+use tch::{nn, Kind, Tensor};
 
 /// Hyper-parameters of the update (the learning rate comes per step from the schedule).
 #[derive(Debug, Clone, Copy)]
@@ -75,12 +75,95 @@ impl LossScale {
 }
 
 /// An optimiser over the trainable variables of a var store.
+///
+/// The parameters and their gradients are rebound to views of one flat tensor each, so
+/// an update is a few operations on the flat tensors instead of a few per parameter (on
+/// CUDA each operation is a kernel launch, and a ResNet has some 60 parameter tensors).
+/// Saved state stays per parameter. A parameter that gets no gradient in a step is
+/// updated with a zero gradient (`torch.optim` skips it); the models here use every
+/// parameter in every forward pass.
 pub struct Optimizer {
     rule: Rule,
+    /// Trainable variables by name, sorted; views of `flat.params`.
     params: Vec<(String, Tensor)>,
-    /// Per parameter: SGD momentum buffer, or Adam's first and second moments.
-    buffers: HashMap<String, Vec<Tensor>>,
+    flat: Flat,
+    /// SGD's momentum buffer, or Adam's first and second moments, flat like the
+    /// parameters; empty before the first step.
+    buffers: Vec<Tensor>,
     steps: i64,
+}
+
+/// Parameters and gradients as views of one tensor each.
+struct Flat {
+    params: Tensor,
+    grads: Tensor,
+    /// Offset and length of each parameter in the flat tensors.
+    spans: Vec<(i64, i64)>,
+    /// The address each parameter's gradient has while it is a view of `grads`.
+    grad_ptrs: Vec<usize>,
+}
+
+impl Flat {
+    /// Copies `params` and their gradients into flat tensors and rebinds both to views
+    /// of them. Parameters without a gradient tensor get a zero one first.
+    fn bind(params: &[(String, Tensor)]) -> Flat {
+        if params.iter().any(|(_, p)| !p.grad().defined()) {
+            let zero = tch::with_grad(|| {
+                params
+                    .iter()
+                    .map(|(_, p)| p.sum(p.kind()) * 0.0)
+                    .reduce(|a, b| a + b)
+            });
+            if let Some(zero) = zero {
+                zero.backward();
+            }
+        }
+        tch::no_grad(|| {
+            let cat = |parts: Vec<Tensor>| {
+                if parts.is_empty() {
+                    Tensor::zeros([0], (Kind::Float, tch::Device::Cpu))
+                } else {
+                    Tensor::cat(&parts, 0)
+                }
+            };
+            let flat_params = cat(params
+                .iter()
+                .map(|(_, p)| p.detach().reshape([-1]))
+                .collect());
+            let flat_grads = cat(params.iter().map(|(_, p)| p.grad().reshape([-1])).collect());
+            let mut spans = Vec::with_capacity(params.len());
+            let mut grad_ptrs = Vec::with_capacity(params.len());
+            let mut offset = 0;
+            for (_, p) in params {
+                let n = p.numel() as i64;
+                let size = p.size();
+                let _ = p
+                    .shallow_clone()
+                    .set_source_tensor_(&flat_params.narrow(0, offset, n).view(size.as_slice()));
+                let mut g = p.grad();
+                let _ =
+                    g.set_source_tensor_(&flat_grads.narrow(0, offset, n).view(size.as_slice()));
+                grad_ptrs.push(g.data_ptr() as usize);
+                spans.push((offset, n));
+                offset += n;
+            }
+            Flat {
+                params: flat_params,
+                grads: flat_grads,
+                spans,
+                grad_ptrs,
+            }
+        })
+    }
+
+    /// Whether every gradient is still the view `bind` made (autograd replaces a
+    /// gradient only in cases this trainer does not use, e.g. `create_graph`).
+    fn intact(&self, params: &[(String, Tensor)]) -> bool {
+        params
+            .iter()
+            .zip(&self.grad_ptrs)
+            .all(|((_, p), &ptr)| p.grad().data_ptr() as usize == ptr)
+    }
 }
 
 impl Optimizer {
@@ -92,23 +175,31 @@ impl Optimizer {
             .filter(|(_, t)| t.requires_grad())
             .collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
+        let flat = Flat::bind(&params);
         Self {
             rule,
             params,
-            buffers: HashMap::new(),
+            flat,
+            buffers: Vec::new(),
             steps: 0,
         }
+    }
+
+    /// Zeroes the gradients (one operation on the flat gradient).
+    fn zero_grad(&mut self) {
+        if !self.flat.intact(&self.params) {
+            log::debug!(
+                "parameter gradients were replaced; binding them to the flat gradient again"
+            );
+            self.flat = Flat::bind(&self.params);
+        }
+        let _ = self.flat.grads.zero_();
     }
 
     /// Clears the parameters' gradients, back-propagates `loss` and takes one step at
     /// learning rate `lr`.
     pub fn backward_step(&mut self, loss: &Tensor, lr: f64) {
-        for (_, p) in &self.params {
-            let mut g = p.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        }
+        self.zero_grad();
         loss.backward();
         self.step(lr);
     }
@@ -116,23 +207,10 @@ impl Optimizer {
     /// [`Optimizer::backward_step`] with dynamic loss scaling; returns whether the step
     /// was taken (it is skipped, and the scale halved, when a gradient is not finite).
     pub fn scaled_backward_step(&mut self, loss: &Tensor, lr: f64, scaler: &mut LossScale) -> bool {
-        for (_, p) in &self.params {
-            let mut g = p.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        }
+        self.zero_grad();
         (loss * scaler.scale).backward();
-        let finite = tch::no_grad(|| {
-            let mut all = Tensor::from(true).to_device(loss.device());
-            for (_, p) in &self.params {
-                let g = p.grad();
-                if g.defined() {
-                    all = all.logical_and(&g.isfinite().all());
-                }
-            }
-            bool::try_from(all).unwrap_or(false)
-        });
+        let finite =
+            tch::no_grad(|| bool::try_from(self.flat.grads.isfinite().all())).unwrap_or(false);
         if !finite {
             scaler.scale /= 2.0;
             scaler.good_steps = 0;
@@ -143,12 +221,7 @@ impl Optimizer {
             return false;
         }
         tch::no_grad(|| {
-            for (_, p) in &self.params {
-                let mut g = p.grad();
-                if g.defined() {
-                    let _ = g.g_mul_scalar_(1.0 / scaler.scale);
-                }
-            }
+            let _ = self.flat.grads.g_mul_scalar_(1.0 / scaler.scale);
         });
         self.step(lr);
         scaler.good_steps += 1;
@@ -163,62 +236,62 @@ impl Optimizer {
     pub fn step(&mut self, lr: f64) {
         self.steps += 1;
         let t = self.steps;
-        tch::no_grad(|| {
-            for (name, p) in &self.params {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
+        let p = &mut self.flat.params;
+        let g = &self.flat.grads;
+        let buffers = &mut self.buffers;
+        tch::no_grad(|| match self.rule {
+            Rule::Sgd {
+                momentum,
+                nesterov,
+                weight_decay,
+            } => {
+                let mut d = if weight_decay != 0.0 {
+                    g + &*p * weight_decay
+                } else {
+                    g.shallow_clone()
+                };
+                if momentum != 0.0 {
+                    if buffers.is_empty() {
+                        buffers.push(d.detach().copy());
+                    } else {
+                        let _ = buffers[0].g_mul_scalar_(momentum).g_add_(&d);
+                    }
+                    d = if nesterov {
+                        &d + &buffers[0] * momentum
+                    } else {
+                        buffers[0].shallow_clone()
+                    };
                 }
-                let mut p = p.shallow_clone();
-                match self.rule {
-                    Rule::Sgd {
-                        momentum,
-                        nesterov,
-                        weight_decay,
-                    } => {
-                        let mut d = if weight_decay != 0.0 {
-                            &g + &p * weight_decay
-                        } else {
-                            g.shallow_clone()
-                        };
-                        if momentum != 0.0 {
-                            let buf = match self.buffers.get_mut(name) {
-                                Some(b) => {
-                                    let _ = b[0].g_mul_scalar_(momentum).g_add_(&d);
-                                    b[0].shallow_clone()
-                                }
-                                None => {
-                                    let b = d.detach().copy();
-                                    self.buffers.insert(name.clone(), vec![b.shallow_clone()]);
-                                    b
-                                }
-                            };
-                            d = if nesterov { &d + &buf * momentum } else { buf };
-                        }
-                        let _ = p.g_add_(&(d * (-lr)));
-                    }
-                    Rule::Adam {
-                        beta1,
-                        beta2,
-                        eps,
-                        weight_decay,
-                    } => {
-                        let d = if weight_decay != 0.0 {
-                            &g + &p * weight_decay
-                        } else {
-                            g.shallow_clone()
-                        };
-                        let b = self
-                            .buffers
-                            .entry(name.clone())
-                            .or_insert_with(|| vec![p.zeros_like(), p.zeros_like()]);
-                        let _ = b[0].g_mul_scalar_(beta1).g_add_(&(&d * (1.0 - beta1)));
-                        let _ = b[1].g_mul_scalar_(beta2).g_add_(&(&d * &d * (1.0 - beta2)));
-                        let c1 = 1.0 - beta1.powi(t as i32);
-                        let c2 = 1.0 - beta2.powi(t as i32);
-                        let denom = b[1].sqrt() / c2.sqrt() + eps;
-                        let _ = p.g_add_(&(&b[0] / denom * (-lr / c1)));
-                    }
+                let _ = p.g_add_(&(d * (-lr)));
+            }
+            Rule::Adam {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => {
+                let d = if weight_decay != 0.0 {
+                    g + &*p * weight_decay
+                } else {
+                    g.shallow_clone()
+                };
+                if buffers.is_empty() {
+                    *buffers = vec![p.zeros_like(), p.zeros_like()];
+                }
+                // torch.optim.Adam's rule: m ← lerp(m, d, 1−β1); v ← lerp(v, d², 1−β2);
+                // p ← p − lr/c1 · m / (√v/√c2 + ε), the step size folded into the
+                // denominator so that one addcdiv_ applies it.
+                let _ = buffers[0].lerp_(&d, 1.0 - beta1);
+                let _ = buffers[1].lerp_(&(&d * &d), 1.0 - beta2);
+                let c1 = 1.0 - beta1.powi(t as i32);
+                let c2 = 1.0 - beta2.powi(t as i32);
+                if lr != 0.0 {
+                    let mut denom = buffers[1].sqrt();
+                    let _ = denom
+                        .g_mul_scalar_(1.0 / c2.sqrt())
+                        .g_add_scalar_(eps)
+                        .g_mul_scalar_(-c1 / lr);
+                    let _ = p.addcdiv_(&buffers[0], &denom);
                 }
             }
         });
@@ -230,11 +303,12 @@ impl Optimizer {
             "optimizer.steps".to_string(),
             Tensor::from_slice(&[self.steps]),
         )];
-        let mut names: Vec<&String> = self.buffers.keys().collect();
-        names.sort();
-        for name in names {
-            for (i, b) in self.buffers[name].iter().enumerate() {
-                out.push((format!("optimizer.{name}.{i}"), b.shallow_clone()));
+        for ((name, p), &(offset, n)) in self.params.iter().zip(&self.flat.spans) {
+            for (i, b) in self.buffers.iter().enumerate() {
+                out.push((
+                    format!("optimizer.{name}.{i}"),
+                    b.narrow(0, offset, n).view(p.size().as_slice()),
+                ));
             }
         }
         out
@@ -246,10 +320,19 @@ impl Optimizer {
             .get("optimizer.steps")
             .ok_or("the optimiser state has no step count")?;
         self.steps = steps.int64_value(&[0]);
-        self.buffers.clear();
-        for (name, p) in &self.params {
-            let mut buffers = Vec::new();
-            while let Some(b) = named.get(&format!("optimizer.{name}.{}", buffers.len())) {
+        let count = match self.params.first() {
+            Some((name, _)) => (0..)
+                .take_while(|i| named.contains_key(&format!("optimizer.{name}.{i}")))
+                .count(),
+            None => 0,
+        };
+        let mut buffers: Vec<Tensor> = (0..count).map(|_| self.flat.params.zeros_like()).collect();
+        for ((name, p), &(offset, n)) in self.params.iter().zip(&self.flat.spans) {
+            for (i, flat) in buffers.iter_mut().enumerate() {
+                let key = format!("optimizer.{name}.{i}");
+                let b = named
+                    .get(&key)
+                    .ok_or_else(|| format!("the optimiser state has no {key}"))?;
                 if b.size() != p.size() {
                     return Err(format!(
                         "optimiser buffer of {name} has shape {:?}, the parameter {:?}",
@@ -257,12 +340,16 @@ impl Optimizer {
                         p.size()
                     ));
                 }
-                buffers.push(b.to_device(p.device()).to_kind(p.kind()));
-            }
-            if !buffers.is_empty() {
-                self.buffers.insert(name.clone(), buffers);
+                tch::no_grad(|| {
+                    flat.narrow(0, offset, n).copy_(
+                        &b.reshape([-1])
+                            .to_device(flat.device())
+                            .to_kind(flat.kind()),
+                    )
+                });
             }
         }
+        self.buffers = buffers;
         Ok(())
     }
 }
@@ -300,6 +387,43 @@ mod tests {
         a.iter()
             .map(|(k, t)| (t - &b[k]).abs().max().double_value(&[]))
             .fold(0.0, f64::max)
+    }
+
+    /// Parameters and gradients are views of the flat tensors, in order, and stay so
+    /// across steps; the var store sees the updates.
+    #[test]
+    fn parameters_and_gradients_are_views_of_the_flat_tensors() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let a = nn::linear(vs.root() / "a", 5, 4, Default::default());
+        let b = nn::linear(vs.root() / "b", 4, 3, Default::default());
+        let mut opt = Optimizer::new(&vs, Rule::from_config(&Default::default()));
+        let before = vs.variables()["b.weight"].copy();
+        for _ in 0..3 {
+            let x = Tensor::randn([8, 5], (Kind::Float, Device::Cpu));
+            let y = Tensor::randint(3, [8], (Kind::Int64, Device::Cpu));
+            opt.backward_step(
+                &b.forward(&a.forward(&x).relu())
+                    .cross_entropy_for_logits(&y),
+                0.1,
+            );
+            assert!(opt.flat.intact(&opt.params));
+            for ((_, p), &(offset, _)) in opt.params.iter().zip(&opt.flat.spans) {
+                let at = |flat: &Tensor| flat.data_ptr() as usize + 4 * offset as usize;
+                assert_eq!(p.data_ptr() as usize, at(&opt.flat.params));
+                assert_eq!(p.grad().data_ptr() as usize, at(&opt.flat.grads));
+            }
+        }
+        let after = &vs.variables()["b.weight"];
+        assert!((after - before).abs().max().double_value(&[]) > 0.0);
+        // The flat gradient is the concatenation of the parameters' gradients.
+        let joined = Tensor::cat(
+            &opt.params
+                .iter()
+                .map(|(_, p)| p.grad().reshape([-1]))
+                .collect::<Vec<_>>(),
+            0,
+        );
+        assert!(joined.equal(&opt.flat.grads));
     }
 
     #[test]

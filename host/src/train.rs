@@ -194,12 +194,20 @@ pub fn training_loss(
     beta: f64,
     amp: bool,
 ) -> anyhow::Result<(Tensor, Tensor)> {
-    let logits = tch::autocast(amp, || model.forward_t(inputs, true)).to_kind(Kind::Float);
+    // tch's autocast goes through libtorch's deprecated CUDA autocast calls, which print
+    // a warning on every entry on CUDA: enter it only for mixed precision.
+    let forward = |x: &Tensor| {
+        if amp {
+            tch::autocast(true, || model.forward_t(x, true)).to_kind(Kind::Float)
+        } else {
+            model.forward_t(x, true)
+        }
+    };
+    let logits = forward(inputs);
     let loss = match kind {
         LossKind::Ce => logits.cross_entropy_for_logits(&samples.labels),
         LossKind::Trades => {
-            let clean =
-                tch::autocast(amp, || model.forward_t(&samples.images, true)).to_kind(Kind::Float);
+            let clean = forward(&samples.images);
             let kl =
                 sat_core::objective_value(&logits, &sat_core::Objective::kl_divergence(&clean))?;
             clean.cross_entropy_for_logits(&samples.labels) + kl.mean(Kind::Float) * beta

@@ -93,21 +93,14 @@ impl Attack for Sat {
             PluginError::invalid_input("sat needs a saliency map: configure a saliency source")
         })?;
         let s = saliency.f_expand_as(&x)?.f_to_kind(Kind::Float)?;
-        let random_signs = x
-            .f_rand_like()?
-            .f_lt(0.5)?
-            .f_to_kind(Kind::Float)?
-            .f_mul_scalar(2.0)?
-            .f_sub_scalar(1.0)?;
-        let p = self.probability(batch.epoch);
-        let w = x.f_rand_like()?.f_lt(p)?.f_to_kind(Kind::Float)?;
-        let g = w
-            .f_neg()?
-            .f_add_scalar(1.0)?
-            .f_mul(&random_signs)?
-            .f_add(&w.f_mul(&s)?)?;
-        Ok(x.f_sub(&g.f_mul_scalar(self.config.epsilon.0)?)?
-            .f_clamp(0.0, 1.0)?)
+        // g = (1 − w)·r + w·s with w ∈ {0, 1}: a selection, not arithmetic. Few
+        // operations, since on CUDA each is a kernel launch on every batch.
+        let eps = self.config.epsilon.0;
+        let signs = Tensor::f_where_scalar(&x.f_rand_like()?.f_lt(0.5)?, eps, -eps)?;
+        let w = x.f_rand_like()?.f_lt(self.probability(batch.epoch))?;
+        let mut step = s.f_mul_scalar(eps)?.f_where_self(&w, &signs)?;
+        let _ = step.f_neg_()?.f_add_(&x)?.f_clamp_(0.0, 1.0)?;
+        Ok(step)
     }
 }
 
