@@ -171,6 +171,22 @@ fn contract_breaking_outputs_are_rejected() {
         err.contains("attack `out-of-budget`") && err.contains("beyond its budget"),
         "{err}"
     );
+    let err = faulty(cwd.path(), &["--plugin", "nan-map", "--attack", "sat"]);
+    assert!(
+        err.contains("saliency source `nan-map`") && err.contains("NaN or infinite values"),
+        "{err}"
+    );
+    let err = faulty(cwd.path(), &["--plugin", "double-map", "--attack", "sat"]);
+    assert!(
+        err.contains("saliency source `double-map`")
+            && err.contains("returned dtype Double; expected Float"),
+        "{err}"
+    );
+    let err = faulty(cwd.path(), &["--attack", "unclamped"]);
+    assert!(
+        err.contains("attack `unclamped`") && err.contains("outside [0, 1]"),
+        "{err}"
+    );
 }
 
 #[test]

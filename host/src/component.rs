@@ -221,3 +221,23 @@ fn perturbation_size(norm: Norm, adv: &Tensor, images: &Tensor) -> Result<Tensor
     }
     .map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::finite_range;
+    use tch::{Device, Kind, Tensor};
+
+    #[test]
+    fn one_read_gives_the_range_and_the_extra_value_and_rejects_non_finite_values() {
+        let t = Tensor::from_slice(&[0.25f32, -0.5, 0.75]).view([1, 3]);
+        let (lo, hi, extra) = finite_range(&t, Some(Tensor::from(0.125f32))).unwrap();
+        assert_eq!((lo, hi, extra), (-0.5, 0.75, 0.125));
+        assert_eq!(finite_range(&t, None).unwrap().2, 0.0);
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let t = Tensor::zeros([2, 1, 4, 4], (Kind::Float, Device::Cpu));
+            let _ = t.get(1).get(0).get(2).get(3).fill_(bad);
+            let err = finite_range(&t, None).unwrap_err();
+            assert!(err.contains("NaN or infinite"), "{bad}: {err}");
+        }
+    }
+}
