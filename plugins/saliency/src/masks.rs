@@ -72,9 +72,8 @@ impl SaliencySource for Masks {
     fn saliency(&mut self, batch: &Batch, _oracle: Oracle<'_, '_>) -> Result<Tensor, PluginError> {
         let images = batch.images();
         let (n, h, w) = (images.size()[0], images.size()[2], images.size()[3]);
-        let fallback = self.fallback_map(batch, n, h, w)?;
         let Some((masks, present)) = batch.masks() else {
-            return Ok(fallback);
+            return self.fallback_map(batch, n, h, w);
         };
         if masks.size() != [n, 1, h, w] {
             return Err(PluginError::invalid_input(format!(
@@ -90,6 +89,12 @@ impl SaliencySource for Masks {
             m = m.f_ge(self.config.threshold)?.f_to_kind(Kind::Float)?;
         }
         let map = m.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?;
+        // Most batches have every mask: one read of `present` then saves the fallback's
+        // kernels (about twenty with boxes), which on CUDA cost more than the read.
+        if bool::try_from(present.f_all()?)? {
+            return Ok(map);
+        }
+        let fallback = self.fallback_map(batch, n, h, w)?;
         Ok(map.f_where_self(&present.f_reshape([n, 1, 1, 1])?, &fallback)?)
     }
 }
