@@ -141,6 +141,30 @@ pub fn wait_for_file(path: &Path, seconds: u64) {
     }
 }
 
+/// Sends Ctrl-C (SIGINT) to a running `sat-host` and waits for it; asserts that it
+/// exits with 130, the code of a run stopped by Ctrl-C.
+pub fn interrupt(child: std::process::Child) -> std::process::Output {
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(kill.success());
+    let out = child.wait_with_output().expect("wait for sat-host");
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The `metrics.json` of the run directory `dir`, parsed.
+pub fn metrics(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("metrics.json")).expect("metrics.json");
+    serde_json::from_str(&text).expect("valid metrics.json")
+}
+
 /// Overrides that make a training run take a few seconds.
 pub const TINY: &[&str] = &[
     "--set",

@@ -1,11 +1,6 @@
 //! Training runs end to end, and plugins that fail mid-run.
-use sat_tests::{plugin_dir, tiny_run};
+use sat_tests::{metrics, plugin_dir, tiny_run};
 use std::path::Path;
-
-fn metrics(dir: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(dir.join("metrics.json")).expect("metrics.json");
-    serde_json::from_str(&text).expect("valid metrics.json")
-}
 
 #[test]
 fn masks_with_pgd_trains_and_writes_the_run_directory() {
@@ -194,7 +189,7 @@ fn contract_breaking_outputs_are_rejected() {
 
 #[test]
 fn ctrl_c_keeps_the_finished_epochs_and_exits_130() {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let cwd = tempfile::tempdir().unwrap();
     let child = sat_tests::spawn_sat(
         cwd.path(),
@@ -215,18 +210,7 @@ fn ctrl_c_keeps_the_finished_epochs_and_exits_130() {
     );
     let checkpoint = cwd.path().join("runs/int/checkpoint.safetensors");
     sat_tests::wait_for_file(&checkpoint, 120);
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(130),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sat_tests::interrupt(child);
     let m = metrics(&cwd.path().join("runs/int"));
     assert_eq!(m["status"], "interrupted");
     assert!(!m["epochs"].as_array().unwrap().is_empty());

@@ -1,6 +1,6 @@
 //! Gradient saliency plugins end to end: a teacher checkpoint from one run feeds every
 //! source in training and in the `sat-host saliency` gallery; teachers compose.
-use sat_tests::{plugin_dir, sat, tiny_run};
+use sat_tests::{metrics, plugin_dir, sat, tiny_run};
 use std::path::Path;
 
 const SOURCES: [&str; 6] = [
@@ -11,11 +11,6 @@ const SOURCES: [&str; 6] = [
     "gradcam++",
     "guided-gradcam++",
 ];
-
-fn metrics(dir: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(dir.join("metrics.json")).expect("metrics.json");
-    serde_json::from_str(&text).expect("valid metrics.json")
-}
 
 /// Trains a tiny teacher and returns `--set` overrides pointing every gradient source
 /// at its checkpoint.

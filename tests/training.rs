@@ -1,14 +1,9 @@
 //! The training engine end to end: resume after Ctrl-C, datasets read from files in
 //! their real formats, TorchScript models, schedules and corrupt inputs.
-use sat_tests::{sat, spawn_sat, tiny_run, wait_for_file};
+use sat_tests::{interrupt, metrics, sat, spawn_sat, tiny_run, wait_for_file};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-fn metrics(dir: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(dir.join("metrics.json")).expect("metrics.json");
-    serde_json::from_str(&text).expect("valid metrics.json")
-}
 
 /// Settings of the resume test: SGD with Nesterov momentum, a cosine schedule and PGD
 /// training (random starts), so optimiser state, schedule position and attack
@@ -56,18 +51,7 @@ fn resume_after_ctrl_c_reproduces_the_uninterrupted_weights() {
     cut.extend_from_slice(RESUMABLE);
     let child = spawn_sat(cwd.path(), &cut, Stdio::piped());
     wait_for_file(&cwd.path().join("runs/cut/state.safetensors"), 300);
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(130),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    interrupt(child);
     let cut = cwd.path().join("runs/cut");
     let m = metrics(&cut);
     assert_eq!(m["status"], "interrupted");

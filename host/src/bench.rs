@@ -85,10 +85,7 @@ pub fn run(
     let count = plan.batch as usize * (plan.warmup + plan.steps);
     let data = shapes::generate(count, 32, classes, base.seed, 0).map_err(anyhow::Error::msg)?;
     let teacher_dir = tempfile_dir()?;
-    let amp = base.train.amp && device.is_cuda();
-    if base.train.amp && !amp {
-        log::warn!("[train] amp: mixed precision is used on CUDA only; measuring float32");
-    }
+    let amp = crate::train::mixed_precision(&base.train, device);
     for arch in &plan.models {
         for name in &plan.rows {
             let Some(&(row, saliency, attack, loss, settings)) =
@@ -174,11 +171,11 @@ pub fn run(
                         config.train.trades_beta,
                         amp,
                     )?;
-                    if amp {
-                        optimizer.scaled_backward_step(&loss, config.train.lr, &mut scaler);
-                    } else {
-                        optimizer.backward_step(&loss, config.train.lr);
-                    }
+                    optimizer.backward_step_with(
+                        &loss,
+                        config.train.lr,
+                        amp.then_some(&mut scaler),
+                    );
                     let _ = loss.double_value(&[]);
                 }
                 if let Device::Cuda(index) = device {

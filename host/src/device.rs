@@ -50,8 +50,8 @@ pub fn cuda_library_loaded() -> bool {
 
 /// The device of `config` (see [`parse`]), with cuDNN benchmark mode set from
 /// `cudnn_benchmark` when it is a CUDA device.
-pub fn open(config: &crate::config::RunConfig) -> Result<Device, String> {
-    let device = parse(&config.device)?;
+pub fn open(config: &crate::config::RunConfig) -> anyhow::Result<Device> {
+    let device = parse(&config.device).map_err(|e| anyhow::anyhow!("device: {e}"))?;
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(config.cudnn_benchmark);
         log::info!(

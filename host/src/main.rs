@@ -212,7 +212,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Saliency(args) => saliency_gallery(&cli, args),
         Command::Bench(args) => {
             let (config, registry) = prepare(&cli, &args.config, &[])?;
-            let device = device::open(&config).map_err(|e| anyhow::anyhow!("device: {e}"))?;
+            let device = device::open(&config)?;
             let plan = bench::Plan {
                 models: args.models.clone(),
                 rows: args.rows.clone(),
@@ -249,7 +249,7 @@ fn saliency_gallery(cli: &Cli, args: &SaliencyArgs) -> anyhow::Result<ExitCode> 
     if config.train.saliency.is_empty() {
         bail!("no saliency source to show: pass --plugin NAME or set [train] saliency");
     }
-    let device = device::open(&config).map_err(|e| anyhow::anyhow!("device: {e}"))?;
+    let device = device::open(&config)?;
     let (_, test) = train::load_datasets(&config)?;
     let mut net = train::build_network(&config, test.num_classes(), device)?;
     match &args.checkpoint {
@@ -431,7 +431,7 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
         None => args.config.clone(),
     };
     let (config, registry) = prepare(cli, &config_args, &extra)?;
-    let device = device::open(&config).map_err(|e| anyhow::anyhow!("device: {e}"))?;
+    let device = device::open(&config)?;
     let run_dir = match &args.resume {
         Some(dir) => report::RunDir { path: dir.clone() },
         None => report::RunDir::create(&config.runs_dir, &config.name).with_context(|| {
@@ -543,7 +543,7 @@ fn evaluate(cli: &Cli, args: &EvalArgs) -> anyhow::Result<ExitCode> {
         });
     }
     let (config, registry) = prepare(cli, &config_args, &extra)?;
-    let device = device::open(&config).map_err(|e| anyhow::anyhow!("device: {e}"))?;
+    let device = device::open(&config)?;
     let (_, test) = train::load_datasets(&config)?;
     let mut net = train::build_network(&config, test.num_classes(), device)?;
     match (&checkpoint, &config.model.torchscript) {

@@ -232,6 +232,17 @@ impl Optimizer {
         true
     }
 
+    /// [`Optimizer::scaled_backward_step`] with `scaler` (mixed precision), else
+    /// [`Optimizer::backward_step`].
+    pub fn backward_step_with(&mut self, loss: &Tensor, lr: f64, scaler: Option<&mut LossScale>) {
+        match scaler {
+            Some(scaler) => {
+                self.scaled_backward_step(loss, lr, scaler);
+            }
+            None => self.backward_step(loss, lr),
+        }
+    }
+
     /// One update at learning rate `lr` from the parameters' current gradients.
     pub fn step(&mut self, lr: f64) {
         self.steps += 1;

@@ -1,6 +1,6 @@
 //! The training loop: data order and augmentation from the run's seed, inputs from the
 //! pipeline, a checkpoint after every epoch, clean stop on Ctrl-C or a non-finite loss.
-use crate::config::{LossKind, RunConfig};
+use crate::config::{LossKind, RunConfig, TrainConfig};
 use crate::data::{augment, rng::SplitMix, Dataset};
 use crate::eval;
 use crate::optimizer::{LossScale, Optimizer, Rule};
@@ -216,6 +216,19 @@ pub fn training_loss(
     Ok((loss, logits))
 }
 
+/// Whether training uses mixed precision (float16 autocast of the training forward
+/// passes with dynamic loss scaling): `[train] amp` on a CUDA device; on the CPU it is
+/// ignored with a warning.
+pub fn mixed_precision(t: &TrainConfig, device: Device) -> bool {
+    let amp = t.amp && device.is_cuda();
+    if t.amp && !amp {
+        log::warn!(
+            "[train] amp: mixed precision is used on CUDA only; training in float32 on {device:?}"
+        );
+    }
+    amp
+}
+
 /// What ended a training run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -297,14 +310,7 @@ fn train_and_evaluate(
     let batches = (train.len() as usize).div_ceil(batch_size);
     let schedule = Schedule::new(t.schedule, t.lr, &t.milestones, t.gamma, t.epochs, batches);
     let state_file = run.file(STATE_FILE);
-    // Mixed precision: float16 autocast of the training forward passes with dynamic
-    // loss scaling, on CUDA only.
-    let amp = t.amp && device.is_cuda();
-    if t.amp && !amp {
-        log::warn!(
-            "[train] amp: mixed precision is used on CUDA only; training in float32 on {device:?}"
-        );
-    }
+    let amp = mixed_precision(t, device);
     let mut scaler = LossScale::default();
     let mut first_epoch = 0;
     if resume {
@@ -420,11 +426,7 @@ fn train_and_evaluate(
                 );
             }
             let lr = schedule.rate(epoch as usize * batches + step);
-            if amp {
-                optimizer.scaled_backward_step(&loss, lr, &mut scaler);
-            } else {
-                optimizer.backward_step(&loss, lr);
-            }
+            optimizer.backward_step_with(&loss, lr, amp.then_some(&mut scaler));
             let n = chunk.len() as i64;
             loss_sum += loss_value * n as f64;
             seen += n;
