@@ -1,10 +1,11 @@
 //! Attacks: turn a batch into perturbed inputs, for training or for evaluation.
 use crate::batch::Batch;
-use crate::error::{catch, PluginError};
+use crate::error::{Guarded, PluginError};
 use crate::oracle::{Oracle, OracleRef};
 use crate::tensor::RTensor;
 use abi_stable::{
     sabi_trait,
+    sabi_trait::TD_Opaque,
     std_types::{RBox, RResult},
     StableAbi,
 };
@@ -60,13 +61,13 @@ pub trait Attack: Send + 'static {
     fn perturb(&mut self, batch: &Batch, oracle: Oracle<'_, '_>) -> Result<Tensor, PluginError>;
 }
 
-/// The ABI-stable face of an [`Attack`]. Calls never unwind.
+/// The ABI-stable face of an [`Attack`]. Calls never unwind: a panic is an error.
 #[sabi_trait]
 pub trait AttackAbi: Send {
     /// See [`Attack::requires_saliency`].
-    fn requires_saliency(&self) -> bool;
+    fn requires_saliency(&self) -> RResult<bool, PluginError>;
     /// See [`Attack::threat_model`].
-    fn threat_model(&self) -> ThreatModel;
+    fn threat_model(&self) -> RResult<ThreatModel, PluginError>;
     /// See [`Attack::perturb`].
     #[sabi(last_prefix_field)]
     fn perturb(&mut self, batch: &Batch, oracle: &OracleRef<'_>) -> RResult<RTensor, PluginError>;
@@ -75,37 +76,29 @@ pub trait AttackAbi: Send {
 /// An owned attack created by a plugin library.
 pub type AttackBox = AttackAbi_TO<'static, RBox<()>>;
 
-/// Adapts an [`Attack`] to the ABI, catching panics and naming the component.
-pub(crate) struct AttackAdapter {
-    pub(crate) name: String,
-    pub(crate) inner: Box<dyn Attack>,
-}
+/// Adapts an [`Attack`] to the ABI, catching panics (drop included) and naming it.
+pub(crate) struct AttackAdapter(Guarded<dyn Attack>);
 
 impl AttackAdapter {
-    fn who(&self) -> String {
-        format!("attack `{}`", self.name)
+    /// The boundary object of `inner`, named `name`.
+    pub(crate) fn boxed(name: &str, inner: Box<dyn Attack>) -> AttackBox {
+        AttackAbi_TO::from_value(
+            Self(Guarded::new(format!("attack `{name}`"), inner)),
+            TD_Opaque,
+        )
     }
 }
 
 impl AttackAbi for AttackAdapter {
-    fn requires_saliency(&self) -> bool {
-        let inner = &self.inner;
-        catch(&self.who(), || Ok(inner.requires_saliency())).unwrap_or(false)
+    fn requires_saliency(&self) -> RResult<bool, PluginError> {
+        self.0.call_ref(|a| Ok(a.requires_saliency())).into()
     }
-    fn threat_model(&self) -> ThreatModel {
-        let inner = &self.inner;
-        catch(&self.who(), || Ok(inner.threat_model())).unwrap_or(ThreatModel {
-            norm: Norm::Linf,
-            epsilon: f64::NAN,
-            steps: 0,
-        })
+    fn threat_model(&self) -> RResult<ThreatModel, PluginError> {
+        self.0.call_ref(|a| Ok(a.threat_model())).into()
     }
     fn perturb(&mut self, batch: &Batch, oracle: &OracleRef<'_>) -> RResult<RTensor, PluginError> {
-        let who = self.who();
-        let inner = &mut self.inner;
-        catch(&who, || {
-            inner.perturb(batch, Oracle::new(oracle)).map(RTensor::new)
-        })
-        .into()
+        self.0
+            .call(|a| a.perturb(batch, Oracle::new(oracle)).map(RTensor::new))
+            .into()
     }
 }

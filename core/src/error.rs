@@ -124,3 +124,59 @@ pub(crate) fn catch<T>(
         )),
     }
 }
+
+/// A component held on its library's side of the boundary: every call into it and its
+/// drop run with panics caught, so nothing unwinds across FFI.
+pub(crate) struct Guarded<T: ?Sized> {
+    /// How messages name it, e.g. "attack `pgd`".
+    who: String,
+    /// The component; `None` only while it is being dropped.
+    inner: Option<Box<T>>,
+}
+
+impl<T: ?Sized> Guarded<T> {
+    /// Holds `inner`, named `who` in errors.
+    pub(crate) fn new(who: String, inner: Box<T>) -> Self {
+        Self {
+            who,
+            inner: Some(inner),
+        }
+    }
+
+    /// Calls `f` on the component, turning a panic into an error naming it.
+    pub(crate) fn call<R>(
+        &mut self,
+        f: impl FnOnce(&mut T) -> Result<R, PluginError>,
+    ) -> Result<R, PluginError> {
+        let Self { who, inner } = self;
+        catch(who, || match inner.as_deref_mut() {
+            Some(inner) => f(inner),
+            None => Err(PluginError::runtime(format!("{who} was already dropped"))),
+        })
+    }
+
+    /// Calls `f` on the component by shared reference, turning a panic into an error.
+    pub(crate) fn call_ref<R>(
+        &self,
+        f: impl FnOnce(&T) -> Result<R, PluginError>,
+    ) -> Result<R, PluginError> {
+        catch(&self.who, || match self.inner.as_deref() {
+            Some(inner) => f(inner),
+            None => Err(PluginError::runtime(format!("{} was already dropped", self.who))),
+        })
+    }
+}
+
+impl<T: ?Sized> Drop for Guarded<T> {
+    fn drop(&mut self) {
+        let inner = self.inner.take();
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(inner))) {
+            // A destructor cannot return an error: say it, and carry on.
+            eprintln!(
+                "warning: {} panicked while being dropped: {}",
+                self.who,
+                panic_message(payload.as_ref())
+            );
+        }
+    }
+}

@@ -1,13 +1,10 @@
 //! The root module every plugin library exports, and the macro that builds it.
-use crate::attack::{AttackAbi_TO, AttackAdapter, AttackBox};
-use crate::component::{registrations, ComponentInfo, Constructor};
-use crate::error::{catch, ErrorKind, PluginError};
-use crate::saliency::{SaliencyAdapter, SaliencyBox, SaliencySourceAbi_TO};
+use crate::component::{registrations, ComponentBox, ComponentInfo, ComponentKind};
+use crate::error::{catch, PluginError};
 use abi_stable::{
     declare_root_module_statics,
     library::RootModule,
     package_version_strings,
-    sabi_trait::TD_Opaque,
     sabi_types::VersionStrings,
     std_types::{RResult, RStr, RVec},
     StableAbi,
@@ -45,15 +42,15 @@ pub struct PluginModule {
     pub library_version: RStr<'static>,
     /// Versions of `sat-core`, `tch` and libtorch it was built against.
     pub build: BuildInfo,
-    /// Lists the library's components.
-    pub components: extern "C" fn() -> RVec<ComponentInfo>,
-    /// Makes the saliency source `name` from its TOML configuration.
-    pub create_saliency:
-        extern "C" fn(name: RStr<'_>, config: RStr<'_>) -> RResult<SaliencyBox, PluginError>,
-    /// Makes the attack `name` from its TOML configuration.
+    /// Lists the library's components, or says which registration is broken.
+    pub components: extern "C" fn() -> RResult<RVec<ComponentInfo>, PluginError>,
+    /// Makes the component `name` of `kind` from its TOML configuration.
     #[sabi(last_prefix_field)]
-    pub create_attack:
-        extern "C" fn(name: RStr<'_>, config: RStr<'_>) -> RResult<AttackBox, PluginError>,
+    pub create: extern "C" fn(
+        kind: ComponentKind,
+        name: RStr<'_>,
+        config: RStr<'_>,
+    ) -> RResult<ComponentBox, PluginError>,
 }
 
 impl RootModule for PluginModuleRef {
@@ -63,72 +60,21 @@ impl RootModule for PluginModuleRef {
     const VERSION_STRINGS: VersionStrings = package_version_strings!();
 }
 
-extern "C" fn components() -> RVec<ComponentInfo> {
-    // Listing cannot fail; should a registration's code panic, list nothing rather
-    // than unwind.
+extern "C" fn components() -> RResult<RVec<ComponentInfo>, PluginError> {
     catch("listing components", || {
-        Ok(registrations().map(|r| r.info()).collect())
-    })
-    .unwrap_or_default()
-}
-
-fn construct<T>(
-    name: RStr<'_>,
-    config: RStr<'_>,
-    pick: impl FnOnce(Constructor, &str, &str) -> Option<Result<T, PluginError>>,
-) -> RResult<T, PluginError> {
-    let (name, config) = (name.as_str(), config.as_str());
-    catch(&format!("constructing `{name}`"), || {
-        let registration = registrations().find(|r| r.name == name).ok_or_else(|| {
-            PluginError::new(
-                ErrorKind::UnknownComponent,
-                format!("no component `{name}`"),
-            )
-        })?;
-        pick(registration.constructor, name, config).unwrap_or_else(|| {
-            Err(PluginError::new(
-                ErrorKind::UnknownComponent,
-                format!(
-                    "`{name}` is a {}, not the kind asked for",
-                    registration.constructor.kind()
-                ),
-            ))
-        })
+        registrations()
+            .map(|r| r.info().map_err(PluginError::config))
+            .collect::<Result<RVec<_>, _>>()
     })
     .into()
 }
 
-extern "C" fn create_saliency(
+extern "C" fn create(
+    kind: ComponentKind,
     name: RStr<'_>,
     config: RStr<'_>,
-) -> RResult<SaliencyBox, PluginError> {
-    construct(name, config, |c, name, config| match c {
-        Constructor::Saliency(make) => Some(make(config).map(|inner| {
-            SaliencySourceAbi_TO::from_value(
-                SaliencyAdapter {
-                    name: name.to_owned(),
-                    inner,
-                },
-                TD_Opaque,
-            )
-        })),
-        Constructor::Attack(_) => None,
-    })
-}
-
-extern "C" fn create_attack(name: RStr<'_>, config: RStr<'_>) -> RResult<AttackBox, PluginError> {
-    construct(name, config, |c, name, config| match c {
-        Constructor::Attack(make) => Some(make(config).map(|inner| {
-            AttackAbi_TO::from_value(
-                AttackAdapter {
-                    name: name.to_owned(),
-                    inner,
-                },
-                TD_Opaque,
-            )
-        })),
-        Constructor::Saliency(_) => None,
-    })
+) -> RResult<ComponentBox, PluginError> {
+    crate::component::create(kind, name.as_str(), config.as_str()).into()
 }
 
 /// Builds the root module of the library this code is compiled into. Called by
@@ -151,8 +97,7 @@ pub fn root_module_with_build(
         library_version: RStr::from_str(version),
         build,
         components,
-        create_saliency,
-        create_attack,
+        create,
     }
     .leak_into_prefix()
 }

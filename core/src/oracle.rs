@@ -31,6 +31,9 @@ pub enum Objective {
         /// True classes.
         labels: RTensor,
     },
+    /// `Σₖ log softmax(z)ₖ`, the sum of the log-probabilities of every class (the
+    /// quantity whose input gradient Right for the Right Reasons penalises).
+    LogProbabilitySum,
 }
 
 impl Objective {
@@ -57,6 +60,10 @@ impl Objective {
         Self::Margin {
             labels: RTensor::from_ref(labels),
         }
+    }
+    /// The sum over classes of the log-probabilities.
+    pub fn log_probability_sum() -> Self {
+        Self::LogProbabilitySum
     }
 }
 
@@ -117,7 +124,7 @@ pub trait OracleAbi {
     ) -> RResult<GradientAbi, PluginError>;
     /// Number of classes of the model.
     #[sabi(last_prefix_field)]
-    fn num_classes(&self) -> u32;
+    fn num_classes(&self) -> RResult<u32, PluginError>;
 }
 
 /// A borrowed oracle trait object, as handed to plugins.
@@ -160,8 +167,8 @@ impl<B: OracleBackend> OracleAbi for OracleAdapter<B> {
         })
         .into()
     }
-    fn num_classes(&self) -> u32 {
-        self.0.num_classes()
+    fn num_classes(&self) -> RResult<u32, PluginError> {
+        catch("the host's oracle", || Ok(self.0.num_classes())).into()
     }
 }
 
@@ -202,8 +209,8 @@ impl<'r, 'o> Oracle<'r, 'o> {
             .map(Gradient::from)
     }
     /// Number of classes of the model.
-    pub fn num_classes(&self) -> u32 {
-        self.inner.num_classes()
+    pub fn num_classes(&self) -> Result<u32, PluginError> {
+        self.inner.num_classes().into_result()
     }
 }
 
@@ -216,24 +223,57 @@ pub fn objective_gradient(
     images: &Tensor,
     objective: &Objective,
 ) -> Result<Gradient, PluginError> {
+    let g = gradient_with_graph(forward, images, objective, false)?;
+    Ok(Gradient {
+        value: g.value.detach(),
+        gradient: g.gradient,
+        logits: g.logits.detach(),
+    })
+}
+
+/// As [`objective_gradient`], but keeping the graph (`create_graph`): the returned
+/// value, logits and input gradient stay differentiable in whatever `forward` depends
+/// on (the model's parameters), for losses that penalise input gradients (double
+/// backpropagation). Used by training-model backends.
+pub fn differentiable_gradient(
+    forward: impl FnOnce(&Tensor) -> Result<Tensor, PluginError>,
+    images: &Tensor,
+    objective: &Objective,
+) -> Result<Gradient, PluginError> {
+    gradient_with_graph(forward, images, objective, true)
+}
+
+fn gradient_with_graph(
+    forward: impl FnOnce(&Tensor) -> Result<Tensor, PluginError>,
+    images: &Tensor,
+    objective: &Objective,
+    create_graph: bool,
+) -> Result<Gradient, PluginError> {
     let x = images.detach().f_set_requires_grad(true)?;
     let logits = tch::with_grad(|| forward(&x))?;
     let value = tch::with_grad(|| objective_value(&logits, objective))?;
-    let grads = Tensor::f_run_backward(&[value.f_sum(tch::Kind::Float)?], &[&x], false, false)?;
+    if !value.requires_grad() {
+        return Err(PluginError::invalid_input(
+            "the model's output does not depend on its input through autograd",
+        ));
+    }
+    let total = tch::with_grad(|| value.f_sum(value.kind()))?;
+    let grads = tch::with_grad(|| {
+        Tensor::f_run_backward(&[total], &[&x], create_graph, create_graph)
+    })?;
     let gradient = grads
         .into_iter()
         .next()
         .ok_or_else(|| PluginError::runtime("autograd returned no gradient"))?;
     Ok(Gradient {
-        value: value.detach(),
+        value,
         gradient,
-        logits: logits.detach(),
+        logits,
     })
 }
 
 /// The per-sample value `[N]` of `objective` given `logits` `[N, K]`.
 pub fn objective_value(logits: &Tensor, objective: &Objective) -> Result<Tensor, PluginError> {
-    use tch::Kind;
     let n = logits.size().first().copied().unwrap_or(0);
     let check = |t: &Tensor, what: &str| -> Result<(), PluginError> {
         if t.size() != [n] {
@@ -248,7 +288,7 @@ pub fn objective_value(logits: &Tensor, objective: &Objective) -> Result<Tensor,
         Objective::CrossEntropy { labels } => {
             let labels = labels.view();
             check(&labels, "labels")?;
-            let logp = logits.f_log_softmax(-1, Kind::Float)?;
+            let logp = logits.f_log_softmax(-1, logits.kind())?;
             logp.f_gather(1, &labels.f_unsqueeze(1)?, false)?
                 .f_squeeze_dim(1)?
                 .f_neg()?
@@ -262,12 +302,12 @@ pub fn objective_value(logits: &Tensor, objective: &Objective) -> Result<Tensor,
                     reference.size()
                 )));
             }
-            let p_log = reference.f_log_softmax(-1, Kind::Float)?;
-            let q_log = logits.f_log_softmax(-1, Kind::Float)?;
+            let p_log = reference.f_log_softmax(-1, logits.kind())?;
+            let q_log = logits.f_log_softmax(-1, logits.kind())?;
             p_log
                 .f_exp()?
                 .f_mul(&p_log.f_sub(&q_log)?)?
-                .f_sum_dim_intlist(-1, false, Kind::Float)?
+                .f_sum_dim_intlist(-1, false, logits.kind())?
         }
         Objective::Logit { classes } => {
             let classes = classes.view();
@@ -284,5 +324,114 @@ pub fn objective_value(logits: &Tensor, objective: &Objective) -> Result<Tensor,
             let masked = logits.f_scatter_value(1, &index, f64::NEG_INFINITY)?;
             masked.f_amax(-1, false)?.f_sub(&true_logit)?
         }
+        Objective::LogProbabilitySum => logits
+            .f_log_softmax(-1, logits.kind())?
+            .f_sum_dim_intlist(-1, false, logits.kind())?,
     })
+}
+
+/// The model being trained, as training objectives see it: forward passes in training
+/// mode (batch-norm statistics update, mixed precision when the run uses it) whose
+/// results stay differentiable in the model's parameters. Calls never unwind.
+#[sabi_trait]
+pub trait TrainingModelAbi {
+    /// Logits `[N, K]` on `images` in training mode, with autograd to the parameters
+    /// (and to `images`, if they require grad).
+    fn forward(&self, images: RTensor) -> RResult<RTensor, PluginError>;
+    /// Objective value, input gradient and logits at `images` in training mode, with
+    /// the gradient's graph kept (`create_graph`), so a loss built from the gradient
+    /// backpropagates into the parameters (double backpropagation).
+    fn input_gradient(
+        &self,
+        images: RTensor,
+        objective: Objective,
+    ) -> RResult<GradientAbi, PluginError>;
+    /// Number of classes of the model.
+    #[sabi(last_prefix_field)]
+    fn num_classes(&self) -> RResult<u32, PluginError>;
+}
+
+/// A borrowed training-model trait object, as handed to objectives.
+pub type TrainingModelRef<'a> = TrainingModelAbi_TO<'a, RRef<'a, ()>>;
+
+/// What the host implements to answer training-model calls (may panic: the adapter
+/// catches it).
+pub trait TrainingModelBackend {
+    /// See [`TrainingModelAbi::forward`].
+    fn forward(&self, images: &Tensor) -> Result<Tensor, PluginError>;
+    /// See [`TrainingModelAbi::input_gradient`]; implement with [`differentiable_gradient`].
+    fn input_gradient(&self, images: &Tensor, objective: &Objective)
+        -> Result<Gradient, PluginError>;
+    /// See [`TrainingModelAbi::num_classes`].
+    fn num_classes(&self) -> u32;
+}
+
+/// Wraps a [`TrainingModelBackend`] so that it can be handed across the boundary.
+pub struct TrainingModelAdapter<B>(pub B);
+
+impl<B: TrainingModelBackend> TrainingModelAbi for TrainingModelAdapter<B> {
+    fn forward(&self, images: RTensor) -> RResult<RTensor, PluginError> {
+        catch("the host's training model", || {
+            self.0.forward(&images.into_tensor()).map(RTensor::new)
+        })
+        .into()
+    }
+    fn input_gradient(
+        &self,
+        images: RTensor,
+        objective: Objective,
+    ) -> RResult<GradientAbi, PluginError> {
+        catch("the host's training model", || {
+            self.0
+                .input_gradient(&images.into_tensor(), &objective)
+                .map(GradientAbi::from)
+        })
+        .into()
+    }
+    fn num_classes(&self) -> RResult<u32, PluginError> {
+        catch("the host's training model", || Ok(self.0.num_classes())).into()
+    }
+}
+
+impl<B: TrainingModelBackend> TrainingModelAdapter<B> {
+    /// The trait object objectives receive, borrowing this adapter.
+    pub fn as_ref(&self) -> TrainingModelRef<'_> {
+        TrainingModelAbi_TO::from_ptr(self, TD_Opaque)
+    }
+}
+
+/// The training model as objective code uses it: plain tensors in and out.
+#[derive(Clone, Copy)]
+pub struct TrainingModel<'r, 'o> {
+    inner: &'r TrainingModelRef<'o>,
+}
+
+impl<'r, 'o> TrainingModel<'r, 'o> {
+    /// Wraps the trait object received across the boundary.
+    pub fn new(inner: &'r TrainingModelRef<'o>) -> Self {
+        Self { inner }
+    }
+    /// Logits `[N, K]` in training mode, differentiable in the parameters.
+    pub fn forward(&self, images: &Tensor) -> Result<Tensor, PluginError> {
+        self.inner
+            .forward(RTensor::from_ref(images))
+            .into_result()
+            .map(RTensor::into_tensor)
+    }
+    /// Objective value, input gradient and logits at `images`, all differentiable in
+    /// the parameters.
+    pub fn input_gradient(
+        &self,
+        images: &Tensor,
+        objective: Objective,
+    ) -> Result<Gradient, PluginError> {
+        self.inner
+            .input_gradient(RTensor::from_ref(images), objective)
+            .into_result()
+            .map(Gradient::from)
+    }
+    /// Number of classes of the model.
+    pub fn num_classes(&self) -> Result<u32, PluginError> {
+        self.inner.num_classes().into_result()
+    }
 }

@@ -1,10 +1,11 @@
 //! Saliency sources: per-batch maps that say where each image's evidence lies.
 use crate::batch::Batch;
-use crate::error::{catch, PluginError};
+use crate::error::{Guarded, PluginError};
 use crate::oracle::{Oracle, OracleRef};
 use crate::tensor::RTensor;
 use abi_stable::{
     sabi_trait,
+    sabi_trait::TD_Opaque,
     std_types::{RBox, RResult},
 };
 use tch::Tensor;
@@ -32,18 +33,23 @@ pub trait SaliencySourceAbi: Send {
 /// An owned saliency source created by a plugin library.
 pub type SaliencyBox = SaliencySourceAbi_TO<'static, RBox<()>>;
 
-/// Adapts a [`SaliencySource`] to the ABI, catching panics and naming the component.
-pub(crate) struct SaliencyAdapter {
-    pub(crate) name: String,
-    pub(crate) inner: Box<dyn SaliencySource>,
+/// Adapts a [`SaliencySource`] to the ABI, catching panics (drop included) and naming it.
+pub(crate) struct SaliencyAdapter(Guarded<dyn SaliencySource>);
+
+impl SaliencyAdapter {
+    /// The boundary object of `inner`, named `name`.
+    pub(crate) fn boxed(name: &str, inner: Box<dyn SaliencySource>) -> SaliencyBox {
+        SaliencySourceAbi_TO::from_value(
+            Self(Guarded::new(format!("saliency source `{name}`"), inner)),
+            TD_Opaque,
+        )
+    }
 }
 
 impl SaliencySourceAbi for SaliencyAdapter {
     fn saliency(&mut self, batch: &Batch, oracle: &OracleRef<'_>) -> RResult<RTensor, PluginError> {
-        let inner = &mut self.inner;
-        catch(&format!("saliency source `{}`", self.name), || {
-            inner.saliency(batch, Oracle::new(oracle)).map(RTensor::new)
-        })
-        .into()
+        self.0
+            .call(|s| s.saliency(batch, Oracle::new(oracle)).map(RTensor::new))
+            .into()
     }
 }

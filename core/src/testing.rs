@@ -1,7 +1,12 @@
 //! A reference model for testing plugins without a host: a linear classifier
-//! `logits = flatten(x) · Wᵀ + b` whose gradients have closed forms.
+//! `logits = flatten(x) · Wᵀ + b` whose gradients have closed forms. It answers both
+//! the attacks' oracle (eval mode, input gradients only) and the objectives' training
+//! model (differentiable in `W` and `b` when they require grad).
 use crate::error::PluginError;
-use crate::oracle::{objective_gradient, Gradient, Objective, OracleAdapter, OracleBackend};
+use crate::oracle::{
+    differentiable_gradient, objective_gradient, Gradient, Objective, OracleAdapter,
+    OracleBackend, TrainingModelAdapter, TrainingModelBackend,
+};
 use tch::{Kind, Tensor};
 
 /// A linear classifier answering oracle calls.
@@ -15,12 +20,28 @@ pub struct LinearModel {
 impl LinearModel {
     /// A model with weights drawn from the seeded libtorch generator.
     pub fn random(classes: i64, features: i64, seed: i64) -> Self {
+        Self::random_of_kind(classes, features, seed, Kind::Float)
+    }
+    /// As [`random`](Self::random), in another floating dtype (float64 for finite
+    /// differences).
+    pub fn random_of_kind(classes: i64, features: i64, seed: i64, kind: Kind) -> Self {
         tch::manual_seed(seed);
-        let opts = (Kind::Float, tch::Device::Cpu);
+        let opts = (kind, tch::Device::Cpu);
         Self {
             weight: Tensor::randn([classes, features], opts),
             bias: Tensor::randn([classes], opts),
         }
+    }
+    /// The same model with `W` and `b` requiring grad, as a trained model's are.
+    pub fn trainable(self) -> Self {
+        Self {
+            weight: self.weight.detach().set_requires_grad(true),
+            bias: self.bias.detach().set_requires_grad(true),
+        }
+    }
+    /// Wraps the model for handing to objective code as the model being trained.
+    pub fn training_model(self) -> TrainingModelAdapter<Self> {
+        TrainingModelAdapter(self)
     }
     /// The logits of `images`.
     pub fn forward(&self, images: &Tensor) -> Result<Tensor, PluginError> {
@@ -43,6 +64,22 @@ impl OracleBackend for LinearModel {
         objective: &Objective,
     ) -> Result<Gradient, PluginError> {
         objective_gradient(|x| self.forward(x), images, objective)
+    }
+    fn num_classes(&self) -> u32 {
+        self.bias.size()[0] as u32
+    }
+}
+
+impl TrainingModelBackend for LinearModel {
+    fn forward(&self, images: &Tensor) -> Result<Tensor, PluginError> {
+        tch::with_grad(|| self.forward(images))
+    }
+    fn input_gradient(
+        &self,
+        images: &Tensor,
+        objective: &Objective,
+    ) -> Result<Gradient, PluginError> {
+        differentiable_gradient(|x| self.forward(x), images, objective)
     }
     fn num_classes(&self) -> u32 {
         self.bias.size()[0] as u32

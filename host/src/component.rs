@@ -1,6 +1,11 @@
 //! Host-side handles to plugin components: every call is checked against the contract
-//! (shape, dtype, device, range, budget) and every error names the component.
-use sat_core::{AttackBox, Batch, Norm, OracleRef, SaliencyBox, ThreatModel};
+//! (shape, dtype, device, range, budget, the batch left untouched) and every error names
+//! the component. One generic [`Component`] serves every kind.
+use sat_core::{
+    AttackBox, Batch, ComponentBox, ComponentKind, Norm, ObjectiveBox, OracleRef, PluginError,
+    RTensor, SaliencyBox, ThreatModel, TrainingModelRef,
+};
+use abi_stable::std_types::RResult;
 use std::path::PathBuf;
 use tch::{Kind, Tensor};
 
@@ -8,7 +13,7 @@ use tch::{Kind, Tensor};
 #[derive(Debug, thiserror::Error)]
 #[error("{kind} `{name}` (from {library}): {message}")]
 pub struct ComponentError {
-    /// "saliency source" or "attack".
+    /// "saliency source", "attack" or "objective".
     pub kind: &'static str,
     /// Component name.
     pub name: String,
@@ -28,13 +33,106 @@ pub struct Origin {
 }
 
 impl Origin {
-    fn error(&self, kind: &'static str, message: impl Into<String>) -> ComponentError {
+    fn error(&self, kind: ComponentKind, message: impl Into<String>) -> ComponentError {
         ComponentError {
-            kind,
+            kind: kind.noun(),
             name: self.name.clone(),
             library: self.library.clone(),
             message: message.into(),
         }
+    }
+}
+
+/// The boundary object of one kind of component, as the host receives it.
+pub trait ComponentHandle: Sized {
+    /// Its kind.
+    const KIND: ComponentKind;
+    /// The handle inside `made`, if it is of this kind.
+    fn from_box(made: ComponentBox) -> Option<Self>;
+}
+
+macro_rules! handle {
+    ($ty:ty, $variant:ident) => {
+        impl ComponentHandle for $ty {
+            const KIND: ComponentKind = ComponentKind::$variant;
+            fn from_box(made: ComponentBox) -> Option<Self> {
+                match made {
+                    ComponentBox::$variant(b) => Some(b),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+handle!(SaliencyBox, Saliency);
+handle!(AttackBox, Attack);
+handle!(ObjectiveBox, Objective);
+
+/// A component from a plugin, with what the host asked of it once.
+pub struct Component<B> {
+    /// Who it is.
+    pub origin: Origin,
+    inner: B,
+    /// Its budget (attacks; zero for other kinds).
+    pub threat: ThreatModel,
+    /// Whether it needs saliency maps (attacks, objectives).
+    pub requires_saliency: bool,
+}
+
+/// A saliency source from a plugin.
+pub type SaliencyComponent = Component<SaliencyBox>;
+/// An attack from a plugin.
+pub type AttackComponent = Component<AttackBox>;
+/// A training objective from a plugin.
+pub type ObjectiveComponent = Component<ObjectiveBox>;
+
+const NO_BUDGET: ThreatModel = ThreatModel {
+    norm: Norm::Linf,
+    epsilon: 0.0,
+    steps: 0,
+};
+
+impl<B: ComponentHandle> Component<B> {
+    fn error(&self, message: impl Into<String>) -> ComponentError {
+        self.origin.error(B::KIND, message)
+    }
+
+    /// Calls the component through `f`, mapping its error and refusing any change it
+    /// made to the batch's tensors in place.
+    fn call<T>(
+        &mut self,
+        batch: &Batch,
+        f: impl FnOnce(&mut B) -> RResult<T, PluginError>,
+    ) -> Result<T, ComponentError> {
+        let before = BatchVersions::of(batch);
+        let out = f(&mut self.inner).into_result();
+        if before != BatchVersions::of(batch) {
+            return Err(self.error(
+                "modified the batch it was handed in place (plugins must return new tensors)",
+            ));
+        }
+        out.map_err(|e| self.error(e.to_string()))
+    }
+}
+
+/// The version counters of a batch's tensors: libtorch bumps a tensor's counter on
+/// every in-place change, so a plugin that writes into the host's batch is caught
+/// without copying or reading any data.
+#[derive(Debug, PartialEq, Eq)]
+struct BatchVersions(Vec<i64>);
+
+impl BatchVersions {
+    fn of(batch: &Batch) -> Self {
+        let mut tensors = vec![batch.images(), batch.labels()];
+        tensors.extend(batch.boxes());
+        tensors.extend(batch.masks().into_iter().flat_map(|(m, p)| [m, p]));
+        tensors.extend(batch.saliency());
+        Self(
+            tensors
+                .iter()
+                .map(|t| t.f_internal_version().unwrap_or(-1))
+                .collect(),
+        )
     }
 }
 
@@ -62,17 +160,16 @@ fn finite_range(t: &Tensor, extra: Option<Tensor>) -> Result<(f64, f64, f64), St
     Ok((values[0], values[1], values.get(2).copied().unwrap_or(0.0)))
 }
 
-/// A saliency source from a plugin.
-pub struct SaliencyComponent {
-    /// Who it is.
-    pub origin: Origin,
-    inner: SaliencyBox,
-}
 
 impl SaliencyComponent {
     /// Wraps a created source.
-    pub fn new(origin: Origin, inner: SaliencyBox) -> Self {
-        Self { origin, inner }
+    pub fn new(origin: Origin, inner: SaliencyBox) -> Result<Self, ComponentError> {
+        Ok(Self {
+            origin,
+            inner,
+            threat: NO_BUDGET,
+            requires_saliency: false,
+        })
     }
 
     /// The maps for `batch`, checked: `[N, 1 or C, H, W]`, float32, batch device,
@@ -82,75 +179,62 @@ impl SaliencyComponent {
         batch: &Batch,
         oracle: &OracleRef<'_>,
     ) -> Result<Tensor, ComponentError> {
-        const KIND: &str = "saliency source";
-        let map = self
-            .inner
-            .saliency(batch, oracle)
-            .into_result()
-            .map_err(|e| self.origin.error(KIND, e.to_string()))?;
-        let map = map.into_tensor();
+        let map = self.call(batch, |s| s.saliency(batch, oracle))?.into_tensor();
         let images = batch.images();
         let (want, got) = (images.size(), map.size());
         let channels_ok = got.len() == 4 && (got[1] == 1 || got[1] == want[1]);
         if !(channels_ok && got[0] == want[0] && got[2..] == want[2..]) {
-            return Err(self.origin.error(
-                KIND,
-                format!(
-                    "returned a map of shape {got:?}; expected [{}, 1 or {}, {}, {}]",
-                    want[0], want[1], want[2], want[3]
-                ),
-            ));
+            return Err(self.error(format!(
+                "returned a map of shape {got:?}; expected [{}, 1 or {}, {}, {}]",
+                want[0], want[1], want[2], want[3]
+            )));
         }
         if map.kind() != Kind::Float {
-            return Err(self.origin.error(
-                KIND,
-                format!("returned dtype {:?}; expected Float", map.kind()),
-            ));
+            return Err(self.error(format!("returned dtype {:?}; expected Float", map.kind())));
         }
         if map.device() != images.device() {
-            return Err(self.origin.error(
-                KIND,
-                format!(
-                    "returned a map on {:?}; the batch is on {:?}",
-                    map.device(),
-                    images.device()
-                ),
-            ));
+            return Err(self.error(format!(
+                "returned a map on {:?}; the batch is on {:?}",
+                map.device(),
+                images.device()
+            )));
         }
-        let (lo, hi, _) = finite_range(&map, None)
-            .map_err(|m| self.origin.error(KIND, format!("returned {m}")))?;
+        let (lo, hi, _) =
+            finite_range(&map, None).map_err(|m| self.error(format!("returned {m}")))?;
         if lo < -1.0 - 1e-5 || hi > 1.0 + 1e-5 {
-            return Err(self.origin.error(
-                KIND,
-                format!("returned values in [{lo}, {hi}]; maps must lie in [-1, 1]"),
-            ));
+            return Err(self.error(format!(
+                "returned values in [{lo}, {hi}]; maps must lie in [-1, 1]"
+            )));
         }
         Ok(map)
     }
 }
 
-/// An attack from a plugin.
-pub struct AttackComponent {
-    /// Who it is.
-    pub origin: Origin,
-    inner: AttackBox,
-    /// Its budget (asked once).
-    pub threat: ThreatModel,
-    /// Whether it needs saliency maps.
-    pub requires_saliency: bool,
-}
-
 impl AttackComponent {
-    /// Wraps a created attack.
-    pub fn new(origin: Origin, inner: AttackBox) -> Self {
-        let threat = inner.threat_model();
-        let requires_saliency = inner.requires_saliency();
-        Self {
+    /// Wraps a created attack, asking once for its budget and whether it needs saliency;
+    /// a panic or a non-finite budget there is an error, never a disabled budget check.
+    pub fn new(origin: Origin, inner: AttackBox) -> Result<Self, ComponentError> {
+        let asked = inner
+            .threat_model()
+            .into_result()
+            .and_then(|t| inner.requires_saliency().into_result().map(|r| (t, r)));
+        let (threat, requires_saliency) =
+            asked.map_err(|e| origin.error(ComponentKind::Attack, e.to_string()))?;
+        if !(threat.epsilon.is_finite() && threat.epsilon >= 0.0) {
+            return Err(origin.error(
+                ComponentKind::Attack,
+                format!(
+                    "declared the budget {}; it must be finite and non-negative",
+                    threat.epsilon
+                ),
+            ));
+        }
+        Ok(Self {
             origin,
             inner,
             threat,
             requires_saliency,
-        }
+        })
     }
 
     /// The adversarial inputs for `batch`, checked: shape, dtype and device of the
@@ -160,52 +244,121 @@ impl AttackComponent {
         batch: &Batch,
         oracle: &OracleRef<'_>,
     ) -> Result<Tensor, ComponentError> {
-        const KIND: &str = "attack";
-        let adv = self
-            .inner
-            .perturb(batch, oracle)
-            .into_result()
-            .map_err(|e| self.origin.error(KIND, e.to_string()))?;
-        let adv = adv.into_tensor();
+        let adv = self.call(batch, |a| a.perturb(batch, oracle))?.into_tensor();
         let images = batch.images();
         if adv.size() != images.size()
             || adv.kind() != Kind::Float
             || adv.device() != images.device()
         {
-            return Err(self.origin.error(
-                KIND,
-                format!(
-                    "returned {:?} {:?} on {:?}; expected {:?} Float on {:?}",
-                    adv.size(),
-                    adv.kind(),
-                    adv.device(),
-                    images.size(),
-                    images.device()
-                ),
-            ));
+            return Err(self.error(format!(
+                "returned {:?} {:?} on {:?}; expected {:?} Float on {:?}",
+                adv.size(),
+                adv.kind(),
+                adv.device(),
+                images.size(),
+                images.device()
+            )));
         }
-        let size = perturbation_size(self.threat.norm, &adv, &images)
-            .map_err(|m| self.origin.error(KIND, m))?;
-        let (lo, hi, size) = finite_range(&adv, Some(size))
-            .map_err(|m| self.origin.error(KIND, format!("returned {m}")))?;
+        let size =
+            perturbation_size(self.threat.norm, &adv, &images).map_err(|m| self.error(m))?;
+        let (lo, hi, size) =
+            finite_range(&adv, Some(size)).map_err(|m| self.error(format!("returned {m}")))?;
         if lo < -1e-6 || hi > 1.0 + 1e-6 {
-            return Err(self.origin.error(
-                KIND,
-                format!("returned pixels in [{lo}, {hi}], outside [0, 1]"),
-            ));
+            return Err(self.error(format!(
+                "returned pixels in [{lo}, {hi}], outside [0, 1]"
+            )));
         }
         // SAT and noise are ℓ∞ perturbations of size ε exactly; allow float rounding.
         if size > self.threat.epsilon * (1.0 + 1e-4) + 1e-6 {
-            return Err(self.origin.error(
-                KIND,
-                format!(
-                    "returned a perturbation of {} norm {size}, beyond its budget {}",
-                    self.threat.norm.as_str(),
-                    self.threat.epsilon
-                ),
-            ));
+            return Err(self.error(format!(
+                "returned a perturbation of {} norm {size}, beyond its budget {}",
+                self.threat.norm.as_str(),
+                self.threat.epsilon
+            )));
         }
         Ok(adv)
+    }
+}
+
+/// What an objective returned, checked.
+pub struct CheckedLoss {
+    /// The scalar loss, with its graph.
+    pub loss: Tensor,
+    /// Its value (read back once).
+    pub value: f64,
+    /// Logits `[N, classes]` on the inputs.
+    pub logits: Tensor,
+}
+
+impl ObjectiveComponent {
+    /// Wraps a created objective, asking once whether it needs saliency.
+    pub fn new(origin: Origin, inner: ObjectiveBox) -> Result<Self, ComponentError> {
+        let requires_saliency = inner
+            .requires_saliency()
+            .into_result()
+            .map_err(|e| origin.error(ComponentKind::Objective, e.to_string()))?;
+        Ok(Self {
+            origin,
+            inner,
+            threat: NO_BUDGET,
+            requires_saliency,
+        })
+    }
+
+    /// The loss of `batch` on `inputs`, checked: a finite floating scalar with a graph
+    /// to the parameters, and logits `[N, classes]` on the inputs' device.
+    pub fn loss(
+        &mut self,
+        batch: &Batch,
+        inputs: &Tensor,
+        model: &TrainingModelRef<'_>,
+        classes: i64,
+    ) -> Result<CheckedLoss, ComponentError> {
+        let version = inputs.f_internal_version().unwrap_or(-1);
+        let made = self.call(batch, |o| o.loss(batch, RTensor::from_ref(inputs), model))?;
+        if inputs.f_internal_version().unwrap_or(-1) != version {
+            return Err(self.error("modified its inputs in place"));
+        }
+        let (loss, logits) = (made.value.into_tensor(), made.logits.into_tensor());
+        let floating = matches!(
+            loss.kind(),
+            Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+        );
+        if loss.numel() != 1 || !floating {
+            return Err(self.error(format!(
+                "returned a loss of shape {:?} and dtype {:?}; expected a floating scalar",
+                loss.size(),
+                loss.kind()
+            )));
+        }
+        if !loss.requires_grad() {
+            return Err(self.error(
+                "returned a loss with no gradient to the model's parameters (detached?)",
+            ));
+        }
+        let n = inputs.size().first().copied().unwrap_or(0);
+        if logits.size() != [n, classes] || logits.device() != inputs.device() {
+            return Err(self.error(format!(
+                "returned logits of shape {:?} on {:?}; expected [{n}, {classes}] on {:?}",
+                logits.size(),
+                logits.device(),
+                inputs.device()
+            )));
+        }
+        let value = loss
+            .f_double_value(&[])
+            .map_err(|e| self.error(format!("reading its loss: {e}")))?;
+        if !value.is_finite() {
+            return Err(self.error(format!(
+                "returned the loss {value} (lower [train] lr, or check the objective's settings)"
+            )));
+        }
+        let loss = loss.f_reshape([]).map_err(|e| self.error(e.to_string()))?;
+        Ok(CheckedLoss {
+            loss,
+            value,
+            logits,
+        })
     }
 }
 

@@ -291,8 +291,7 @@ fn load_registry(cli: &Cli, config_paths: &[PathBuf]) -> anyhow::Result<Registry
 fn list_plugins(registry: &Registry, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         let items: Vec<serde_json::Value> = registry
-            .components
-            .values()
+            .entries()
             .map(|e| {
                 let lib = registry.library(e);
                 serde_json::json!({
@@ -303,6 +302,7 @@ fn list_plugins(registry: &Registry, json: bool) -> anyhow::Result<ExitCode> {
                     "library": lib.name,
                     "path": lib.path,
                     "default_config": e.info.default_config.as_str(),
+                    "keys": e.info.keys.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -312,7 +312,7 @@ fn list_plugins(registry: &Registry, json: bool) -> anyhow::Result<ExitCode> {
             "{:<22} {:<9} {:<8} {:<28} DESCRIPTION",
             "NAME", "KIND", "VERSION", "LIBRARY"
         );
-        for e in registry.components.values() {
+        for e in registry.entries() {
             let lib = registry.library(e);
             println!(
                 "{:<22} {:<9} {:<8} {:<28} {}",
@@ -328,23 +328,39 @@ fn list_plugins(registry: &Registry, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn describe_plugin(registry: &Registry, name: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let Some(entry) = registry.components.get(name) else {
-        let names: Vec<&str> = registry.components.keys().map(String::as_str).collect();
+    let entries: Vec<&registry::Entry> = registry.named(name).collect();
+    if entries.is_empty() {
+        let mut names: Vec<&str> = registry.entries().map(|e| e.info.name.as_str()).collect();
+        names.dedup();
         bail!(
             "no component `{name}`{}; loaded components: {}",
             suggest::did_you_mean(name, names.iter().copied()),
             names.join(", ")
         );
-    };
-    let lib = registry.library(entry);
-    if json {
-        let v = serde_json::json!({
+    }
+    let describe = |entry: &registry::Entry| {
+        let lib = registry.library(entry);
+        serde_json::json!({
             "name": name, "kind": entry.info.kind.as_str(), "version": entry.info.version.as_str(),
             "description": entry.info.description.as_str(), "library": lib.name, "path": lib.path,
             "default_config": entry.info.default_config.as_str(),
-        });
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
+            "keys": entry.info.keys.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+        })
+    };
+    if json {
+        // One object for one component; a list when the name is used by several kinds.
+        let value = match entries.as_slice() {
+            [one] => describe(one),
+            many => serde_json::Value::Array(many.iter().map(|e| describe(e)).collect()),
+        };
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (i, entry) in entries.iter().enumerate() {
+        let lib = registry.library(entry);
+        if i > 0 {
+            println!();
+        }
         println!("name:        {name}");
         println!("kind:        {}", entry.info.kind);
         println!("version:     {}", entry.info.version);

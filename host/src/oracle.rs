@@ -1,6 +1,11 @@
-//! The host's answer to plugins' model queries.
-use sat_core::{objective_gradient, Gradient, Objective, OracleBackend, PluginError};
-use tch::{nn::ModuleT, Tensor};
+//! The host's answers to plugins' model queries: the oracle (attacks and saliency
+//! sources: eval mode, input gradients only) and the training model (objectives:
+//! training mode, differentiable in the parameters).
+use sat_core::{
+    differentiable_gradient, objective_gradient, Gradient, Objective, OracleBackend, PluginError,
+    TrainingModelBackend,
+};
+use tch::{nn::ModuleT, Kind, Tensor};
 
 /// Answers oracle calls with `model` in eval mode (`forward_t(.., false)`); gradients
 /// are taken with respect to the input only, so parameters accumulate nothing.
@@ -21,6 +26,46 @@ impl OracleBackend for ModelOracle<'_> {
         objective: &Objective,
     ) -> Result<Gradient, PluginError> {
         objective_gradient(|x| Ok(self.model.forward_t(x, false)), images, objective)
+    }
+    fn num_classes(&self) -> u32 {
+        self.classes
+    }
+}
+
+/// Answers objectives' calls with `model` in training mode (`forward_t(.., true)`:
+/// batch-norm statistics update), under float16 autocast when `amp` is on (logits come
+/// back as float32), with autograd to the parameters.
+pub struct TrainingForward<'a> {
+    /// The model being trained.
+    pub model: &'a dyn ModuleT,
+    /// Its number of classes.
+    pub classes: u32,
+    /// Mixed precision.
+    pub amp: bool,
+}
+
+impl TrainingForward<'_> {
+    fn run(&self, x: &Tensor) -> Tensor {
+        // tch's autocast goes through libtorch's deprecated CUDA autocast calls, which
+        // print a warning on every entry: enter it only for mixed precision.
+        if self.amp {
+            tch::autocast(true, || self.model.forward_t(x, true)).to_kind(Kind::Float)
+        } else {
+            self.model.forward_t(x, true)
+        }
+    }
+}
+
+impl TrainingModelBackend for TrainingForward<'_> {
+    fn forward(&self, images: &Tensor) -> Result<Tensor, PluginError> {
+        Ok(tch::with_grad(|| self.run(images)))
+    }
+    fn input_gradient(
+        &self,
+        images: &Tensor,
+        objective: &Objective,
+    ) -> Result<Gradient, PluginError> {
+        differentiable_gradient(|x| Ok(self.run(x)), images, objective)
     }
     fn num_classes(&self) -> u32 {
         self.classes

@@ -1,10 +1,13 @@
 //! How a run combines its plugins: saliency sources (one drawn per batch or per epoch) feeding an
 //! attack that makes the model's inputs.
-use crate::component::{AttackComponent, ComponentError, Origin, SaliencyComponent};
+use crate::component::{
+    AttackComponent, Component, ComponentError, ComponentHandle, ObjectiveComponent, Origin,
+    SaliencyComponent,
+};
 use crate::config::{RunConfig, SaliencyDraw};
 use crate::data::{rng::SplitMix, Samples};
 use crate::registry::{Registry, RegistryError};
-use sat_core::{ComponentKind, Epsilon, OracleRef, Phase};
+use sat_core::{AttackBox, ComponentKind, Epsilon, ObjectiveBox, OracleRef, Phase, SaliencyBox};
 use tch::Tensor;
 
 /// The component table for `name` from the config (empty if absent).
@@ -12,12 +15,72 @@ fn table(config: &RunConfig, name: &str) -> toml::Table {
     config.components.get(name).cloned().unwrap_or_default()
 }
 
-fn origin(registry: &Registry, name: &str, kind: ComponentKind) -> Result<Origin, RegistryError> {
-    let entry = registry.find(name, kind)?;
-    Ok(Origin {
+/// Why a component could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// Finding or building it failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// It answered the host's first questions with an error.
+    #[error(transparent)]
+    Component(#[from] ComponentError),
+}
+
+/// Creates the component `name` of the kind of `B` from `table`.
+pub fn create_with<B: ComponentHandle>(
+    registry: &Registry,
+    name: &str,
+    table: &toml::Table,
+) -> Result<Component<B>, CreateError>
+where
+    Component<B>: Wrap<B>,
+{
+    let entry = registry.find(name, B::KIND)?;
+    let origin = Origin {
         name: name.to_owned(),
         library: registry.library(entry).path.clone(),
-    })
+    };
+    let made = registry.create(B::KIND, name, table)?;
+    let handle = B::from_box(made).ok_or_else(|| RegistryError::Rejected {
+        component: format!("{} `{name}`", B::KIND.noun()),
+        library: origin.library.clone(),
+        message: "the library built another kind of component".into(),
+    })?;
+    Ok(Component::<B>::wrap(origin, handle)?)
+}
+
+/// How each kind's [`Component`] is made from its handle (asking what it needs once).
+pub trait Wrap<B>: Sized {
+    /// Wraps `handle`.
+    fn wrap(origin: Origin, handle: B) -> Result<Self, ComponentError>;
+}
+
+impl Wrap<SaliencyBox> for SaliencyComponent {
+    fn wrap(origin: Origin, handle: SaliencyBox) -> Result<Self, ComponentError> {
+        Self::new(origin, handle)
+    }
+}
+impl Wrap<AttackBox> for AttackComponent {
+    fn wrap(origin: Origin, handle: AttackBox) -> Result<Self, ComponentError> {
+        Self::new(origin, handle)
+    }
+}
+impl Wrap<ObjectiveBox> for ObjectiveComponent {
+    fn wrap(origin: Origin, handle: ObjectiveBox) -> Result<Self, ComponentError> {
+        Self::new(origin, handle)
+    }
+}
+
+/// Creates the component `name` of the kind of `B` with its `[components.<name>]` table.
+pub fn create<B: ComponentHandle>(
+    registry: &Registry,
+    config: &RunConfig,
+    name: &str,
+) -> Result<Component<B>, CreateError>
+where
+    Component<B>: Wrap<B>,
+{
+    create_with(registry, name, &table(config, name))
 }
 
 /// Creates the saliency source `name` with its `[components.<name>]` table.
@@ -25,12 +88,8 @@ pub fn create_saliency(
     registry: &Registry,
     config: &RunConfig,
     name: &str,
-) -> Result<SaliencyComponent, RegistryError> {
-    let origin = origin(registry, name, ComponentKind::Saliency)?;
-    Ok(SaliencyComponent::new(
-        origin,
-        registry.create_saliency(name, &table(config, name))?,
-    ))
+) -> Result<SaliencyComponent, CreateError> {
+    create(registry, config, name)
 }
 
 /// Creates the attack `name` for training, with its `[components.<name>]` table.
@@ -38,12 +97,8 @@ pub fn create_attack(
     registry: &Registry,
     config: &RunConfig,
     name: &str,
-) -> Result<AttackComponent, RegistryError> {
-    let origin = origin(registry, name, ComponentKind::Attack)?;
-    Ok(AttackComponent::new(
-        origin,
-        registry.create_attack(name, &table(config, name))?,
-    ))
+) -> Result<AttackComponent, CreateError> {
+    create(registry, config, name)
 }
 
 /// Creates the attack `name` for evaluation at budget `epsilon`: its
@@ -53,31 +108,22 @@ pub fn create_eval_attack(
     config: &RunConfig,
     name: &str,
     epsilon: Epsilon,
-) -> Result<AttackComponent, RegistryError> {
-    let origin = origin(registry, name, ComponentKind::Attack)?;
-    let defaults: toml::Table = toml::from_str(
-        &registry
-            .find(name, ComponentKind::Attack)?
-            .info
-            .default_config,
-    )
-    .unwrap_or_default();
-    if !defaults.contains_key("epsilon") {
+) -> Result<AttackComponent, CreateError> {
+    let entry = registry.find(name, ComponentKind::Attack)?;
+    if !entry.info.keys.iter().any(|k| k.as_str() == "epsilon") {
         return Err(RegistryError::Rejected {
             component: format!("attack `{name}`"),
-            library: origin.library,
+            library: registry.library(entry).path.clone(),
             message: "it has no `epsilon` key, so it cannot be evaluated at other budgets".into(),
-        });
+        }
+        .into());
     }
     let mut table = table(config, name);
     if let Some(overlay) = config.eval.components.get(name) {
         table.extend(overlay.clone());
     }
     table.insert("epsilon".into(), toml::Value::Float(epsilon.0));
-    Ok(AttackComponent::new(
-        origin,
-        registry.create_attack(name, &table)?,
-    ))
+    create_with(registry, name, &table)
 }
 
 /// Saliency sources, an optional attack and an optional second attack mixed in per batch.
@@ -99,7 +145,7 @@ pub struct Pipeline {
 pub enum PipelineError {
     /// Loading or creating a component failed.
     #[error(transparent)]
-    Registry(#[from] RegistryError),
+    Create(#[from] CreateError),
     /// The components do not fit together.
     #[error("{0}")]
     Mismatch(String),

@@ -3,9 +3,7 @@ use crate::config::{ConfigError, ConfigSource};
 use crate::suggest::did_you_mean;
 use abi_stable::library::{lib_header_from_path, LibraryError};
 use abi_stable::std_types::RStr;
-use sat_core::{
-    AttackBox, BuildInfo, ComponentInfo, ComponentKind, PluginModuleRef, SaliencyBox, BUILD_INFO,
-};
+use sat_core::{BuildInfo, ComponentBox, ComponentInfo, ComponentKind, PluginModuleRef, BUILD_INFO};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -38,9 +36,11 @@ pub enum RegistryError {
         /// The host's versions.
         ours: String,
     },
-    /// Two libraries provide a component of the same name.
-    #[error("component `{name}` is provided twice: by {first} and by {second}")]
+    /// Two libraries provide a component of the same name and kind.
+    #[error("{kind} `{name}` is provided twice: by {first} and by {second}")]
     Duplicate {
+        /// Its kind.
+        kind: ComponentKind,
         /// Component name.
         name: String,
         /// First library.
@@ -164,8 +164,10 @@ impl std::fmt::Debug for Library {
 pub struct Registry {
     /// Libraries in load order.
     pub libraries: Vec<Library>,
-    /// Components by name.
-    pub components: BTreeMap<String, Entry>,
+    /// Components by name and kind: a name may be used once per kind (the `trades`
+    /// attack and the `trades` objective are two parts of one method and share the
+    /// table `[components.trades]`).
+    components: BTreeMap<(String, ComponentKind), Entry>,
 }
 
 const LIB_SUFFIX: &str = std::env::consts::DLL_SUFFIX;
@@ -283,12 +285,18 @@ impl Registry {
             describe(&build)
         );
         let index = self.libraries.len();
-        let components = (module.components())();
+        let components = (module.components())()
+            .into_result()
+            .map_err(|e| RegistryError::NotAPlugin {
+                path: path.to_owned(),
+                reason: format!("its component list is broken: {e}"),
+            })?;
         for info in components {
-            let key = info.name.to_string();
+            let key = (info.name.to_string(), info.kind);
             if let Some(existing) = self.components.get(&key) {
                 return Err(RegistryError::Duplicate {
-                    name: key,
+                    kind: info.kind,
+                    name: key.0,
                     first: self.libraries[existing.library].path.clone(),
                     second: path.to_owned(),
                 });
@@ -309,14 +317,26 @@ impl Registry {
         Ok(())
     }
 
+    /// Every component, by name then kind.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.components.values()
+    }
+
+    /// The components called `name` (at most one per kind).
+    pub fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Entry> {
+        self.components
+            .range((name.to_owned(), ComponentKind::ALL[0])..)
+            .take_while(move |((n, _), _)| n == name)
+            .map(|(_, e)| e)
+    }
+
     /// The component `name` of `kind`, or an error listing the available ones.
     pub fn find(&self, name: &str, kind: ComponentKind) -> Result<&Entry, RegistryError> {
-        match self.components.get(name) {
-            Some(e) if e.info.kind == kind => Ok(e),
-            _ => {
+        match self.components.get(&(name.to_owned(), kind)) {
+            Some(e) => Ok(e),
+            None => {
                 let names: Vec<&str> = self
-                    .components
-                    .values()
+                    .entries()
                     .filter(|e| e.info.kind == kind)
                     .map(|e| e.info.name.as_str())
                     .collect();
@@ -341,38 +361,44 @@ impl Registry {
 
     fn rejected(&self, entry: &Entry, message: impl Into<String>) -> RegistryError {
         RegistryError::Rejected {
-            component: format!("{} `{}`", entry.info.kind, entry.info.name),
+            component: format!("{} `{}`", entry.info.kind.noun(), entry.info.name),
             library: self.library(entry).path.clone(),
             message: message.into(),
         }
     }
 
-    /// Creates the saliency source `name` from its TOML table.
-    pub fn create_saliency(
+    /// Creates the component `name` of `kind` from its TOML table. Keys that belong to
+    /// another component of the same name (the shared `[components.trades]`) are left
+    /// out; any other key goes to the component, which rejects what it does not know.
+    pub fn create(
         &self,
+        kind: ComponentKind,
         name: &str,
         config: &toml::Table,
-    ) -> Result<SaliencyBox, RegistryError> {
-        let entry = self.find(name, ComponentKind::Saliency)?;
-        let text = toml::to_string(config).map_err(|e| self.rejected(entry, e.to_string()))?;
-        let create = self.library(entry).module.create_saliency();
-        create(RStr::from_str(name), RStr::from_str(&text))
+    ) -> Result<ComponentBox, RegistryError> {
+        let entry = self.find(name, kind)?;
+        let own = |key: &str| entry.info.keys.iter().any(|k| k.as_str() == key);
+        let others = |key: &str| {
+            self.named(name)
+                .any(|e| e.info.kind != kind && e.info.keys.iter().any(|k| k.as_str() == key))
+        };
+        let table: toml::Table = config
+            .iter()
+            .filter(|(key, _)| own(key) || !others(key))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let text = toml::to_string(&table).map_err(|e| self.rejected(entry, e.to_string()))?;
+        let create = self.library(entry).module.create();
+        let made = create(kind, RStr::from_str(name), RStr::from_str(&text))
             .into_result()
-            .map_err(|e| self.rejected(entry, e.to_string()))
-    }
-
-    /// Creates the attack `name` from its TOML table.
-    pub fn create_attack(
-        &self,
-        name: &str,
-        config: &toml::Table,
-    ) -> Result<AttackBox, RegistryError> {
-        let entry = self.find(name, ComponentKind::Attack)?;
-        let text = toml::to_string(config).map_err(|e| self.rejected(entry, e.to_string()))?;
-        let create = self.library(entry).module.create_attack();
-        create(RStr::from_str(name), RStr::from_str(&text))
-            .into_result()
-            .map_err(|e| self.rejected(entry, e.to_string()))
+            .map_err(|e| self.rejected(entry, e.to_string()))?;
+        if made.kind() != kind {
+            return Err(self.rejected(
+                entry,
+                format!("asked for a {kind}, the library built a {}", made.kind()),
+            ));
+        }
+        Ok(made)
     }
 
     /// Checks every `[components.<name>]` table: the component exists, every key is one
@@ -393,8 +419,10 @@ impl Registry {
                 .collect()
         };
         for (name, table) in tables {
-            let Some(entry) = self.components.get(name) else {
-                let names: Vec<&str> = self.components.keys().map(String::as_str).collect();
+            let entries: Vec<&Entry> = self.named(name).collect();
+            if entries.is_empty() {
+                let mut names: Vec<&str> = self.entries().map(|e| e.info.name.as_str()).collect();
+                names.dedup();
                 return Err(source.error_at(
                     &at(name, None),
                     format!(
@@ -403,27 +431,25 @@ impl Registry {
                         names.join(", ")
                     ),
                 ));
-            };
-            let defaults: toml::Table =
-                toml::from_str(&entry.info.default_config).unwrap_or_default();
-            for key in table.keys() {
-                if !defaults.contains_key(key) {
-                    let accepted: Vec<&str> = defaults.keys().map(String::as_str).collect();
-                    return Err(source.error_at(
-                        &at(name, Some(key)),
-                        format!(
-                            "unknown key `{key}` in [{section}.{name}]{}; accepted: {}",
-                            did_you_mean(key, accepted.iter().copied()),
-                            accepted.join(", ")
-                        ),
-                    ));
-                }
             }
-            let built = match entry.info.kind {
-                ComponentKind::Saliency => self.create_saliency(name, table).map(drop),
-                ComponentKind::Attack => self.create_attack(name, table).map(drop),
-            };
-            built.map_err(|e| source.error_at(&at(name, None), e.to_string()))?;
+            let accepted: Vec<&str> = entries
+                .iter()
+                .flat_map(|e| e.info.keys.iter().map(|k| k.as_str()))
+                .collect();
+            if let Some(key) = table.keys().find(|k| !accepted.contains(&k.as_str())) {
+                return Err(source.error_at(
+                    &at(name, Some(key)),
+                    format!(
+                        "unknown key `{key}` in [{section}.{name}]{}; accepted: {}",
+                        did_you_mean(key, accepted.iter().copied()),
+                        accepted.join(", ")
+                    ),
+                ));
+            }
+            for entry in entries {
+                self.create(entry.info.kind, name, table)
+                    .map_err(|e| source.error_at(&at(name, None), e.to_string()))?;
+            }
         }
         Ok(())
     }

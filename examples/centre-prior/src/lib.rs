@@ -4,10 +4,10 @@
 //! centre and `σ = sigma · side`.
 use sat_core::tch::{Kind, Tensor};
 use sat_core::{component::Configurable, Batch, Oracle, PluginError, SaliencySource};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Configuration: `[components.centre-prior]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CentrePriorConfig {
     /// Width of the bump as a fraction of the image side.
@@ -55,7 +55,6 @@ sat_core::register_saliency!(
     CentrePrior,
     name = "centre-prior",
     description = "Centre prior: 2*exp(-r^2/(2 sigma^2)) - 1 around the image centre (example plugin)",
-    defaults = "sigma = 0.25\n",
 );
 
 sat_core::export_plugin!();

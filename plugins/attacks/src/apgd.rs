@@ -6,11 +6,11 @@ use sat_core::{
     component::Configurable, Attack, Batch, Epsilon, Norm, Objective, Oracle, PluginError,
     ThreatModel,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 /// Configuration of `apgd-ce`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApgdConfig {
     /// Budget (ℓ∞).
@@ -181,7 +181,6 @@ sat_core::register_attack!(
     Apgd,
     name = "apgd-ce",
     description = "APGD-CE (AutoAttack): step-size-free PGD with momentum on cross-entropy, linf",
-    defaults = "epsilon = \"8/255\"\nsteps = 100\nrho = 0.75\nmomentum = 0.75\n",
 );
 
 #[cfg(test)]

@@ -4,11 +4,11 @@ use sat_core::{
     component::Configurable, Attack, Batch, Epsilon, Norm, Objective, Oracle, PluginError,
     ThreatModel,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 /// Configuration of `fgsm`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FgsmConfig {
     /// Budget (ℓ∞).
@@ -56,11 +56,10 @@ sat_core::register_attack!(
     Fgsm,
     name = "fgsm",
     description = "FGSM: one signed-gradient step of size epsilon (linf)",
-    defaults = "epsilon = \"8/255\"\n",
 );
 
 /// Configuration of `fgsm-rs`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FgsmRsConfig {
     /// Budget (ℓ∞).
@@ -114,7 +113,6 @@ sat_core::register_attack!(
     FgsmRs,
     name = "fgsm-rs",
     description = "FGSM with a uniform random start and step alpha (fast adversarial training)",
-    defaults = "epsilon = \"8/255\"\nstep_size = \"10/255\"\n",
 );
 
 #[cfg(test)]

@@ -3,11 +3,11 @@ use crate::ball::random_start;
 use sat_core::{
     component::Configurable, Attack, Batch, Epsilon, Norm, Oracle, PluginError, ThreatModel,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 /// Configuration of `noise`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NoiseConfig {
     /// Budget (ℓ∞).
@@ -51,5 +51,4 @@ sat_core::register_attack!(
     Noise,
     name = "noise",
     description = "Uniform noise U(-epsilon, epsilon), no gradient (the paper's baseline)",
-    defaults = "epsilon = \"8/255\"\n",
 );

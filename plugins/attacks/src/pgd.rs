@@ -4,11 +4,11 @@ use sat_core::{
     component::Configurable, Attack, Batch, Epsilon, Norm, Objective, Oracle, PluginError,
     ThreatModel,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 /// The norm as written in configs.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum NormName {
     /// ℓ∞.
@@ -27,7 +27,7 @@ impl From<NormName> for Norm {
 }
 
 /// Configuration of `pgd`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PgdConfig {
     /// `"linf"` or `"l2"`.
@@ -139,7 +139,6 @@ sat_core::register_attack!(
     Pgd,
     name = "pgd",
     description = "PGD on cross-entropy, linf or l2, random start, restarts",
-    defaults = "norm = \"linf\"\nepsilon = \"8/255\"\nstep_size = \"2/255\"\nsteps = 10\nrandom_start = true\nrestarts = 1\n",
 );
 
 #[cfg(test)]

@@ -6,11 +6,11 @@
 use sat_core::{
     component::Configurable, Attack, Batch, Epsilon, Norm, Oracle, PluginError, ThreatModel,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 /// Configuration of `sat`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SatConfig {
     /// Budget (ℓ∞).
@@ -19,9 +19,9 @@ pub struct SatConfig {
     pub base: f64,
     /// Epochs per power of `a` (10 in the paper).
     pub period: f64,
-    /// A fixed mixing probability in `[0, 1]` instead of the curriculum (`-1` = use the
+    /// A fixed mixing probability in `[0, 1]` instead of the curriculum (unset: the
     /// curriculum).
-    pub probability: f64,
+    pub probability: Option<f64>,
 }
 
 impl Default for SatConfig {
@@ -30,7 +30,7 @@ impl Default for SatConfig {
             epsilon: Epsilon(8.0 / 255.0),
             base: 0.6,
             period: 10.0,
-            probability: -1.0,
+            probability: None,
         }
     }
 }
@@ -55,10 +55,9 @@ impl Configurable for Sat {
                 config.period
             )));
         }
-        if config.probability != -1.0 && !(0.0..=1.0).contains(&config.probability) {
+        if let Some(p) = config.probability.filter(|p| !(0.0..=1.0).contains(p)) {
             return Err(PluginError::config(format!(
-                "[sat] probability must be in [0, 1] or -1 (curriculum), got {}",
-                config.probability
+                "[sat] probability must be in [0, 1] (or left unset for the curriculum), got {p}"
             )));
         }
         Ok(Self { config })
@@ -68,10 +67,9 @@ impl Configurable for Sat {
 impl Sat {
     /// The probability of taking the saliency map at 0-based `epoch`.
     pub fn probability(&self, epoch: u32) -> f64 {
-        if self.config.probability >= 0.0 {
-            self.config.probability
-        } else {
-            1.0 - self.config.base.powf(epoch as f64 / self.config.period)
+        match self.config.probability {
+            Some(p) => p,
+            None => 1.0 - self.config.base.powf(epoch as f64 / self.config.period),
         }
     }
 }
@@ -108,7 +106,6 @@ sat_core::register_attack!(
     Sat,
     name = "sat",
     description = "SAT: x - epsilon * mix(random signs, saliency map), curriculum p_t = 1 - a^(t/10); no gradients",
-    defaults = "epsilon = \"8/255\"\nbase = 0.6\nperiod = 10.0\nprobability = -1.0\n",
 );
 
 #[cfg(test)]
@@ -123,7 +120,7 @@ mod tests {
         let y = Tensor::zeros([x.size()[0]], (Kind::Int64, Device::Cpu));
         let batch = Batch::new(x, &y, 3, 10, Phase::Training).with_saliency(s);
         let mut sat = Sat::from_config(SatConfig {
-            probability,
+            probability: Some(probability),
             ..SatConfig::default()
         })
         .unwrap();
@@ -185,7 +182,7 @@ mod tests {
         })
         .is_err());
         assert!(Sat::from_config(SatConfig {
-            probability: 2.0,
+            probability: Some(2.0),
             ..SatConfig::default()
         })
         .is_err());

@@ -6,11 +6,11 @@ use sat_core::{
     component::Configurable, Attack, Batch, Epsilon, Norm, Objective, Oracle, PluginError,
     ThreatModel,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 /// Configuration of `trades`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TradesConfig {
     /// Budget (ℓ∞).
@@ -74,7 +74,6 @@ sat_core::register_attack!(
     name = "trades",
     description =
         "TRADES inner maximisation: sign ascent on KL(f(x) || f(x')) from x + 0.001 N(0, I)",
-    defaults = "epsilon = \"8/255\"\nstep_size = \"2/255\"\nsteps = 10\n",
 );
 
 #[cfg(test)]

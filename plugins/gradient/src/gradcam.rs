@@ -1,16 +1,16 @@
 //! Grad-CAM++ (Chattopadhay et al. 2018) at a spatial ReLU layer of a checkpoint
 //! teacher, upsampled to the image, and guided Grad-CAM++ (its product with guided
 //! backprop).
-use crate::methods::{defaults, source_config, GuidedBackprop};
+use crate::methods::{source_config, GuidedBackprop};
 use crate::teacher::Teacher;
 use crate::Output;
 use sat_core::{component::Configurable, Batch, Oracle, PluginError, SaliencySource};
 use sat_models::relu_backprop;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 /// How a Grad-CAM++ map in `[0, 1]` is handed out.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum CamOutput {
     /// `2·cam − 1`: +1 on the most salient pixels, −1 where the map is 0 (like `masks`).
@@ -158,11 +158,9 @@ sat_core::register_saliency!(
     name = "gradcam++",
     description =
         "Grad-CAM++ of a checkpoint teacher at a spatial layer, upsampled (2·cam − 1 by default)",
-    defaults = defaults!("centered", "layer = -1\n"),
 );
 sat_core::register_saliency!(
     GuidedGradCamPP,
     name = "guided-gradcam++",
     description = "Guided backprop times Grad-CAM++ of a checkpoint teacher",
-    defaults = defaults!("normalized", "layer = -1\n"),
 );

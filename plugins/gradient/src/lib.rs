@@ -16,11 +16,11 @@ pub mod teacher;
 sat_core::export_plugin!();
 
 use sat_core::PluginError;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 /// How a gradient-type attribution becomes a map in `[−1, 1]`.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Output {
     /// `sign(a)`: −1, 0 or +1 per pixel and channel.
@@ -52,7 +52,7 @@ impl Output {
 }
 
 /// Which class each sample's map explains.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Target {
     /// The sample's label.

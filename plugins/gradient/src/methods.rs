@@ -11,7 +11,7 @@ use tch::{Kind, Tensor};
 macro_rules! source_config {
     ($(#[$doc:meta])* $name:ident { output: $oty:ty = $output:expr $(, $(#[$fdoc:meta])* $field:ident : $ty:ty = $default:expr)* $(,)? }) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, serde::Deserialize)]
+        #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
         #[serde(deny_unknown_fields, default)]
         pub struct $name {
             /// `"self"`, a checkpoint of this project, or a TorchScript file.
@@ -20,8 +20,8 @@ macro_rules! source_config {
             pub arch: String,
             /// Width of a checkpoint teacher.
             pub width: i64,
-            /// Classes of the teacher (0 = the host model's).
-            pub classes: i64,
+            /// Classes of the teacher (unset: the host model's).
+            pub classes: Option<i64>,
             /// The teacher's in-model normalisation mean.
             pub mean: Vec<f64>,
             /// The teacher's in-model normalisation std.
@@ -68,18 +68,6 @@ macro_rules! source_config {
 }
 pub(crate) use source_config;
 
-/// The defaults text shared by every source, followed by `extra`.
-macro_rules! defaults {
-    ($output:expr, $extra:expr) => {
-        concat!(
-            "teacher = \"self\"\narch = \"small-cnn\"\nwidth = 32\nclasses = 0\nmean = []\nstd = []\ntarget = \"label\"\noutput = \"",
-            $output,
-            "\"\n",
-            $extra
-        )
-    };
-}
-pub(crate) use defaults;
 
 source_config!(
     /// Configuration of `gradient`.
@@ -314,23 +302,19 @@ sat_core::register_saliency!(
     Gradient,
     name = "gradient",
     description = "Teacher's input gradient of the target logit (sign by default)",
-    defaults = defaults!("sign", ""),
 );
 sat_core::register_saliency!(
     GuidedBackprop,
     name = "guided-backprop",
     description = "Guided backpropagation of a checkpoint teacher (sign by default)",
-    defaults = defaults!("sign", ""),
 );
 sat_core::register_saliency!(
     SmoothGrad,
     name = "smoothgrad",
     description = "SmoothGrad: the teacher's gradient averaged over Gaussian-noised copies",
-    defaults = defaults!("sign", "samples = 16\nsigma = 0.15\n"),
 );
 sat_core::register_saliency!(
     IntegratedGradients,
     name = "integrated-gradients",
     description = "Integrated Gradients from a constant baseline (midpoint rule, bounded batches)",
-    defaults = defaults!("sign", "steps = 32\nbaseline = 0.0\nbatch_size = 256\n"),
 );

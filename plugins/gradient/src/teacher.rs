@@ -3,12 +3,12 @@
 //! the batch's device.
 use sat_core::{Objective, Oracle, PluginError};
 use sat_models::relu_backprop::{self, ReluRule};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
 /// The keys every gradient source shares.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TeacherConfig {
     /// `"self"`, a `.safetensors` checkpoint of this project, or a TorchScript `.pt` file
@@ -18,8 +18,8 @@ pub struct TeacherConfig {
     pub arch: String,
     /// Its width (as `[model] width`).
     pub width: i64,
-    /// Its number of classes (0 = the host model's).
-    pub classes: i64,
+    /// Its number of classes (unset: the host model's).
+    pub classes: Option<i64>,
     /// Its in-model normalisation, if it was trained with one.
     pub mean: Vec<f64>,
     /// See `mean`.
@@ -34,7 +34,7 @@ impl Default for TeacherConfig {
             teacher: "self".into(),
             arch: "small-cnn".into(),
             width: 32,
-            classes: 0,
+            classes: None,
             mean: Vec::new(),
             std: Vec::new(),
             target: crate::Target::Label,
@@ -99,10 +99,15 @@ impl Teacher {
                     .map_err(|e| PluginError::config(e.to_string()))?,
             )
         } else {
-            let classes = if c.classes > 0 {
-                c.classes
-            } else {
-                oracle.num_classes() as i64
+            let classes = match c.classes {
+                Some(classes) if classes > 0 => classes,
+                Some(classes) => {
+                    return Err(PluginError::config(format!(
+                        "teacher {}: classes must be at least 1, got {classes}",
+                        c.teacher
+                    )))
+                }
+                None => oracle.num_classes()? as i64,
             };
             let model = sat_models::build(&vs.root(), &c.arch, c.width, classes)
                 .map_err(|e| PluginError::config(format!("teacher: {e}")))?;

@@ -1,11 +1,11 @@
 //! `boxes`: +1 inside the union of a sample's bounding boxes, −1 outside.
 use crate::Fallback;
 use sat_core::{component::Configurable, Batch, Oracle, PluginError, SaliencySource};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 /// Configuration of `boxes`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BoxesConfig {
     /// Width in pixels of a linear ramp from −1 to +1 across each box edge (0 = hard).
@@ -127,7 +127,6 @@ sat_core::register_saliency!(
     Boxes,
     name = "boxes",
     description = "Bounding boxes: +1 inside the union of the sample's boxes, -1 outside",
-    defaults = "soft_edge = 0.0\nfallback = \"zero\"\n",
 );
 
 #[cfg(test)]

@@ -6,10 +6,10 @@ pub mod masks;
 
 sat_core::export_plugin!();
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// What a source returns for a sample that lacks the annotation it reads.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Fallback {
     /// 0 everywhere: SAT then uses its random signs only for that sample.

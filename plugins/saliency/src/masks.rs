@@ -6,11 +6,11 @@
 use crate::boxes::{box_membership, fallback_value};
 use crate::Fallback;
 use sat_core::{component::Configurable, Batch, Oracle, PluginError, SaliencySource};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 /// Configuration of `masks`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MasksConfig {
     /// Foreground where the mask is at least this value; `-1` keeps soft masks as they are.
@@ -103,7 +103,6 @@ sat_core::register_saliency!(
     Masks,
     name = "masks",
     description = "Segmentation masks: 2m - 1 (foreground +1, background -1), fallback for samples without one",
-    defaults = "threshold = 0.5\ninvert = false\nfallback = \"boxes\"\n",
 );
 
 #[cfg(test)]
