@@ -119,6 +119,43 @@ def trades_inner(model, x, steps):
     return adv.detach()
 
 
+def fgsm(model, x, y):
+    model.eval()
+    g = input_grad(model, x, lambda z: F.cross_entropy(z, y, reduction="sum"))
+    model.train()
+    return (x + EPS * g.sign()).clamp(0, 1).detach()
+
+
+def rrr_loss(model, x, y, saliency, lam=10.0):
+    """Right for the Right Reasons: CE + lam * mean_n |(1 - A) * d/dx sum_k log p_k|^2."""
+    x = x.detach().requires_grad_(True)
+    logits = model(x)
+    (g,) = torch.autograd.grad(F.log_softmax(logits, 1).sum(), x, create_graph=True)
+    a = (saliency + 1) / 2
+    penalty = ((1 - a) * g).pow(2).flatten(1).sum(1).mean()
+    return F.cross_entropy(logits, y) + lam * penalty
+
+
+def input_gradient_loss(model, x, y, lam=1.0):
+    """Double backpropagation: CE + lam * mean_n |d CE_n / dx|^2."""
+    x = x.detach().requires_grad_(True)
+    ce = F.cross_entropy(model(x), y, reduction="none")
+    (g,) = torch.autograd.grad(ce.sum(), x, create_graph=True)
+    return ce.mean() + lam * g.pow(2).flatten(1).sum(1).mean()
+
+
+def gradalign_loss(model, x, inputs, y, lam=0.2):
+    """GradAlign: CE(inputs) + lam * (1 - cos(grad at x, grad at x + eta)), as the
+    reference code: the first gradient detached, the second with create_graph."""
+    g1 = input_grad(model, x, lambda z: F.cross_entropy(z, y, reduction="sum"))
+    eta = torch.empty_like(x).uniform_(-EPS, EPS)
+    x2 = (x + eta).clamp(0, 1).detach().requires_grad_(True)
+    (g2,) = torch.autograd.grad(F.cross_entropy(model(x2), y, reduction="sum"), x2,
+                                create_graph=True)
+    cos = F.cosine_similarity(g1.flatten(1), g2.flatten(1), 1)
+    return F.cross_entropy(model(inputs), y) + lam * (1 - cos.mean())
+
+
 def sat_step(x, saliency, p=0.5):
     signs = torch.randint(0, 2, x.shape, device=x.device).float() * 2 - 1
     use = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < p
@@ -158,7 +195,10 @@ def reset_peak():
         pass
 
 
-ROWS = ["standard", "sat-masks", "sat-gradient", "fgsm-rs", "pgd-7", "trades-10", "eval-pgd-20"]
+ROWS = ["standard", "sat-masks", "sat-gradient", "fgsm-rs", "pgd-7", "trades-10",
+        "rrr-masks", "input-gradient", "fgsm-gradalign", "eval-pgd-20"]
+# Rows whose loss is not plain cross-entropy on the inputs.
+OBJECTIVE_ROWS = {"rrr-masks", "input-gradient", "fgsm-gradalign"}
 
 
 def main():
@@ -226,8 +266,26 @@ def main():
                     inputs = pgd(model, x, y, 7)
                 elif row == "trades-10":
                     inputs = trades_inner(model, x, 10)
+                elif row in ("rrr-masks", "input-gradient"):
+                    inputs = x
+                elif row == "fgsm-gradalign":
+                    inputs = fgsm(model, x, y)
                 else:
                     raise SystemExit(f"unknown row {row}")
+                if row in OBJECTIVE_ROWS:
+                    with torch.autocast("cuda", torch.float16, enabled=amp):
+                        if row == "rrr-masks":
+                            loss = rrr_loss(model, inputs, y, m)
+                        elif row == "input-gradient":
+                            loss = input_gradient_loss(model, inputs, y)
+                        else:
+                            loss = gradalign_loss(model, x, inputs, y)
+                    opt.zero_grad(set_to_none=False)
+                    scaler.scale(loss.float()).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                    loss.item()
+                    return
                 with torch.autocast("cuda", torch.float16, enabled=amp):
                     logits = model(inputs).float()
                     if row == "trades-10":
