@@ -1,19 +1,35 @@
-//! Shared build script for every crate that links libtorch (the host, the plugins,
-//! third-party plugins). It gives the produced binaries, test executables and plugin
-//! libraries an rpath to the libtorch that tch was built against, so nothing needs
-//! `LD_LIBRARY_PATH`, links libtorch's CUDA library where it has one (so CUDA works),
+//! `sat-plugin-build`: the build script every crate that links sat's libtorch shares —
+//! the host, the standard plugins and plugin crates written outside the sat tree.
+//!
+//! It gives the produced binaries, test executables and plugin libraries an rpath to
+//! the libtorch that tch was built against (`LIBTORCH`), so nothing needs
+//! `LD_LIBRARY_PATH`; links libtorch's CUDA library where it has one (so CUDA works);
 //! and records that libtorch's version as `SAT_LIBTORCH_VERSION` and whether it has
 //! CUDA as `SAT_LIBTORCH_CUDA` (`1` or `0`).
 //!
-//! Use it with `build = "<path to sat>/core/libtorch_build.rs"` in `Cargo.toml`.
+//! Use it as a build dependency with a one-line `build.rs`:
+//! ```toml
+//! [build-dependencies]
+//! sat-plugin-build = { path = "<path to sat>/plugin-build" }
+//! ```
+//! ```ignore
+//! fn main() { sat_plugin_build::link_libtorch() }
+//! ```
 use std::{env, fs, path::Path};
 
-fn main() {
+/// Gives the crate being built an rpath to the libtorch that tch links (`LIBTORCH`),
+/// links libtorch's CUDA library where it has one, and sets `SAT_LIBTORCH_VERSION` and
+/// `SAT_LIBTORCH_CUDA` for the crate's code. Call it from `build.rs`:
+/// `fn main() { sat_plugin_build::link_libtorch() }`. Panics (failing the build with the
+/// message) when `LIBTORCH` is unset or its version cannot be read.
+pub fn link_libtorch() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     let Ok(libtorch) = env::var("LIBTORCH") else {
         panic!(
-            "LIBTORCH is not set: run scripts/setup-libtorch from the sat checkout, \
-             which installs torch==2.13.0 and points .cargo/config.toml at it"
+            "LIBTORCH is not set: inside the sat checkout run scripts/setup-libtorch (it \
+             installs torch==2.13.0 and .cargo/config.toml points tch at it); for a plugin \
+             crate of your own, `sat-host env` prints the LIBTORCH to use and `sat-host new` \
+             writes it into the crate's .cargo/config.toml"
         );
     };
     let root = Path::new(&libtorch);
@@ -41,7 +57,7 @@ fn main() {
 
 /// Reads `torch/version.py` (the PyPI wheel) or `build-version` (the libtorch zip),
 /// dropping any local suffix such as `+cu130`.
-fn libtorch_version(root: &Path) -> Option<String> {
+pub fn libtorch_version(root: &Path) -> Option<String> {
     for file in ["version.py", "build-version"] {
         let path = root.join(file);
         println!("cargo:rerun-if-changed={}", path.display());
