@@ -1,9 +1,9 @@
 //! How a run combines its plugins: saliency sources (one drawn per batch or per epoch) feeding an
 //! attack that makes the model's inputs.
-use crate::component::{AttackComponent, ComponentError, Origin, SaliencyComponent};
+use super::component::{AttackComponent, ComponentError, Origin, SaliencyComponent};
+use super::registry::{Registry, RegistryError};
 use crate::config::{RunConfig, SaliencyDraw};
 use crate::data::{rng::SplitMix, Samples};
-use crate::registry::{Registry, RegistryError};
 use sat_core::{ComponentKind, Epsilon, OracleRef, Phase};
 use tch::Tensor;
 
