@@ -1,4 +1,4 @@
-//! Training: the one training step ([`step`]), the epoch loop ([`epochs`]), what a run
+//! Training: the one training step ([`step`]), the epoch loop (`epochs.rs`), what a run
 //! keeps on disk ([`checkpoint`]), the optimiser and the learning-rate schedule, and
 //! [`run`], which records how a run ended, panics included ([`fault`]).
 pub mod checkpoint;
