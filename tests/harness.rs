@@ -71,8 +71,9 @@ impl Run {
         self
     }
     /// Asserts a clean failure whose stderr contains every one of `needles`, and returns
-    /// stderr. Exit code 1 is an error the host reported; a panic of the host would exit
-    /// with 101 and an abort (e.g. a panic unwinding across FFI) with 134.
+    /// stderr. Exit code 1 is an error the host reported; a panic of the host exits with
+    /// 70 during `run` (where it is caught and recorded) and with 101 elsewhere, and an
+    /// abort (e.g. a panic unwinding across FFI) with 134.
     pub fn fails_with(self, needles: &[&str]) -> String {
         assert_eq!(
             self.code,

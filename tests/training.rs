@@ -523,3 +523,89 @@ fn kill_9_never_leaves_a_torn_checkpoint_and_resume_continues() {
     .success();
     assert_eq!(metrics(&dir)["status"], "completed", "{leftovers:?}");
 }
+
+/// A panic in the host (injected with the test-only `SAT_DEBUG_PANIC_AT_STEP`, as a
+/// libtorch error such as CUDA out of memory would panic) ends the run as `failed`,
+/// with the message in metrics.json and log.txt and exit code 70, not Rust's 101; the
+/// checkpoint of the last finished epoch is intact, and `--resume` finishes the run as
+/// if nothing had happened. On the CPU for bitwise comparisons.
+#[test]
+fn a_panic_in_the_host_is_recorded_and_the_run_resumes_from_the_last_epoch() {
+    let cwd = tempfile::tempdir().unwrap();
+    let run = |name: &str, epochs: &str, env: &[(&str, &str)]| {
+        let args = [
+            "--set",
+            "device=\"cpu\"",
+            "--set",
+            "eval.attacks=[]",
+            "--set",
+            epochs,
+            "--set",
+            &format!("name={name}"),
+        ];
+        tiny_run(cwd.path(), &args, env)
+    };
+    run("one", "train.epochs=1", &[]).success();
+    run("two", "train.epochs=2", &[]).success();
+    // 64 training images in batches of 32: global step 2 is the first of epoch 2.
+    let out = run(
+        "fault",
+        "train.epochs=2",
+        &[("SAT_DEBUG_PANIC_AT_STEP", "2")],
+    );
+    assert_eq!(
+        out.code,
+        Some(70),
+        "a caught panic exits with 70\nstderr:\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("deliberate panic at global step 2"),
+        "{}",
+        out.stderr
+    );
+    let dir = cwd.path().join("runs/fault");
+    let m = metrics(&dir);
+    assert_eq!(m["status"], "failed");
+    let error = m["error"].as_str().unwrap();
+    assert!(
+        error.contains("the host panicked") && error.contains("deliberate panic at global step 2"),
+        "{error}"
+    );
+    assert_eq!(m["epochs"].as_array().unwrap().len(), 1);
+    let log = std::fs::read_to_string(dir.join("log.txt")).unwrap();
+    assert!(
+        log.contains("the run failed") && log.contains("deliberate panic at global step 2"),
+        "{log}"
+    );
+    let weights = |name: &str| {
+        std::fs::read(
+            cwd.path()
+                .join(format!("runs/{name}/checkpoint.safetensors")),
+        )
+        .unwrap()
+    };
+    assert!(
+        weights("fault") == weights("one"),
+        "the checkpoint is epoch 1's"
+    );
+
+    sat(cwd.path(), &["run", "--resume", dir.to_str().unwrap()], &[]).success();
+    let m = metrics(&dir);
+    assert_eq!(m["status"], "completed");
+    assert!(m.get("error").is_none(), "{m}");
+    assert_eq!(m["epochs"].as_array().unwrap().len(), 2);
+    assert!(
+        weights("fault") == weights("two"),
+        "the resumed run ends where the uninterrupted one does"
+    );
+    let two = metrics(&cwd.path().join("runs/two"));
+    for e in 0..2 {
+        for key in ["train_loss", "data_digest"] {
+            assert_eq!(
+                m["epochs"][e][key], two["epochs"][e][key],
+                "epoch {e} {key}"
+            );
+        }
+    }
+}

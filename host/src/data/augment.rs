@@ -3,28 +3,71 @@ use super::rng::SplitMix;
 use super::Samples;
 use tch::{Kind, Tensor};
 
+/// One sample's augmentation: the offset of its crop in the padded image and whether it
+/// is flipped horizontally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Crop {
+    /// Column of the crop's left edge in the padded image, `0..=2·padding`.
+    pub x: i64,
+    /// Row of the crop's top edge in the padded image, `0..=2·padding`.
+    pub y: i64,
+    /// Mirrored left to right.
+    pub flip: bool,
+}
+
+impl Crop {
+    /// Draws a crop offset for zero padding `padding` and, if `flip`, a fair coin for the
+    /// flip.
+    pub fn draw(padding: i64, flip: bool, rng: &mut SplitMix) -> Crop {
+        let x = rng.below(2 * padding.max(0) as u64 + 1) as i64;
+        let y = rng.below(2 * padding.max(0) as u64 + 1) as i64;
+        let flip = flip && rng.uniform() < 0.5;
+        Crop { x, y, flip }
+    }
+
+    /// The bytes of this crop, for digests.
+    pub fn bytes(&self) -> [u8; 17] {
+        let mut out = [0u8; 17];
+        out[..8].copy_from_slice(&self.x.to_le_bytes());
+        out[8..16].copy_from_slice(&self.y.to_le_bytes());
+        out[16] = u8::from(self.flip);
+        out
+    }
+}
+
 /// Random crop after zero padding by `padding`, and a random horizontal flip (if `flip`),
-/// drawn per sample from `rng`. Boxes are shifted, flipped and clipped (a box that
-/// leaves the image becomes padding); masks get the image's transform.
-pub fn crop_and_flip(samples: &Samples, padding: i64, flip: bool, rng: &mut SplitMix) -> Samples {
+/// drawn per sample from `rng`; returns the crops drawn too. Boxes are shifted, flipped
+/// and clipped (a box that leaves the image becomes padding); masks get the image's
+/// transform.
+pub fn crop_and_flip(
+    samples: &Samples,
+    padding: i64,
+    flip: bool,
+    rng: &mut SplitMix,
+) -> (Samples, Vec<Crop>) {
+    let n = samples.images.size()[0];
+    let crops: Vec<Crop> = (0..n).map(|_| Crop::draw(padding, flip, rng)).collect();
+    (apply(samples, padding, &crops), crops)
+}
+
+/// Applies one crop per sample after zero padding by `padding`.
+pub fn apply(samples: &Samples, padding: i64, crops: &[Crop]) -> Samples {
     let images = &samples.images;
     let (n, h, w) = (images.size()[0], images.size()[2], images.size()[3]);
+    assert_eq!(crops.len() as i64, n, "one crop per sample");
     let pad = |t: &Tensor| t.constant_pad_nd([padding, padding, padding, padding]);
     let padded_images = pad(images);
     let padded_masks = samples.masks.as_ref().map(|(m, _)| pad(m));
     let mut out_images = Vec::with_capacity(n as usize);
     let mut out_masks = Vec::with_capacity(n as usize);
     let mut shifts = Vec::with_capacity(n as usize * 3);
-    for i in 0..n {
-        let ox = rng.below(2 * padding as u64 + 1) as i64;
-        let oy = rng.below(2 * padding as u64 + 1) as i64;
-        let flipped = flip && rng.uniform() < 0.5;
+    for (i, c) in crops.iter().enumerate() {
         let crop = |t: &Tensor| {
-            let c = t.get(i).narrow(1, oy, h).narrow(2, ox, w);
-            if flipped {
-                c.flip([2])
+            let cut = t.get(i as i64).narrow(1, c.y, h).narrow(2, c.x, w);
+            if c.flip {
+                cut.flip([2])
             } else {
-                c
+                cut
             }
         };
         out_images.push(crop(&padded_images));
@@ -32,9 +75,9 @@ pub fn crop_and_flip(samples: &Samples, padding: i64, flip: bool, rng: &mut Spli
             out_masks.push(crop(m));
         }
         shifts.extend([
-            (padding - ox) as f32,
-            (padding - oy) as f32,
-            if flipped { 1.0 } else { 0.0 },
+            (padding - c.x) as f32,
+            (padding - c.y) as f32,
+            if c.flip { 1.0 } else { 0.0 },
         ]);
     }
     let shifts = Tensor::from_slice(&shifts)
@@ -111,7 +154,8 @@ mod tests {
         let mut seen_flip = false;
         for seed in 0..40 {
             let mut rng = SplitMix::new(seed, 0);
-            let out = crop_and_flip(&s, 1, true, &mut rng);
+            let (out, crops) = crop_and_flip(&s, 1, true, &mut rng);
+            assert_eq!(crops.len(), 1);
             let b: Vec<f32> = Vec::try_from(out.boxes.as_ref().unwrap().get(0).get(0)).unwrap();
             let img = out.images.get(0).narrow(0, 0, 1);
             // The box, clipped to the image, is where the bright pixels went.

@@ -11,17 +11,8 @@
 use super::assemble::{assemble, Annotations, Sample};
 use super::error::{read, read_text, DataError};
 use super::{Dataset, Split};
+use crate::config::Cifar100Labels;
 use std::path::Path;
-
-/// Which CIFAR-100 label a sample gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Cifar100Labels {
-    /// The 100 fine classes.
-    Fine,
-    /// The 20 superclasses.
-    Coarse,
-}
 
 const PIXELS: usize = 3 * 32 * 32;
 
@@ -220,7 +211,7 @@ mod tests {
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig {
-            cases: crate::data::fuzz_cases(64),
+            cases: crate::fuzz_cases(64),
             ..Default::default()
         })]
         /// Any bytes as a CIFAR file: a dataset or an error naming the file, never a panic.

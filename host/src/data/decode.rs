@@ -132,7 +132,7 @@ mod tests {
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig {
-            cases: crate::data::fuzz_cases(128),
+            cases: crate::fuzz_cases(128),
             ..Default::default()
         })]
         /// Any bytes behind a PNG or JPEG signature (or a real image's first bytes): an

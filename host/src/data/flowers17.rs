@@ -11,7 +11,8 @@
 use super::assemble::{assemble, Annotations, Sample};
 use super::decode::{parallel_map, read_mask, read_rgb};
 use super::error::DataError;
-use super::{Dataset, MissingMasks, Split};
+use super::{Dataset, Split};
+use crate::config::MissingMasks;
 use std::path::{Path, PathBuf};
 
 /// The class names, in label order.

@@ -14,7 +14,8 @@
 use super::assemble::{assemble, scale_box, Annotations, Sample};
 use super::decode::{parallel_map, read_mask, read_rgb};
 use super::error::{read_text, DataError};
-use super::{Dataset, MissingMasks, Split};
+use super::{Dataset, Split};
+use crate::config::MissingMasks;
 use std::path::{Path, PathBuf};
 
 struct Entry {
@@ -282,7 +283,7 @@ mod tests {
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig {
-            cases: crate::data::fuzz_cases(128),
+            cases: crate::fuzz_cases(128),
             ..Default::default()
         })]
         /// Any text as a boxes sidecar (CSV or JSON): boxes or an error naming the file.

@@ -3,6 +3,7 @@ pub mod assemble;
 pub mod augment;
 pub mod cifar;
 pub mod decode;
+pub mod epoch;
 pub mod error;
 pub mod flowers17;
 pub mod image_folder;
@@ -24,16 +25,6 @@ pub const DATASETS: [&str; 6] = [
     "image-folder",
 ];
 
-/// Cases per property test of the readers and the config parser: `default`, or
-/// `SAT_FUZZ_CASES` for a long fuzzing run (see docs/RELIABILITY.md).
-#[cfg(test)]
-pub fn fuzz_cases(default: u32) -> u32 {
-    std::env::var("SAT_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// A split of a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Split {
@@ -41,16 +32,6 @@ pub enum Split {
     Train,
     /// Test images (Tiny ImageNet: its labelled validation set).
     Test,
-}
-
-/// What to do with a sample whose format has masks but which has none.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MissingMasks {
-    /// Keep it without a mask: the `masks` plugin's `fallback` decides its map.
-    Keep,
-    /// Leave it out of the split.
-    Skip,
 }
 
 /// The training and test sets `config` describes; `seed` drives generation (`shapes`)
@@ -92,7 +73,7 @@ pub fn load(config: &DataConfig, seed: u64) -> Result<(Dataset, Dataset), DataEr
             other => {
                 return Err(DataError::Config(format!(
                     "[data] dataset: unknown dataset `{other}`{}; accepted: {}",
-                    crate::suggest::did_you_mean(other, DATASETS),
+                    crate::config::suggest::did_you_mean(other, DATASETS),
                     DATASETS.join(", ")
                 )))
             }
@@ -115,7 +96,7 @@ pub fn load(config: &DataConfig, seed: u64) -> Result<(Dataset, Dataset), DataEr
     };
     let train = split(Split::Train)?;
     let test = split(Split::Test)?;
-    if train.len() == 0 || test.len() == 0 {
+    if train.is_empty() || test.is_empty() {
         return Err(DataError::Config(format!(
             "dataset `{}` has {} training and {} test images; both must be non-empty",
             config.dataset,
@@ -166,6 +147,10 @@ impl Dataset {
     /// Number of samples.
     pub fn len(&self) -> i64 {
         self.labels.size()[0]
+    }
+    /// Whether it has no samples.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
     /// Number of classes.
     pub fn num_classes(&self) -> i64 {

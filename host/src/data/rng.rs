@@ -1,5 +1,45 @@
 //! A small seeded generator (SplitMix64) for data generation, order and augmentation:
-//! identical streams on every platform, independent of libtorch's generator.
+//! identical streams on every platform, independent of libtorch's generator; and the
+//! run's random streams, one per [`Purpose`] and epoch.
+
+/// What a random stream of a run is for. Each purpose draws from its own stream of
+/// `(seed, purpose, epoch)`, so a draw for one purpose never shifts another's: two runs
+/// with one seed see the same batches and crops whatever their training mode, and differ
+/// only where their modes do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// The order of the training samples in an epoch.
+    Order,
+    /// Random crops and flips of the training samples.
+    Augmentation,
+    /// The model's initial weights (libtorch's generator, seeded before it is built).
+    Initialisation,
+    /// The training pipeline's own draws: the mixing coin and the saliency source of a
+    /// batch.
+    Draws,
+    /// libtorch's global generator during an epoch: what attacks and saliency sources
+    /// draw inside plugins (random starts, noise).
+    Attacks,
+}
+
+impl Purpose {
+    /// A constant per purpose that decorrelates the streams of one seed.
+    fn key(self) -> u64 {
+        match self {
+            Purpose::Order => 0x0D0E_5A17_0000_0001,
+            Purpose::Augmentation => 0x0D0E_5A17_0000_0002,
+            Purpose::Initialisation => 0x0D0E_5A17_0000_0003,
+            Purpose::Draws => 0x0D0E_5A17_0000_0004,
+            Purpose::Attacks => 0x0D0E_5A17_0000_0005,
+        }
+    }
+}
+
+/// A seed for libtorch's global generator (`tch::manual_seed`) from the stream of
+/// `purpose` in `epoch` of a run with `seed`.
+pub fn torch_seed(seed: u64, purpose: Purpose, epoch: u32) -> i64 {
+    (SplitMix::stream(seed, purpose, epoch).next_u64() >> 1) as i64
+}
 
 /// SplitMix64.
 #[derive(Debug, Clone)]
@@ -11,6 +51,11 @@ impl SplitMix {
         let mut g = Self(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03));
         g.next_u64();
         g
+    }
+    /// The stream for `purpose` in `epoch` of a run with `seed`.
+    pub fn stream(seed: u64, purpose: Purpose, epoch: u32) -> Self {
+        let base = Self::new(seed, purpose.key()).next_u64();
+        Self::new(base, epoch as u64)
     }
     /// Next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
@@ -75,5 +120,32 @@ mod tests {
         assert_eq!(p, (0..100).collect::<Vec<i64>>());
         let mut g = SplitMix::new(9, 9);
         assert!((0..1000).all(|_| g.below(7) < 7));
+    }
+
+    #[test]
+    fn every_purpose_and_epoch_has_its_own_stream() {
+        let purposes = [
+            Purpose::Order,
+            Purpose::Augmentation,
+            Purpose::Initialisation,
+            Purpose::Draws,
+            Purpose::Attacks,
+        ];
+        let mut firsts = std::collections::BTreeSet::new();
+        for seed in 0..3 {
+            for p in purposes {
+                for epoch in 0..4 {
+                    let first = SplitMix::stream(seed, p, epoch).next_u64();
+                    assert_eq!(first, SplitMix::stream(seed, p, epoch).next_u64());
+                    firsts.insert(first);
+                }
+            }
+        }
+        assert_eq!(
+            firsts.len(),
+            3 * purposes.len() * 4,
+            "no two streams coincide"
+        );
+        assert!(torch_seed(1, Purpose::Attacks, 2) >= 0);
     }
 }

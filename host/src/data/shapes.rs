@@ -25,6 +25,88 @@ fn inside(class: usize, u: f64, v: f64) -> bool {
     }
 }
 
+/// Paints the background of one `3 × s × s` image: a base colour (returned), noise and
+/// translucent clutter rectangles.
+fn background(img: &mut [f32], s: usize, rng: &mut SplitMix) -> [f64; 3] {
+    let (plane, size) = (s * s, s as f64);
+    let base: [f64; 3] = [
+        rng.range(0.15, 0.85),
+        rng.range(0.15, 0.85),
+        rng.range(0.15, 0.85),
+    ];
+    for c in 0..3 {
+        for p in 0..plane {
+            img[c * plane + p] = (base[c] + rng.range(-0.08, 0.08)) as f32;
+        }
+    }
+    for _ in 0..4 {
+        let (w, h) = (rng.range(0.1, 0.35) * size, rng.range(0.1, 0.35) * size);
+        let (x0, y0) = (rng.range(0.0, size - w), rng.range(0.0, size - h));
+        let colour = [rng.uniform(), rng.uniform(), rng.uniform()];
+        for y in y0 as usize..(y0 + h) as usize {
+            for x in x0 as usize..(x0 + w) as usize {
+                for c in 0..3 {
+                    let v = &mut img[c * plane + y * s + x];
+                    *v = (0.6 * *v as f64 + 0.4 * colour[c]) as f32;
+                }
+            }
+        }
+    }
+    base
+}
+
+/// Paints the object of shape `class` into one image (on a background of colour `base`)
+/// and its mask; returns its box `(x0, y0, x1, y1)`.
+fn object(
+    img: &mut [f32],
+    mask: &mut [f32],
+    class: usize,
+    base: [f64; 3],
+    s: usize,
+    rng: &mut SplitMix,
+) -> [f32; 4] {
+    let (plane, size) = (s * s, s as f64);
+    let radius = rng.range(0.2, 0.34) * size;
+    let cx = rng.range(radius + 1.0, size - radius - 1.0);
+    let cy = rng.range(radius + 1.0, size - radius - 1.0);
+    let mut colour = [rng.uniform(), rng.uniform(), rng.uniform()];
+    let mean = colour.iter().sum::<f64>() / 3.0;
+    let back = base.iter().sum::<f64>() / 3.0;
+    if (mean - back).abs() < 0.25 {
+        // Guarantee contrast: move the colour away from the background's brightness.
+        let shift = if back > 0.5 { -0.45 } else { 0.45 };
+        colour
+            .iter_mut()
+            .for_each(|c| *c = (*c + shift).clamp(0.0, 1.0));
+    }
+    let (angle, freq) = (rng.range(0.0, std::f64::consts::PI), rng.range(0.5, 1.5));
+    let (mut x_min, mut y_min, mut x_max, mut y_max) = (s, s, 0, 0);
+    for y in 0..s {
+        for x in 0..s {
+            let (u, v) = (
+                (x as f64 + 0.5 - cx) / radius,
+                (y as f64 + 0.5 - cy) / radius,
+            );
+            if !inside(class, u, v) {
+                continue;
+            }
+            mask[y * s + x] = 1.0;
+            (x_min, y_min, x_max, y_max) = (x_min.min(x), y_min.min(y), x_max.max(x), y_max.max(y));
+            let stripe =
+                0.85 + 0.15 * (freq * (x as f64 * angle.cos() + y as f64 * angle.sin())).sin();
+            for c in 0..3 {
+                img[c * plane + y * s + x] = (colour[c] * stripe) as f32;
+            }
+        }
+    }
+    [
+        x_min as f32,
+        y_min as f32,
+        (x_max + 1) as f32,
+        (y_max + 1) as f32,
+    ]
+}
+
 /// Generates `count` images of side `size` with `classes` classes (2..=6) from `seed`;
 /// `split` (0 train, 1 test) selects an independent stream.
 pub fn generate(
@@ -56,81 +138,13 @@ pub fn generate(
         let class = rng.below(classes as u64) as usize;
         labels[n] = class as i64;
         let img = &mut images[n * 3 * plane..(n + 1) * 3 * plane];
-        // Background: base colour, noise, translucent clutter rectangles.
-        let base: [f64; 3] = [
-            rng.range(0.15, 0.85),
-            rng.range(0.15, 0.85),
-            rng.range(0.15, 0.85),
-        ];
-        for c in 0..3 {
-            for p in 0..plane {
-                img[c * plane + p] = (base[c] + rng.range(-0.08, 0.08)) as f32;
-            }
-        }
-        for _ in 0..4 {
-            let (w, h) = (
-                rng.range(0.1, 0.35) * size as f64,
-                rng.range(0.1, 0.35) * size as f64,
-            );
-            let (x0, y0) = (
-                rng.range(0.0, size as f64 - w),
-                rng.range(0.0, size as f64 - h),
-            );
-            let colour = [rng.uniform(), rng.uniform(), rng.uniform()];
-            for y in y0 as usize..(y0 + h) as usize {
-                for x in x0 as usize..(x0 + w) as usize {
-                    for c in 0..3 {
-                        let v = &mut img[c * plane + y * s + x];
-                        *v = (0.6 * *v as f64 + 0.4 * colour[c]) as f32;
-                    }
-                }
-            }
-        }
-        // The object.
-        let radius = rng.range(0.2, 0.34) * size as f64;
-        let cx = rng.range(radius + 1.0, size as f64 - radius - 1.0);
-        let cy = rng.range(radius + 1.0, size as f64 - radius - 1.0);
-        let mut colour = [rng.uniform(), rng.uniform(), rng.uniform()];
-        let mean = colour.iter().sum::<f64>() / 3.0;
-        let back = base.iter().sum::<f64>() / 3.0;
-        if (mean - back).abs() < 0.25 {
-            // Guarantee contrast: move the colour away from the background's brightness.
-            let shift = if back > 0.5 { -0.45 } else { 0.45 };
-            colour
-                .iter_mut()
-                .for_each(|c| *c = (*c + shift).clamp(0.0, 1.0));
-        }
-        let (angle, freq) = (rng.range(0.0, std::f64::consts::PI), rng.range(0.5, 1.5));
-        let (mut x_min, mut y_min, mut x_max, mut y_max) = (s, s, 0, 0);
+        let base = background(img, s, &mut rng);
         let mask = &mut masks[n * plane..(n + 1) * plane];
-        for y in 0..s {
-            for x in 0..s {
-                let (u, v) = (
-                    (x as f64 + 0.5 - cx) / radius,
-                    (y as f64 + 0.5 - cy) / radius,
-                );
-                if !inside(class, u, v) {
-                    continue;
-                }
-                mask[y * s + x] = 1.0;
-                (x_min, y_min, x_max, y_max) =
-                    (x_min.min(x), y_min.min(y), x_max.max(x), y_max.max(y));
-                let stripe =
-                    0.85 + 0.15 * (freq * (x as f64 * angle.cos() + y as f64 * angle.sin())).sin();
-                for c in 0..3 {
-                    img[c * plane + y * s + x] = (colour[c] * stripe) as f32;
-                }
-            }
-        }
+        let corners = object(img, mask, class, base, s, &mut rng);
         for v in img.iter_mut() {
             *v = v.clamp(0.0, 1.0);
         }
-        boxes[n * 4..n * 4 + 4].copy_from_slice(&[
-            x_min as f32,
-            y_min as f32,
-            (x_max + 1) as f32,
-            (y_max + 1) as f32,
-        ]);
+        boxes[n * 4..n * 4 + 4].copy_from_slice(&corners);
     }
     let count = count as i64;
     Ok(Dataset {

@@ -264,7 +264,7 @@ mod tests {
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig {
-            cases: crate::data::fuzz_cases(64),
+            cases: crate::fuzz_cases(64),
             ..Default::default()
         })]
         /// Any annotation text: a dataset or an error naming a file, never a panic.

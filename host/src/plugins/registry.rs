@@ -1,6 +1,6 @@
 //! Finding, loading and checking plugin libraries, and creating their components.
+use crate::config::suggest::did_you_mean;
 use crate::config::{ConfigError, ConfigSource};
-use crate::suggest::did_you_mean;
 use abi_stable::library::{lib_header_from_path, LibraryError};
 use abi_stable::std_types::RStr;
 use sat_core::{BuildInfo, ComponentBox, ComponentInfo, ComponentKind, PluginModuleRef, BUILD_INFO};

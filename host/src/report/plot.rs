@@ -1,6 +1,6 @@
 //! `robust_curve.svg`: robust accuracy against ε, one line per attack, clean accuracy at
 //! ε = 0. Plain SVG so any browser shows it and nothing needs a plotting library.
-use crate::report::RobustAccuracy;
+use super::RobustAccuracy;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -14,14 +14,28 @@ const COLOURS: [&str; 6] = [
     "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
 ];
 
+/// Plot coordinates of ε (×1/255) and accuracy, for ε up to `max_eps`.
+#[derive(Clone, Copy)]
+struct Scale {
+    max_eps: f64,
+}
+
+impl Scale {
+    fn x(self, eps255: f64) -> f64 {
+        LEFT + (WIDTH - LEFT - RIGHT) * eps255 / self.max_eps
+    }
+    fn y(self, acc: f64) -> f64 {
+        TOP + (HEIGHT - TOP - BOTTOM) * (1.0 - acc.clamp(0.0, 1.0))
+    }
+}
+
 /// The SVG text of the plot.
 pub fn robust_curve_svg(title: &str, clean: Option<f64>, robust: &[RobustAccuracy]) -> String {
     let max_eps = robust
         .iter()
         .map(|r| r.epsilon * 255.0)
         .fold(1.0f64, f64::max);
-    let x = |eps255: f64| LEFT + (WIDTH - LEFT - RIGHT) * eps255 / max_eps;
-    let y = |acc: f64| TOP + (HEIGHT - TOP - BOTTOM) * (1.0 - acc.clamp(0.0, 1.0));
+    let scale = Scale { max_eps };
     let mut svg = String::new();
     let _ = writeln!(
         svg,
@@ -33,34 +47,7 @@ pub fn robust_curve_svg(title: &str, clean: Option<f64>, robust: &[RobustAccurac
         r#"<text x="{LEFT}" y="18" font-size="14">{}</text>"#,
         escape(title)
     );
-    // Axes, grid and ticks.
-    for i in 0..=5 {
-        let acc = i as f64 / 5.0;
-        let _ = writeln!(
-            svg,
-            r##"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{acc:.1}</text>"##,
-            WIDTH - RIGHT,
-            LEFT - 6.0,
-            y(acc) + 4.0,
-            y = y(acc)
-        );
-    }
-    let ticks = max_eps.ceil() as i64;
-    for t in 0..=ticks {
-        let _ = writeln!(
-            svg,
-            r#"<text x="{:.1}" y="{}" text-anchor="middle">{t}</text>"#,
-            x(t as f64),
-            HEIGHT - BOTTOM + 16.0
-        );
-    }
-    let _ = writeln!(
-        svg,
-        r#"<text x="{:.1}" y="{}" text-anchor="middle">ε (×1/255)</text><text transform="translate(16 {:.1}) rotate(-90)" text-anchor="middle">accuracy</text>"#,
-        x(max_eps / 2.0),
-        HEIGHT - 10.0,
-        y(0.5)
-    );
+    axes(&mut svg, scale);
     // One line per attack (and norm), starting at the clean accuracy.
     let mut lines: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     for r in robust {
@@ -74,37 +61,73 @@ pub fn robust_curve_svg(title: &str, clean: Option<f64>, robust: &[RobustAccurac
             points.push((0.0, c));
         }
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let colour = COLOURS[i % COLOURS.len()];
-        let coords: Vec<String> = points
-            .iter()
-            .map(|&(e, a)| format!("{:.1},{:.1}", x(e), y(a)))
-            .collect();
-        let _ = writeln!(
-            svg,
-            r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
-            coords.join(" ")
-        );
-        for &(e, a) in &points {
-            let _ = writeln!(
-                svg,
-                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{colour}"/>"#,
-                x(e),
-                y(a)
-            );
-        }
-        let ly = TOP + 16.0 * i as f64;
-        let _ = writeln!(
-            svg,
-            r#"<line x1="{}" x2="{}" y1="{ly}" y2="{ly}" stroke="{colour}" stroke-width="2"/><text x="{}" y="{}">{}</text>"#,
-            WIDTH - RIGHT + 10.0,
-            WIDTH - RIGHT + 30.0,
-            WIDTH - RIGHT + 35.0,
-            ly + 4.0,
-            escape(&label)
-        );
+        line(&mut svg, scale, i, &label, &points);
     }
     svg.push_str("</svg>\n");
     svg
+}
+
+/// Grid, ticks and axis labels.
+fn axes(svg: &mut String, scale: Scale) {
+    for i in 0..=5 {
+        let acc = i as f64 / 5.0;
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{acc:.1}</text>"##,
+            WIDTH - RIGHT,
+            LEFT - 6.0,
+            scale.y(acc) + 4.0,
+            y = scale.y(acc)
+        );
+    }
+    let ticks = scale.max_eps.ceil() as i64;
+    for t in 0..=ticks {
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{t}</text>"#,
+            scale.x(t as f64),
+            HEIGHT - BOTTOM + 16.0
+        );
+    }
+    let _ = writeln!(
+        svg,
+        r#"<text x="{:.1}" y="{}" text-anchor="middle">ε (×1/255)</text><text transform="translate(16 {:.1}) rotate(-90)" text-anchor="middle">accuracy</text>"#,
+        scale.x(scale.max_eps / 2.0),
+        HEIGHT - 10.0,
+        scale.y(0.5)
+    );
+}
+
+/// The `i`-th line, through `points` (ε ×1/255, accuracy), with its legend entry.
+fn line(svg: &mut String, scale: Scale, i: usize, label: &str, points: &[(f64, f64)]) {
+    let colour = COLOURS[i % COLOURS.len()];
+    let coords: Vec<String> = points
+        .iter()
+        .map(|&(e, a)| format!("{:.1},{:.1}", scale.x(e), scale.y(a)))
+        .collect();
+    let _ = writeln!(
+        svg,
+        r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
+        coords.join(" ")
+    );
+    for &(e, a) in points {
+        let _ = writeln!(
+            svg,
+            r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{colour}"/>"#,
+            scale.x(e),
+            scale.y(a)
+        );
+    }
+    let ly = TOP + 16.0 * i as f64;
+    let _ = writeln!(
+        svg,
+        r#"<line x1="{}" x2="{}" y1="{ly}" y2="{ly}" stroke="{colour}" stroke-width="2"/><text x="{}" y="{}">{}</text>"#,
+        WIDTH - RIGHT + 10.0,
+        WIDTH - RIGHT + 30.0,
+        WIDTH - RIGHT + 35.0,
+        ly + 4.0,
+        escape(label)
+    );
 }
 
 fn escape(text: &str) -> String {

@@ -1,12 +1,12 @@
 //! How a run combines its plugins: saliency sources (one drawn per batch or per epoch) feeding an
 //! attack that makes the model's inputs.
-use crate::component::{
+use super::component::{
     AttackComponent, Component, ComponentError, ComponentHandle, ObjectiveComponent, Origin,
     SaliencyComponent,
 };
+use super::registry::{Registry, RegistryError};
 use crate::config::{RunConfig, SaliencyDraw};
 use crate::data::{rng::SplitMix, Samples};
-use crate::registry::{Registry, RegistryError};
 use sat_core::{AttackBox, ComponentKind, Epsilon, ObjectiveBox, OracleRef, Phase, SaliencyBox};
 use tch::Tensor;
 

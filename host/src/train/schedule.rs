@@ -1,20 +1,5 @@
 //! Learning-rate schedules, evaluated per optimisation step.
-use serde::{Deserialize, Serialize};
-
-/// `[train] schedule`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum ScheduleKind {
-    /// The base rate throughout.
-    Constant,
-    /// The base rate times `gamma` for every milestone epoch passed.
-    Multistep,
-    /// Cosine annealing from the base rate to 0 over the run, per step.
-    Cosine,
-    /// `torch.optim.lr_scheduler.OneCycleLR` with its defaults: cosine warm-up over the
-    /// first 30 % of steps from `lr / 25` to `lr`, then cosine annealing to `lr / 25e4`.
-    OneCycle,
-}
+use crate::config::ScheduleKind;
 
 /// A schedule over a run of `epochs · steps_per_epoch` steps.
 #[derive(Debug, Clone)]

@@ -1,79 +1,14 @@
-//! The run directory: resolved config, log, metrics (JSON and CSV), checkpoints; every
-//! file is written atomically (temporary file, then rename).
-use serde::{Deserialize, Serialize};
+//! The run directory: resolved config, log, metrics (JSON and CSV), plots and
+//! checkpoints; every file is written atomically (temporary file, then rename).
+pub mod gallery;
+mod metrics;
+mod plot;
+
+pub use metrics::{
+    process_status_mib, resident_mib, EpochMetrics, Metrics, RobustAccuracy, RunStatus,
+};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-/// One epoch's training figures.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct EpochMetrics {
-    /// 1-based epoch.
-    pub epoch: u32,
-    /// Mean training loss.
-    pub train_loss: f64,
-    /// Training accuracy on the (perturbed) training inputs.
-    pub train_accuracy: f64,
-    /// Training throughput.
-    pub images_per_sec: f64,
-    /// Wall time of the epoch.
-    pub seconds: f64,
-    /// Resident memory of the process at the end of the epoch, MiB (Linux; 0 elsewhere).
-    #[serde(default)]
-    pub rss_mib: f64,
-}
-
-/// The process's resident set size in MiB (0 if unavailable).
-pub fn resident_mib() -> f64 {
-    process_status_mib("VmRSS")
-}
-
-/// A `kB` field of `/proc/self/status` (`VmRSS`, `VmHWM`, …) in MiB; 0 if unavailable.
-pub fn process_status_mib(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-/// Robust accuracy under one attack at one budget.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct RobustAccuracy {
-    /// Attack component.
-    pub attack: String,
-    /// `"linf"` or `"l2"`.
-    pub norm: String,
-    /// Budget.
-    pub epsilon: f64,
-    /// Gradient steps.
-    pub steps: u32,
-    /// Accuracy on the attacked test images.
-    pub accuracy: f64,
-}
-
-/// `metrics.json`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Metrics {
-    /// `"running"`, `"completed"`, `"interrupted"` or `"failed"`.
-    pub status: String,
-    /// Clean test accuracy.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub clean_accuracy: Option<f64>,
-    /// Robust accuracies.
-    pub robust_accuracy: Vec<RobustAccuracy>,
-    /// Mean Etmann alignment on the test set, when computed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub alignment: Option<f64>,
-    /// Per-epoch figures.
-    pub epochs: Vec<EpochMetrics>,
-    /// Why the run failed, when it did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced,
 /// then renamed over the target.
@@ -159,11 +94,8 @@ impl RunDir {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let svg = crate::plot::robust_curve_svg(
-                &title,
-                metrics.clean_accuracy,
-                &metrics.robust_accuracy,
-            );
+            let svg =
+                plot::robust_curve_svg(&title, metrics.clean_accuracy, &metrics.robust_accuracy);
             write_atomic(&self.file("robust_curve.svg"), svg.as_bytes())?;
         }
         Ok(())
@@ -182,7 +114,7 @@ mod tests {
         assert_ne!(a.path, b.path);
         assert!(b.path.ends_with("x-2"));
         let m = Metrics {
-            status: "completed".into(),
+            status: RunStatus::Completed,
             clean_accuracy: Some(0.5),
             robust_accuracy: vec![RobustAccuracy {
                 attack: "pgd".into(),
@@ -199,6 +131,7 @@ mod tests {
                 images_per_sec: 10.0,
                 seconds: 2.0,
                 rss_mib: 100.0,
+                data_digest: Some("00112233445566ff".into()),
             }],
             error: None,
         };

@@ -196,19 +196,36 @@ impl Optimizer {
         let _ = self.flat.grads.zero_();
     }
 
-    /// Clears the parameters' gradients, back-propagates `loss` and takes one step at
-    /// learning rate `lr`.
-    pub fn backward_step(&mut self, loss: &Tensor, lr: f64) {
+    /// Clears the gradients and back-propagates `loss`, multiplied by the loss scale of
+    /// `scaler` when there is one (mixed precision). Afterwards
+    /// [`Optimizer::flat_gradient`] holds this process's gradients (scaled with a
+    /// scaler); [`Optimizer::apply`] then takes the step.
+    pub fn backward(&mut self, loss: &Tensor, scaler: Option<&LossScale>) {
         self.zero_grad();
-        loss.backward();
-        self.step(lr);
+        match scaler {
+            Some(scaler) => (loss * scaler.scale).backward(),
+            None => loss.backward(),
+        }
     }
 
-    /// [`Optimizer::backward_step`] with dynamic loss scaling; returns whether the step
-    /// was taken (it is skipped, and the scale halved, when a gradient is not finite).
-    pub fn scaled_backward_step(&mut self, loss: &Tensor, lr: f64, scaler: &mut LossScale) -> bool {
-        self.zero_grad();
-        (loss * scaler.scale).backward();
+    /// The gradients of all trainable parameters as one flat tensor (each parameter's
+    /// gradient is a view of it, in the order of the sorted parameter names): what a
+    /// data-parallel driver reduces in place between [`Optimizer::backward`] and
+    /// [`Optimizer::apply`].
+    pub fn flat_gradient(&self) -> &Tensor {
+        &self.flat.grads
+    }
+
+    /// One update at learning rate `lr` from the current gradients. With `scaler` (mixed
+    /// precision) the gradients are those of the scaled loss: a step whose gradients are
+    /// not all finite is skipped and halves the scale; otherwise they are divided by the
+    /// scale before the update, and 2000 such steps in a row double it. Returns whether
+    /// the step was taken.
+    pub fn apply(&mut self, lr: f64, scaler: Option<&mut LossScale>) -> bool {
+        let Some(scaler) = scaler else {
+            self.step(lr);
+            return true;
+        };
         let finite =
             tch::no_grad(|| bool::try_from(self.flat.grads.isfinite().all())).unwrap_or(false);
         if !finite {
@@ -232,19 +249,21 @@ impl Optimizer {
         true
     }
 
-    /// [`Optimizer::scaled_backward_step`] with `scaler` (mixed precision), else
-    /// [`Optimizer::backward_step`].
-    pub fn backward_step_with(&mut self, loss: &Tensor, lr: f64, scaler: Option<&mut LossScale>) {
-        match scaler {
-            Some(scaler) => {
-                self.scaled_backward_step(loss, lr, scaler);
-            }
-            None => self.backward_step(loss, lr),
-        }
+    /// [`Optimizer::backward`] and [`Optimizer::apply`] without loss scaling.
+    pub fn backward_step(&mut self, loss: &Tensor, lr: f64) {
+        self.backward(loss, None);
+        self.apply(lr, None);
     }
 
-    /// One update at learning rate `lr` from the parameters' current gradients.
-    pub fn step(&mut self, lr: f64) {
+    /// [`Optimizer::backward`] and [`Optimizer::apply`] with dynamic loss scaling;
+    /// returns whether the step was taken.
+    pub fn scaled_backward_step(&mut self, loss: &Tensor, lr: f64, scaler: &mut LossScale) -> bool {
+        self.backward(loss, Some(scaler));
+        self.apply(lr, Some(scaler))
+    }
+
+    /// One update at learning rate `lr` from the parameters' current (unscaled) gradients.
+    fn step(&mut self, lr: f64) {
         self.steps += 1;
         let t = self.steps;
         let p = &mut self.flat.params;

@@ -1,9 +1,9 @@
 //! Clean and robust accuracy of a trained model.
 use crate::config::RunConfig;
 use crate::data::{rng::SplitMix, Dataset};
-use crate::oracle::ModelOracle;
-use crate::pipeline::{create_eval_attack, Pipeline};
-use crate::registry::Registry;
+use crate::plugins::oracle::ModelOracle;
+use crate::plugins::pipeline::{create_eval_attack, Pipeline};
+use crate::plugins::registry::Registry;
 use crate::report::RobustAccuracy;
 use anyhow::Context;
 use sat_core::{OracleAdapter, Phase};

@@ -1,16 +1,10 @@
-//! `sat-host saliency`: a PNG gallery of what each saliency source produces — per
-//! sample the image, the map, the map over the image, and the SAT-perturbed image
-//! `clip(x − ε·S)` — so a person can look at the maps.
-use crate::config::RunConfig;
-use crate::data::Dataset;
-use crate::oracle::ModelOracle;
-use crate::pipeline::create_saliency;
-use crate::registry::Registry;
+//! The pictures of `sat-host saliency`: per sample the image, the map, the map over the
+//! image, and the SAT-perturbed image `clip(x − ε·S)`, so a person can look at the
+//! maps; and `gallery.json`, which lists them.
 use anyhow::Context;
 use image::{Rgb, RgbImage};
-use sat_core::{OracleAdapter, Phase};
-use std::path::{Path, PathBuf};
-use tch::{nn::ModuleT, Device, Kind, Tensor};
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
 
 /// Cell magnification of the gallery pictures.
 const ZOOM: u32 = 4;
@@ -78,64 +72,49 @@ fn render(images: &Tensor, maps: &Tensor, perturbed: &Tensor) -> RgbImage {
     out
 }
 
-/// Writes `<out>/<source>.png` for every source in `sources` on `samples` test images
-/// spread over `test`, and `<out>/gallery.json` listing them. Returns the files.
-#[allow(clippy::too_many_arguments)]
-pub fn write(
-    config: &RunConfig,
-    registry: &Registry,
-    model: &dyn ModuleT,
-    test: &Dataset,
-    sources: &[String],
-    samples: i64,
-    epsilon: f64,
+/// Writes the gallery of `maps` over `images` with the perturbed images `perturbed` to
+/// `file` (PNG, atomically).
+pub fn write_png(
+    file: &Path,
+    images: &Tensor,
+    maps: &Tensor,
+    perturbed: &Tensor,
+) -> anyhow::Result<()> {
+    let tmp = super::temporary_sibling(file);
+    render(images, maps, perturbed)
+        .save_with_format(&tmp, image::ImageFormat::Png)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, file).with_context(|| format!("moving {} into place", file.display()))
+}
+
+/// What `gallery.json` says about one source's picture.
+pub fn entry(source: &str, file: &Path, maps: &Tensor) -> serde_json::Value {
+    serde_json::json!({
+        "source": source,
+        "file": file.file_name().map(|f| f.to_string_lossy().into_owned()),
+        "map_min": maps.min().double_value(&[]),
+        "map_max": maps.max().double_value(&[]),
+        "map_channels": maps.size()[1],
+    })
+}
+
+/// Writes `<out>/gallery.json`: the columns, the budget, the number of samples and the
+/// `entries` of the sources.
+pub fn write_listing(
     out: &Path,
-    device: Device,
-) -> anyhow::Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let n = samples.clamp(1, test.len());
-    let index = test.spread_batches(n as usize, n as usize).remove(0);
-    let data = test.select(&index).to(device);
-    let adapter = OracleAdapter(ModelOracle {
-        model,
-        classes: test.num_classes() as u32,
-    });
-    let oracle = adapter.as_ref();
-    let batch = data.batch(config.train.epochs, config.train.epochs, Phase::Evaluation);
-    let mut written = Vec::new();
-    let mut listing = Vec::new();
-    for name in sources {
-        let mut source = create_saliency(registry, config, name)?;
-        let map = source.saliency(&batch, &oracle)?;
-        let perturbed = (&data.images - &map * epsilon).clamp(0.0, 1.0);
-        let picture = render(&data.images, &map, &perturbed);
-        let file = out.join(format!("{}.png", name.replace(['/', '\\'], "_")));
-        let tmp = crate::report::temporary_sibling(&file);
-        picture
-            .save_with_format(&tmp, image::ImageFormat::Png)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &file)?;
-        log::info!("{name}: {}", file.display());
-        listing.push(serde_json::json!({
-            "source": name,
-            "file": file.file_name().map(|f| f.to_string_lossy().into_owned()),
-            "map_min": map.min().double_value(&[]),
-            "map_max": map.max().double_value(&[]),
-            "map_channels": map.size()[1],
-        }));
-        written.push(file);
-    }
+    epsilon: f64,
+    samples: i64,
+    entries: Vec<serde_json::Value>,
+) -> anyhow::Result<()> {
     let index = serde_json::json!({
         "columns": ["image", "map (blue -1, white 0, red +1)", "overlay", "perturbed x - eps*S"],
         "epsilon": epsilon,
-        "samples": n,
-        "sources": listing,
+        "samples": samples,
+        "sources": entries,
     });
-    crate::report::write_atomic(
-        &out.join("gallery.json"),
-        serde_json::to_string_pretty(&index)?.as_bytes(),
-    )?;
-    Ok(written)
+    let file = out.join("gallery.json");
+    super::write_atomic(&file, serde_json::to_string_pretty(&index)?.as_bytes())
+        .with_context(|| format!("writing {}", file.display()))
 }
 
 #[cfg(test)]

@@ -1,0 +1,335 @@
+//! `sat-host bench`: training-step and evaluation throughput per training mode and
+//! model, with the process's peak memory per row, as JSON and a Markdown table. The
+//! training rows time the one [`TrainingStep`] that `run` uses.
+//! `bench/pytorch_bench.py` measures the same rows in PyTorch eager for the ratio.
+use super::{prepare, ConfigArgs, GlobalArgs};
+use crate::config::{LossKind, RunConfig};
+use crate::data::{rng::SplitMix, shapes, Dataset};
+use crate::plugins::oracle::ModelOracle;
+use crate::plugins::pipeline::{create_attack, Pipeline};
+use crate::plugins::registry::Registry;
+use crate::report::write_atomic;
+use crate::train::step::{StepAt, TrainingStep};
+use crate::train::{build_network, checkpoint::save_checkpoint, mixed_precision, Network};
+use anyhow::Context;
+use clap::Args;
+use sat_core::{OracleAdapter, Phase};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// `sat-host bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// The configuration and overrides.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Architectures, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "small-cnn,preact-resnet18"
+    )]
+    pub models: Vec<String>,
+    /// Rows, comma-separated (default: all).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "standard,sat-masks,sat-gradient,fgsm-rs,pgd-7,trades-10,eval-pgd-20,eval-apgd-ce"
+    )]
+    pub rows: Vec<String>,
+    /// Batch size.
+    #[arg(long, default_value_t = 128)]
+    pub batch: i64,
+    /// Untimed steps per row.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Timed steps per row.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Write the rows as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+/// Measures the rows and prints them as a Markdown table.
+pub fn run(global: &GlobalArgs, args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let (config, registry) = prepare(global, &args.config, &[])?;
+    let device = crate::device::open(&config)?;
+    let plan = Plan {
+        models: args.models.clone(),
+        rows: args.rows.clone(),
+        batch: args.batch,
+        warmup: args.warmup,
+        steps: args.steps.max(1),
+    };
+    log::info!(
+        "bench on {device:?}, {} libtorch threads, batch {}",
+        tch::get_num_threads(),
+        plan.batch
+    );
+    let rows = measure(&config, &registry, &plan, device)?;
+    if let Some(path) = &args.json {
+        write_atomic(path, serde_json::to_string_pretty(&rows)?.as_bytes())?;
+    }
+    print!("{}", markdown(&rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One measured row.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// Model architecture.
+    pub model: String,
+    /// What is measured: a training mode, or `eval <attack>`.
+    pub row: String,
+    /// Images per second over the timed steps.
+    pub images_per_sec: f64,
+    /// Seconds per step (one batch).
+    pub seconds_per_step: f64,
+    /// Peak resident memory of the process during the row, MiB (Linux).
+    pub peak_rss_mib: f64,
+    /// The device, as libtorch names it (`Cpu`, `Cuda(0)`).
+    pub device: String,
+    /// Training forward passes under float16 autocast with loss scaling (CUDA only).
+    pub amp: bool,
+    /// Batch size.
+    pub batch: i64,
+    /// cuDNN benchmark mode (CUDA only).
+    pub cudnn_benchmark: bool,
+}
+
+/// What to measure.
+pub struct Plan {
+    /// Architectures (`[model] arch`), each at `[model] width`.
+    pub models: Vec<String>,
+    /// Rows (names from [`ROWS`]).
+    pub rows: Vec<String>,
+    /// Batch size.
+    pub batch: i64,
+    /// Untimed steps first.
+    pub warmup: usize,
+    /// Timed steps.
+    pub steps: usize,
+}
+
+/// The rows `sat-host bench` knows: `(name, saliency, attack, loss, component settings)`.
+pub const ROWS: [RowSpec; 8] = [
+    ("standard", "", "", LossKind::Ce, ""),
+    ("sat-masks", "masks", "sat", LossKind::Ce, ""),
+    ("sat-gradient", "guided-backprop", "sat", LossKind::Ce, ""),
+    ("fgsm-rs", "", "fgsm-rs", LossKind::Ce, ""),
+    ("pgd-7", "", "pgd", LossKind::Ce, "steps = 7"),
+    ("trades-10", "", "trades", LossKind::Trades, "steps = 10"),
+    ("eval-pgd-20", "", "pgd", LossKind::Ce, "steps = 20"),
+    ("eval-apgd-ce", "", "apgd-ce", LossKind::Ce, "steps = 20"),
+];
+
+/// Resets the kernel's peak-RSS counter of this process (Linux `clear_refs` 5).
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident memory since the last reset, MiB.
+fn peak_mib() -> f64 {
+    crate::report::process_status_mib("VmHWM")
+}
+
+/// A row of [`ROWS`]: `(name, saliency, attack, loss, component settings)`.
+type RowSpec = (
+    &'static str,
+    &'static str,
+    &'static str,
+    LossKind,
+    &'static str,
+);
+
+/// Measures every (model, row) of `plan`.
+pub fn measure(
+    base: &RunConfig,
+    registry: &Registry,
+    plan: &Plan,
+    device: Device,
+) -> anyhow::Result<Vec<Row>> {
+    let classes = 6;
+    let count = plan.batch as usize * (plan.warmup + plan.steps);
+    let data = shapes::generate(count, 32, classes, base.seed, 0).map_err(anyhow::Error::msg)?;
+    let bench = Bench {
+        base,
+        registry,
+        plan,
+        device,
+        data,
+        classes,
+        teacher_dir: tempfile_dir()?,
+    };
+    let mut out = Vec::new();
+    for arch in &plan.models {
+        for name in &plan.rows {
+            let Some(spec) = ROWS.iter().find(|r| r.0 == name.as_str()) else {
+                anyhow::bail!(
+                    "unknown bench row `{name}`; rows: {}",
+                    ROWS.map(|r| r.0).join(", ")
+                );
+            };
+            out.push(bench.row(arch, spec)?);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&bench.teacher_dir);
+    Ok(out)
+}
+
+/// What every row shares.
+struct Bench<'a> {
+    base: &'a RunConfig,
+    registry: &'a Registry,
+    plan: &'a Plan,
+    device: Device,
+    data: Dataset,
+    classes: i64,
+    teacher_dir: PathBuf,
+}
+
+impl Bench<'_> {
+    /// The config of row `spec` for `arch`, and its network.
+    fn setup(&self, arch: &str, spec: &RowSpec) -> anyhow::Result<(RunConfig, Network)> {
+        let &(_, saliency, attack, loss, settings) = spec;
+        let mut config = self.base.clone();
+        config.model.arch = arch.to_string();
+        config.data.image_size = 32;
+        config.train.saliency = if saliency.is_empty() {
+            Vec::new()
+        } else {
+            vec![saliency.to_string()]
+        };
+        config.train.attack = String::new();
+        config.train.mix = String::new();
+        config.train.loss = loss;
+        let net = build_network(&config, self.classes, self.device)?;
+        if saliency == "guided-backprop" {
+            // The teacher: a model of the same architecture (its weights do not
+            // change the cost).
+            let path = self.teacher_dir.join(format!("{arch}.safetensors"));
+            save_checkpoint(&net.vs, &path)?;
+            let mut table = toml::Table::new();
+            table.insert("teacher".into(), path.display().to_string().into());
+            table.insert("arch".into(), arch.into());
+            table.insert("width".into(), config.model.width.into());
+            config.components.insert(saliency.into(), table);
+        }
+        if !attack.is_empty() {
+            let table: toml::Table = toml::from_str(settings).context("row settings")?;
+            config.components.insert(attack.into(), table);
+        }
+        Ok((config, net))
+    }
+
+    /// Measures row `spec` for `arch`.
+    fn row(&self, arch: &str, spec: &RowSpec) -> anyhow::Result<Row> {
+        let (config, net) = self.setup(arch, spec)?;
+        let (row, attack) = (spec.0, spec.2);
+        let attack_component = if attack.is_empty() {
+            None
+        } else {
+            Some(create_attack(self.registry, &config, attack)?)
+        };
+        let mut pipeline = Pipeline::new(self.registry, &config, attack_component)?;
+        let amp = mixed_precision(&self.base.train, self.device);
+        let mut step = TrainingStep::single_process(&net.vs, &config.train, amp);
+        let adapter = OracleAdapter(ModelOracle {
+            model: net.model.as_ref(),
+            classes: self.classes as u32,
+        });
+        let oracle = adapter.as_ref();
+        let mut rng = SplitMix::new(self.base.seed, 7);
+        let eval_row = row.starts_with("eval-");
+        let (plan, device) = (self.plan, self.device);
+        reset_peak();
+        let mut timed = 0.0;
+        for i in 0..plan.warmup + plan.steps {
+            let index = Tensor::arange_start(
+                i as i64 * plan.batch,
+                (i as i64 + 1) * plan.batch,
+                (Kind::Int64, Device::Cpu),
+            );
+            let samples = self.data.select(&index).to(device);
+            synchronize(device);
+            let start = Instant::now();
+            if eval_row {
+                let inputs =
+                    pipeline.inputs(&samples, 0, 1, Phase::Evaluation, &oracle, &mut rng)?;
+                let _ = tch::no_grad(|| net.model.forward_t(&inputs, false))
+                    .argmax(-1, false)
+                    .sum(Kind::Int64)
+                    .int64_value(&[]);
+            } else {
+                let at = StepAt {
+                    epoch: 0,
+                    epochs: 1,
+                    global_step: i as u64,
+                    lr: config.train.lr,
+                };
+                step.run(
+                    net.model.as_ref(),
+                    &mut pipeline,
+                    &samples,
+                    at,
+                    &oracle,
+                    &mut rng,
+                )?;
+            }
+            synchronize(device);
+            if i >= plan.warmup {
+                timed += start.elapsed().as_secs_f64();
+            }
+        }
+        let r = Row {
+            model: arch.to_string(),
+            row: row.into(),
+            images_per_sec: (plan.steps as i64 * plan.batch) as f64 / timed,
+            seconds_per_step: timed / plan.steps as f64,
+            peak_rss_mib: peak_mib(),
+            device: format!("{device:?}"),
+            amp,
+            batch: plan.batch,
+            cudnn_benchmark: device.is_cuda() && self.base.cudnn_benchmark,
+        };
+        log::info!(
+            "{} {}: {:.1} images/s, {:.3} s/step, peak RSS {:.0} MiB",
+            r.model,
+            r.row,
+            r.images_per_sec,
+            r.seconds_per_step,
+            r.peak_rss_mib
+        );
+        Ok(r)
+    }
+}
+
+/// Waits for the CUDA device's queued work (nothing on the CPU).
+fn synchronize(device: Device) {
+    if let Device::Cuda(index) = device {
+        tch::Cuda::synchronize(index as i64);
+    }
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("sat-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// The rows as a Markdown table.
+pub fn markdown(rows: &[Row]) -> String {
+    let mut s =
+        String::from("| model | row | images/s | s/step | peak RSS MiB |\n|---|---|---|---|---|\n");
+    for r in rows {
+        s += &format!(
+            "| {} | {} | {:.1} | {:.3} | {:.0} |\n",
+            r.model, r.row, r.images_per_sec, r.seconds_per_step, r.peak_rss_mib
+        );
+    }
+    s
+}

@@ -1,0 +1,134 @@
+//! `sat-host eval`: clean and robust accuracy of a trained model, written to
+//! `metrics.json` and `robust_curve.csv` beside any training figures already there.
+use super::{prepare, print_summary, set, set_list, ConfigArgs, GlobalArgs};
+use crate::config::{Override, RunConfig};
+use crate::report::{Metrics, RunDir, RunStatus};
+use crate::train::{build_network, checkpoint::load_weights, load_datasets};
+use anyhow::bail;
+use clap::Args;
+use sat_core::Epsilon;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// `sat-host eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// A run directory: its config.toml and checkpoint.safetensors; results go there.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["checkpoint"])]
+    pub run: Option<PathBuf>,
+    /// The configuration and overrides.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Checkpoint to evaluate (with --config).
+    #[arg(long, value_name = "FILE", requires = "config")]
+    pub checkpoint: Option<PathBuf>,
+    /// Attack(s) to evaluate with (repeatable; replaces `[eval] attacks`).
+    #[arg(long = "attack", value_name = "NAME")]
+    pub attacks: Vec<String>,
+    /// Budgets, comma-separated, e.g. `1/255,2/255,8/255` (replaces `[eval] epsilons`).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = Epsilon::parse)]
+    pub eps: Vec<Epsilon>,
+    /// Where to write metrics.json and robust_curve.csv (default: the run directory or
+    /// the checkpoint's directory).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// What to evaluate: config, checkpoint (none for a TorchScript model) and the default
+/// output directory.
+struct Target {
+    config: ConfigArgs,
+    checkpoint: Option<PathBuf>,
+    out: Option<PathBuf>,
+}
+
+impl EvalArgs {
+    fn target(&self) -> anyhow::Result<Target> {
+        Ok(match (&self.run, &self.checkpoint) {
+            (Some(dir), _) => Target {
+                config: ConfigArgs {
+                    config: Some(dir.join("config.toml")),
+                    sets: self.config.sets.clone(),
+                },
+                checkpoint: Some(dir.join("checkpoint.safetensors")),
+                out: Some(dir.clone()),
+            },
+            (None, Some(ckpt)) => Target {
+                config: self.config.clone(),
+                checkpoint: Some(ckpt.clone()),
+                out: Some(
+                    ckpt.parent()
+                        .map(Path::to_path_buf)
+                        .unwrap_or_else(|| PathBuf::from(".")),
+                ),
+            },
+            (None, None) if self.config.config.is_some() => Target {
+                config: self.config.clone(),
+                checkpoint: None,
+                out: None,
+            },
+            (None, None) => bail!(
+                "eval needs --run DIR, --config FILE with --checkpoint FILE, or a --config whose [model] names a torchscript file"
+            ),
+        })
+    }
+
+    /// `--attack` and `--eps` as overrides.
+    fn overrides(&self) -> Vec<Override> {
+        let mut extra: Vec<Override> = set_list("eval.attacks", &self.attacks)
+            .into_iter()
+            .collect();
+        if !self.eps.is_empty() {
+            let list = self.eps.iter().map(|e| toml::Value::Float(e.0)).collect();
+            extra.push(set("eval.epsilons", toml::Value::Array(list)));
+        }
+        extra
+    }
+}
+
+/// Evaluates and records the figures.
+pub fn run(global: &GlobalArgs, args: &EvalArgs) -> anyhow::Result<ExitCode> {
+    let target = args.target()?;
+    let (config, registry) = prepare(global, &target.config, &args.overrides())?;
+    let device = crate::device::open(&config)?;
+    let (_, test) = load_datasets(&config)?;
+    let mut net = build_network(&config, test.num_classes(), device)?;
+    match (&target.checkpoint, &config.model.torchscript) {
+        (Some(_), Some(ts)) => bail!(
+            "[model] torchscript = {} holds its own weights; evaluate it with --config alone, without a checkpoint",
+            ts.display()
+        ),
+        (Some(checkpoint), None) => load_weights(&mut net.vs, checkpoint)?,
+        (None, Some(ts)) => log::info!("evaluating TorchScript model {}", ts.display()),
+        (None, None) => bail!(
+            "eval --config without --checkpoint needs a [model] torchscript file; pass --checkpoint FILE"
+        ),
+    }
+    let evaluation = crate::eval::evaluate(net.model.as_ref(), &test, &config, &registry, device)?;
+    let out = output_dir(args, target.out, &config);
+    std::fs::create_dir_all(&out.path)?;
+    let mut metrics: Metrics = std::fs::read_to_string(out.file("metrics.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_else(|| Metrics {
+            status: RunStatus::Evaluated,
+            ..Default::default()
+        });
+    metrics.clean_accuracy = Some(evaluation.clean);
+    metrics.robust_accuracy = evaluation.robust;
+    metrics.alignment = evaluation.alignment;
+    out.write_metrics(&metrics)?;
+    print_summary(&metrics, &out.path);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--out`, else the run's or checkpoint's directory, else `<runs_dir>/<name>-eval`.
+fn output_dir(args: &EvalArgs, default: Option<PathBuf>, config: &RunConfig) -> RunDir {
+    RunDir {
+        path: args
+            .out
+            .clone()
+            .or(default)
+            .unwrap_or_else(|| config.runs_dir.join(format!("{}-eval", config.name))),
+    }
+}

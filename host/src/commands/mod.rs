@@ -1,0 +1,184 @@
+//! The subcommands of `sat-host`, one module each, each owning its arguments; and what
+//! they share: the global options, loading the configuration and the plugins, and the
+//! exit code of an error.
+pub mod bench;
+pub mod eval;
+pub mod plugins;
+pub mod run;
+pub mod saliency;
+
+use crate::config::{self, ConfigSource, Override, RunConfig};
+use crate::plugins::registry::{Registry, SearchPaths};
+use crate::train::fault;
+use clap::{Args, Parser, Subcommand};
+use sat_core::ComponentKind;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Saliency-guided adversarial training on libtorch, with plugin saliency sources and attacks.
+#[derive(Parser, Debug)]
+#[command(name = "sat-host", version, about)]
+pub struct Cli {
+    /// Options of every subcommand.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options of every subcommand.
+#[derive(Args, Debug)]
+pub struct GlobalArgs {
+    /// Also load every plugin library in DIR (repeatable).
+    #[arg(long = "plugin-dir", value_name = "DIR", global = true)]
+    pub plugin_dirs: Vec<PathBuf>,
+    /// Load plugins even from world-writable directories.
+    #[arg(long, global = true)]
+    pub allow_insecure_plugins: bool,
+    /// More log output (-v debug, -vv trace); SAT_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List the components of the loaded plugin libraries.
+    Plugins(plugins::PluginsArgs),
+    /// Train (and then evaluate) a model.
+    Run(run::RunArgs),
+    /// Evaluate a trained model: clean and robust accuracy.
+    Eval(eval::EvalArgs),
+    /// Write a PNG gallery of the maps of saliency sources (image, map, overlay,
+    /// perturbed image) on test images.
+    Saliency(saliency::SaliencyArgs),
+    /// Measure training-step and evaluation throughput (images/s, peak memory) per
+    /// training mode and model on generated 32×32 data.
+    Bench(bench::BenchArgs),
+}
+
+/// The configuration file and its `--set` overrides.
+#[derive(Args, Debug, Clone)]
+pub struct ConfigArgs {
+    /// The run configuration (TOML).
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Override a key of the configuration, e.g. `--set train.epochs=3` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = Override::parse)]
+    pub sets: Vec<Override>,
+}
+
+/// Runs the subcommand of `cli`.
+pub fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Plugins(args) => plugins::run(&cli.global, args),
+        Command::Run(args) => run::run(&cli.global, args),
+        Command::Eval(args) => eval::run(&cli.global, args),
+        Command::Saliency(args) => saliency::run(&cli.global, args),
+        Command::Bench(args) => bench::run(&cli.global, args),
+    }
+}
+
+/// The exit code of a command that ended with `error`: 1, or
+/// [`fault::PANIC_EXIT_CODE`] for a panic in the host.
+pub fn exit_code(error: &anyhow::Error) -> ExitCode {
+    if fault::is_panic(error) {
+        ExitCode::from(fault::PANIC_EXIT_CODE)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The override `key = value` (`key` dotted).
+fn set(key: &str, value: toml::Value) -> Override {
+    Override {
+        key: key.split('.').map(str::to_owned).collect(),
+        value,
+    }
+}
+
+/// The override `key = [names…]`, or none without names.
+fn set_list(key: &str, names: &[String]) -> Option<Override> {
+    let list = names.iter().cloned().map(toml::Value::String).collect();
+    (!names.is_empty()).then(|| set(key, toml::Value::Array(list)))
+}
+
+/// Loads the libraries on the standard paths, `--plugin-dir`, `SAT_PLUGIN_PATH` and
+/// `config_paths`.
+fn load_registry(global: &GlobalArgs, config_paths: &[PathBuf]) -> anyhow::Result<Registry> {
+    let paths = SearchPaths::new(
+        &global.plugin_dirs,
+        config_paths,
+        global.allow_insecure_plugins,
+    );
+    let registry = Registry::discover(&paths)?;
+    if registry.libraries.is_empty() {
+        log::warn!("no plugin libraries found (looked next to the binary, in --plugin-dir, SAT_PLUGIN_PATH and [plugins] paths)");
+    }
+    Ok(registry)
+}
+
+/// Loads the config (with `extra` overrides after the command line's) and the plugins,
+/// and checks every component the config names.
+fn prepare(
+    global: &GlobalArgs,
+    args: &ConfigArgs,
+    extra: &[Override],
+) -> anyhow::Result<(RunConfig, Registry)> {
+    let mut sets = args.sets.clone();
+    sets.extend(extra.iter().cloned());
+    let (config, source) = config::load(args.config.as_deref(), &sets)?;
+    let registry = load_registry(global, &config.plugins.paths)?;
+    check_names(&config, &source, &registry)?;
+    Ok((config, registry))
+}
+
+fn check_names(
+    config: &RunConfig,
+    source: &ConfigSource,
+    registry: &Registry,
+) -> anyhow::Result<()> {
+    registry.check_component_tables(&config.components, source, "components")?;
+    registry.check_component_tables(&config.eval.components, source, "eval.components")?;
+    let check = |name: &str, kind: ComponentKind, path: &[&str]| -> anyhow::Result<()> {
+        registry
+            .find(name, kind)
+            .map(drop)
+            .map_err(|e| source.error_at(path, e.to_string()).into())
+    };
+    for name in &config.train.saliency {
+        check(name, ComponentKind::Saliency, &["train", "saliency"])?;
+    }
+    if !config.train.attack.is_empty() {
+        check(
+            &config.train.attack,
+            ComponentKind::Attack,
+            &["train", "attack"],
+        )?;
+    }
+    for name in &config.eval.attacks {
+        check(name, ComponentKind::Attack, &["eval", "attacks"])?;
+    }
+    Ok(())
+}
+
+/// Prints the evaluation figures of `metrics` and where they are.
+fn print_summary(metrics: &crate::report::Metrics, dir: &std::path::Path) {
+    println!("results in {}", dir.display());
+    if let Some(clean) = metrics.clean_accuracy {
+        println!("  clean accuracy        {clean:.4}");
+    }
+    if let Some(a) = metrics.alignment {
+        println!("  alignment             {a:.4}");
+    }
+    for r in &metrics.robust_accuracy {
+        println!(
+            "  {:<8} {:<4} eps {:<7} {:.4}",
+            r.attack,
+            r.norm,
+            sat_core::Epsilon(r.epsilon).to_string(),
+            r.accuracy
+        );
+    }
+}

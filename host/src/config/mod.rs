@@ -1,0 +1,336 @@
+//! Run configuration: the schema (plain serde structs whose `Default` is the one source
+//! of defaults), and in [`load`] the TOML file and `--set key=value` overrides, with
+//! errors that name the file, line, column and key. The configuration imports no other
+//! host module: every type a key takes is defined here.
+mod load;
+pub mod suggest;
+
+pub use load::{load, ConfigError, ConfigSource, Location, Override};
+use sat_core::Epsilon;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Everything a run needs. Every section and key has a default.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Name of the run; its directory is `<runs_dir>/<name>`.
+    pub name: String,
+    /// The one seed behind data generation and order, augmentation, initialisation and attacks.
+    pub seed: u64,
+    /// `"auto"` (CUDA when present), `"cpu"`, `"cuda"` or `"cuda:N"`.
+    pub device: String,
+    /// cuDNN benchmark mode on CUDA: cuDNN times its convolution algorithms on the
+    /// first batch of each shape and keeps the fastest (faster steps; run-to-run results
+    /// are not bitwise identical). Ignored on the CPU.
+    pub cudnn_benchmark: bool,
+    /// Where run directories are made (relative to the working directory).
+    pub runs_dir: PathBuf,
+    /// Extra plugin libraries.
+    pub plugins: PluginsConfig,
+    /// The dataset.
+    pub data: DataConfig,
+    /// The model.
+    pub model: ModelConfig,
+    /// Training.
+    pub train: TrainConfig,
+    /// Evaluation after training.
+    pub eval: EvalConfig,
+    /// Per-component configuration tables, `[components.<name>]`.
+    pub components: BTreeMap<String, toml::Table>,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            name: "run".into(),
+            seed: 0,
+            device: "auto".into(),
+            cudnn_benchmark: true,
+            runs_dir: PathBuf::from("runs"),
+            plugins: PluginsConfig::default(),
+            data: DataConfig::default(),
+            model: ModelConfig::default(),
+            train: TrainConfig::default(),
+            eval: EvalConfig::default(),
+            components: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[plugins]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Plugin libraries or directories of them, relative to the config file.
+    pub paths: Vec<PathBuf>,
+}
+
+/// `[data]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Dataset: `"shapes"` (generated, with boxes and masks), `"cifar10"`, `"cifar100"`,
+    /// `"tiny-imagenet"`, `"flowers17"` or `"image-folder"`.
+    pub dataset: String,
+    /// Directory of a dataset read from files (relative to the working directory).
+    pub root: Option<PathBuf>,
+    /// Training images: how many `shapes` generates (default 4000), or a seeded subset
+    /// of a real dataset (default: all).
+    pub train_size: Option<usize>,
+    /// Test images, as `train_size` (`shapes` default 1000).
+    pub test_size: Option<usize>,
+    /// Side of the square images; files of another size are resized.
+    pub image_size: i64,
+    /// Number of classes of `shapes` (2 to 6).
+    pub classes: i64,
+    /// CIFAR-100 labels: `"fine"` (100 classes) or `"coarse"` (20).
+    pub cifar100_labels: Cifar100Labels,
+    /// Samples without a mask in a format with masks: `"keep"` (the `masks` plugin's
+    /// `fallback` applies) or `"skip"`.
+    pub missing_masks: MissingMasks,
+    /// Random crop (with this zero padding) and horizontal flip during training.
+    pub crop_padding: i64,
+    /// Random horizontal flips during training.
+    pub flip: bool,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            dataset: "shapes".into(),
+            root: None,
+            train_size: None,
+            test_size: None,
+            image_size: 32,
+            classes: 6,
+            cifar100_labels: Cifar100Labels::Fine,
+            missing_masks: MissingMasks::Keep,
+            crop_padding: 2,
+            flip: true,
+        }
+    }
+}
+
+/// Which CIFAR-100 label a sample gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cifar100Labels {
+    /// The 100 fine classes.
+    Fine,
+    /// The 20 superclasses.
+    Coarse,
+}
+
+/// What to do with a sample whose format has masks but which has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MissingMasks {
+    /// Keep it without a mask: the `masks` plugin's `fallback` decides its map.
+    Keep,
+    /// Leave it out of the split.
+    Skip,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// `"small-cnn"`, `"resnet10"`, `"resnet18"`, `"resnet34"`, `"preact-resnet18"` or
+    /// `"wrn-<depth>-<widen>"` (e.g. `"wrn-28-10"`).
+    pub arch: String,
+    /// Channels of the first stage (not used by WRNs).
+    pub width: i64,
+    /// Per-channel mean subtracted inside the model (empty = no normalisation).
+    pub mean: Vec<f64>,
+    /// Per-channel standard deviation divided by inside the model.
+    pub std: Vec<f64>,
+    /// A TorchScript file (images in `[0, 1]` to logits) used instead of `arch`, for
+    /// evaluation and attacks; relative to the working directory.
+    pub torchscript: Option<PathBuf>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            arch: "small-cnn".into(),
+            width: 32,
+            mean: Vec::new(),
+            std: Vec::new(),
+            torchscript: None,
+        }
+    }
+}
+
+/// Optimiser choice.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// Adam.
+    Adam,
+    /// SGD with momentum.
+    Sgd,
+}
+
+/// How often the saliency source is drawn among several.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SaliencyDraw {
+    /// A fresh draw for every batch.
+    Batch,
+    /// One draw per epoch (the paper's ensemble of teachers).
+    Epoch,
+}
+
+/// The training objective.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LossKind {
+    /// Cross-entropy on the model's inputs (clean or attacked).
+    Ce,
+    /// TRADES: `CE(f(x), y) + β·KL(f(x) ‖ f(x_adv))`.
+    Trades,
+}
+
+/// `[train] schedule`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScheduleKind {
+    /// The base rate throughout.
+    Constant,
+    /// The base rate times `gamma` for every milestone epoch passed.
+    Multistep,
+    /// Cosine annealing from the base rate to 0 over the run, per step.
+    Cosine,
+    /// `torch.optim.lr_scheduler.OneCycleLR` with its defaults: cosine warm-up over the
+    /// first 30 % of steps from `lr / 25` to `lr`, then cosine annealing to `lr / 25e4`.
+    OneCycle,
+}
+
+/// `[train]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Epochs.
+    pub epochs: u32,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// `"adam"` or `"sgd"`.
+    pub optimizer: OptimizerKind,
+    /// Learning rate.
+    pub lr: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// Nesterov momentum (SGD).
+    pub nesterov: bool,
+    /// Weight decay (L2, added to the gradient as in `torch.optim`).
+    pub weight_decay: f64,
+    /// Learning-rate schedule: `"constant"`, `"multistep"`, `"cosine"` or `"one-cycle"`.
+    pub schedule: ScheduleKind,
+    /// Epochs after which `multistep` multiplies the rate by `gamma`.
+    pub milestones: Vec<u32>,
+    /// Factor of `multistep`.
+    pub gamma: f64,
+    /// Mixed precision (float16 autocast with dynamic loss scaling) on CUDA; ignored,
+    /// with a warning, on the CPU.
+    pub amp: bool,
+    /// Saliency sources; with several, one is drawn per batch (weights below).
+    pub saliency: Vec<String>,
+    /// Drawing weights of the saliency sources (empty = equal).
+    pub saliency_weights: Vec<f64>,
+    /// How often a saliency source is drawn: `"batch"` or `"epoch"`.
+    pub saliency_draw: SaliencyDraw,
+    /// The attack that makes training inputs; empty = standard training.
+    pub attack: String,
+    /// A second attack used instead of `attack` on a batch with probability
+    /// `mix_probability` (SAT + PGD: `attack = "pgd"`, `mix = "sat"`); empty = none.
+    pub mix: String,
+    /// Per-batch probability of using `mix`.
+    pub mix_probability: f64,
+    /// `"ce"` or `"trades"`.
+    pub loss: LossKind,
+    /// β of the TRADES loss (6 in TRADES, 1 in SAT + TRADES).
+    pub trades_beta: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 5,
+            batch_size: 128,
+            optimizer: OptimizerKind::Adam,
+            lr: 1e-3,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.0,
+            schedule: ScheduleKind::Constant,
+            milestones: Vec::new(),
+            gamma: 0.1,
+            amp: false,
+            saliency: Vec::new(),
+            saliency_weights: Vec::new(),
+            saliency_draw: SaliencyDraw::Batch,
+            attack: String::new(),
+            mix: String::new(),
+            mix_probability: 0.5,
+            loss: LossKind::Ce,
+            trades_beta: 6.0,
+        }
+    }
+}
+
+/// `[eval]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Attacks for robust accuracy (each at every epsilon).
+    pub attacks: Vec<String>,
+    /// Budgets.
+    pub epsilons: Vec<Epsilon>,
+    /// Test images used for robust accuracy (0 = all).
+    pub max_samples: usize,
+    /// Evaluation batch size.
+    pub batch_size: usize,
+    /// Also measure the mean Etmann alignment of the model (on `max_samples` images).
+    pub alignment: bool,
+    /// Per-component settings for evaluation only, `[eval.components.<name>]`, laid over
+    /// `[components.<name>]` (e.g. PGD-5 for training, PGD-10 for evaluation).
+    pub components: BTreeMap<String, toml::Table>,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            attacks: vec!["pgd".into()],
+            epsilons: [2.0, 4.0, 8.0].iter().map(|v| Epsilon(v / 255.0)).collect(),
+            max_samples: 500,
+            batch_size: 250,
+            alignment: true,
+            components: BTreeMap::new(),
+        }
+    }
+}
+
+impl RunConfig {
+    /// The resolved configuration as TOML, as written into the run directory.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# cannot serialise the config: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolved_config_round_trips() {
+        let mut c = RunConfig::default();
+        c.components
+            .insert("pgd".into(), toml::from_str("steps = 3").unwrap());
+        let back: RunConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back.eval.epsilons, c.eval.epsilons);
+        assert_eq!(back.components["pgd"]["steps"].as_integer(), Some(3));
+    }
+}

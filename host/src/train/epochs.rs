@@ -1,0 +1,294 @@
+//! The epoch loop: it only orchestrates — the batches of an epoch (order and
+//! augmentation from their own random streams), one [`TrainingStep`] per batch, a
+//! checkpoint and the metrics after every epoch, the evaluation at the end, a clean stop
+//! on Ctrl-C.
+use super::checkpoint::{self, CHECKPOINT_FILE, STATE_FILE};
+use super::schedule::Schedule;
+use super::step::{NonFiniteLoss, StepAt, StepOutput, TrainingStep};
+use super::{build_network, load_datasets, mixed_precision, Network, Outcome};
+use crate::config::{RunConfig, TrainConfig};
+use crate::data::epoch::EpochBatches;
+use crate::data::rng::{torch_seed, Purpose, SplitMix};
+use crate::data::Dataset;
+use crate::eval;
+use crate::plugins::oracle::ModelOracle;
+use crate::plugins::pipeline::Pipeline;
+use crate::plugins::registry::Registry;
+use crate::report::{EpochMetrics, Metrics, RunDir, RunStatus};
+use anyhow::bail;
+use indicatif::{ProgressBar, ProgressStyle};
+use sat_core::{OracleAdapter, OracleRef};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use tch::Device;
+
+/// A run being trained, and what it records.
+pub(super) struct Session<'a> {
+    pub config: &'a RunConfig,
+    pub registry: &'a Registry,
+    pub run: &'a RunDir,
+    pub device: Device,
+    pub interrupted: &'a AtomicBool,
+    pub metrics: &'a mut Metrics,
+}
+
+/// What one epoch needs besides the session.
+struct Epoch<'a, 'o> {
+    data: &'a Dataset,
+    net: &'a Network,
+    step: &'a mut TrainingStep,
+    pipeline: &'a mut Pipeline,
+    schedule: &'a Schedule,
+    oracle: &'a OracleRef<'o>,
+}
+
+/// Running sums over an epoch's steps.
+#[derive(Default)]
+struct Totals {
+    loss: f64,
+    correct: i64,
+    seen: i64,
+}
+
+impl Totals {
+    fn add(&mut self, out: &StepOutput) {
+        self.loss += out.loss * out.samples as f64;
+        self.correct += out.correct;
+        self.seen += out.samples;
+    }
+    fn message(&self, start: Instant) -> String {
+        format!(
+            "loss {:.3} acc {:.3} {:.0} img/s",
+            self.loss / self.seen.max(1) as f64,
+            self.correct as f64 / self.seen.max(1) as f64,
+            self.seen as f64 / start.elapsed().as_secs_f64()
+        )
+    }
+}
+
+impl Session<'_> {
+    /// Trains the remaining epochs (all, or those after the state file's with `resume`),
+    /// then evaluates.
+    pub fn train_and_evaluate(&mut self, resume: bool) -> anyhow::Result<Outcome> {
+        let (config, t) = (self.config, &self.config.train);
+        let (train, test) = load_datasets(config)?;
+        log::info!(
+            "dataset {}: {} training and {} test images, {} classes, on {:?}",
+            config.data.dataset,
+            train.len(),
+            test.len(),
+            train.num_classes(),
+            self.device
+        );
+        if config.model.torchscript.is_some() {
+            bail!("[model] torchscript: a TorchScript model can be evaluated and attacked (`sat-host eval --config ...`), not trained here; use [model] arch");
+        }
+        let mut net = build_network(config, train.num_classes(), self.device)?;
+        let mut step = TrainingStep::single_process(&net.vs, t, mixed_precision(t, self.device));
+        let first_epoch = if resume {
+            self.resume(&mut net, &mut step)?
+        } else {
+            0
+        };
+        let mut pipeline = Pipeline::for_training(self.registry, config)?;
+        log_pipeline(&pipeline, t);
+        let batches = (train.len() as usize).div_ceil(t.batch_size.max(1));
+        let schedule = Schedule::new(t.schedule, t.lr, &t.milestones, t.gamma, t.epochs, batches);
+        let adapter = OracleAdapter(ModelOracle {
+            model: net.model.as_ref(),
+            classes: train.num_classes() as u32,
+        });
+        let oracle = adapter.as_ref();
+        let mut epoch = Epoch {
+            data: &train,
+            net: &net,
+            step: &mut step,
+            pipeline: &mut pipeline,
+            schedule: &schedule,
+            oracle: &oracle,
+        };
+        for index in first_epoch..t.epochs {
+            if !self.train_epoch(&mut epoch, index)? {
+                self.metrics.status = RunStatus::Interrupted;
+                self.run.write_metrics(self.metrics)?;
+                return Ok(Outcome::Interrupted);
+            }
+        }
+        self.evaluate(net.model.as_ref(), &test)?;
+        Ok(Outcome::Completed)
+    }
+
+    /// Restores model, optimiser and loss scale from the state file; returns the
+    /// finished epochs (whose figures are kept, later ones dropped).
+    fn resume(&mut self, net: &mut Network, step: &mut TrainingStep) -> anyhow::Result<u32> {
+        let state_file = self.run.file(STATE_FILE);
+        let done = checkpoint::load_state(
+            &mut net.vs,
+            &mut step.optimizer,
+            &mut step.scaler,
+            &state_file,
+        )?;
+        self.metrics.epochs.truncate(done as usize);
+        log::info!(
+            "resuming after epoch {done} of {} from {}",
+            self.config.train.epochs,
+            state_file.display()
+        );
+        Ok(done)
+    }
+
+    /// Trains epoch `index` (0-based) and records it (checkpoint, metrics, state);
+    /// `false` when Ctrl-C stopped it.
+    fn train_epoch(&mut self, e: &mut Epoch<'_, '_>, index: u32) -> anyhow::Result<bool> {
+        let (config, epochs) = (self.config, self.config.train.epochs);
+        let mut batches = EpochBatches::new(
+            e.data,
+            &config.data,
+            config.train.batch_size,
+            config.seed,
+            index,
+        );
+        let mut draws = SplitMix::stream(config.seed, Purpose::Draws, index);
+        tch::manual_seed(torch_seed(config.seed, Purpose::Attacks, index));
+        let per_epoch = batches.batch_count() as u64;
+        let bar = progress_bar(per_epoch, index, epochs);
+        if let Some(i) = e.pipeline.epoch_source(index) {
+            let name = &e.pipeline.sources[i].origin.name;
+            log::info!("epoch {}: saliency source `{name}`", index + 1);
+        }
+        let start = Instant::now();
+        let mut totals = Totals::default();
+        for (b, samples) in batches.by_ref().enumerate() {
+            if self.interrupted.load(Ordering::SeqCst) {
+                bar.abandon_with_message("interrupted");
+                log::warn!("interrupted during epoch {}; the checkpoint of the last finished epoch is kept", index + 1);
+                return Ok(false);
+            }
+            let global_step = index as u64 * per_epoch + b as u64;
+            let at = StepAt {
+                epoch: index,
+                epochs,
+                global_step,
+                lr: e.schedule.rate(global_step as usize),
+            };
+            let samples = samples.to(self.device);
+            let model = e.net.model.as_ref();
+            let out = e
+                .step
+                .run(model, e.pipeline, &samples, at, e.oracle, &mut draws)
+                .map_err(|err| {
+                    bar.abandon_with_message("stopped");
+                    self.explain(err, index)
+                })?;
+            totals.add(&out);
+            bar.set_message(totals.message(start));
+            bar.inc(1);
+        }
+        bar.finish();
+        let figures = epoch_metrics(index, &totals, start, batches.digest());
+        log_epoch(&figures, epochs);
+        self.metrics.epochs.push(figures);
+        let (step, vs) = (&*e.step, &e.net.vs);
+        checkpoint::save_epoch(
+            self.run,
+            vs,
+            &step.optimizer,
+            &step.scaler,
+            index + 1,
+            self.metrics,
+        )?;
+        Ok(true)
+    }
+
+    /// A step's error, with the epoch and the last good checkpoint for a non-finite loss.
+    fn explain(&self, err: anyhow::Error, index: u32) -> anyhow::Error {
+        let Some(NonFiniteLoss(value)) = err.downcast_ref::<NonFiniteLoss>() else {
+            return err;
+        };
+        let checkpoint = self.run.file(CHECKPOINT_FILE);
+        anyhow::anyhow!(
+            "the training loss became {value} in epoch {} (lower [train] lr?); the last good checkpoint is {}",
+            index + 1,
+            if checkpoint.exists() { checkpoint.display().to_string() } else { "none (first epoch)".into() }
+        )
+    }
+
+    /// Evaluates the trained model and records the run as completed.
+    fn evaluate(&mut self, model: &dyn tch::nn::ModuleT, test: &Dataset) -> anyhow::Result<()> {
+        let evaluation = eval::evaluate(model, test, self.config, self.registry, self.device)?;
+        self.metrics.clean_accuracy = Some(evaluation.clean);
+        self.metrics.robust_accuracy = evaluation.robust;
+        self.metrics.alignment = evaluation.alignment;
+        self.metrics.status = RunStatus::Completed;
+        self.run.write_metrics(self.metrics)?;
+        Ok(())
+    }
+}
+
+/// The figures of epoch `index` (0-based).
+fn epoch_metrics(index: u32, totals: &Totals, start: Instant, digest: String) -> EpochMetrics {
+    let seconds = start.elapsed().as_secs_f64();
+    let seen = totals.seen.max(1) as f64;
+    EpochMetrics {
+        epoch: index + 1,
+        train_loss: totals.loss / seen,
+        train_accuracy: totals.correct as f64 / seen,
+        images_per_sec: totals.seen as f64 / seconds,
+        seconds,
+        rss_mib: crate::report::resident_mib(),
+        data_digest: Some(digest),
+    }
+}
+
+fn log_epoch(e: &EpochMetrics, epochs: u32) {
+    log::info!(
+        "epoch {}/{}: loss {:.4}, train accuracy {:.4}, {:.0} images/s, {:.1} s, RSS {:.0} MiB",
+        e.epoch,
+        epochs,
+        e.train_loss,
+        e.train_accuracy,
+        e.images_per_sec,
+        e.seconds,
+        e.rss_mib
+    );
+}
+
+/// The progress bar of epoch `index` (0-based) of `epochs`, `len` batches long.
+fn progress_bar(len: u64, index: u32, epochs: u32) -> ProgressBar {
+    let bar = crate::logging::bars().add(ProgressBar::new(len));
+    bar.set_style(
+        ProgressStyle::with_template(
+            "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{}/{}", index + 1, epochs));
+    bar
+}
+
+/// Says how the training inputs are made.
+fn log_pipeline(pipeline: &Pipeline, t: &TrainConfig) {
+    match &pipeline.attack {
+        Some(a) => log::info!(
+            "training inputs from attack `{}` ({}, eps {:.5}){}{}, loss {:?}",
+            a.origin.name,
+            a.threat.norm.as_str(),
+            a.threat.epsilon,
+            match &pipeline.mix {
+                Some((m, p)) => format!(", or `{}` with probability {p}", m.origin.name),
+                None => String::new(),
+            },
+            if pipeline.uses_saliency() {
+                format!(" with saliency from {}", t.saliency.join(", "))
+            } else {
+                String::new()
+            },
+            t.loss
+        ),
+        None if !t.saliency.is_empty() => {
+            log::warn!("saliency sources are configured but no attack uses them")
+        }
+        None => log::info!("standard training (no attack)"),
+    }
+}

@@ -1,0 +1,141 @@
+//! Training: the one training step ([`step`]), the epoch loop (`epochs.rs`), what a run
+//! keeps on disk ([`checkpoint`]), the optimiser and the learning-rate schedule, and
+//! [`run`], which records how a run ended, panics included ([`fault`]).
+pub mod checkpoint;
+mod epochs;
+pub mod fault;
+pub mod optimizer;
+pub mod schedule;
+pub mod step;
+
+use crate::config::{RunConfig, TrainConfig};
+use crate::data::rng::{torch_seed, Purpose};
+use crate::data::Dataset;
+use crate::plugins::registry::Registry;
+use crate::report::{Metrics, RunDir, RunStatus};
+use anyhow::Context;
+use std::sync::atomic::AtomicBool;
+use tch::{nn, nn::ModuleT, Device};
+
+/// The training and test sets of `config`.
+pub fn load_datasets(config: &RunConfig) -> anyhow::Result<(Dataset, Dataset)> {
+    crate::data::load(&config.data, config.seed)
+        .with_context(|| format!("loading dataset `{}`", config.data.dataset))
+}
+
+/// A model and its variables.
+pub struct Network {
+    /// Variables (parameters and buffers).
+    pub vs: nn::VarStore,
+    /// The module.
+    pub model: Box<dyn ModuleT>,
+}
+
+/// Builds the model of `config` for `classes` on `device`, initialised from the seed's
+/// initialisation stream (or loaded from `[model] torchscript`), and checks it on one
+/// batch.
+pub fn build_network(config: &RunConfig, classes: i64, device: Device) -> anyhow::Result<Network> {
+    tch::manual_seed(torch_seed(config.seed, Purpose::Initialisation, 0));
+    let vs = nn::VarStore::new(device);
+    let m = &config.model;
+    let model: Box<dyn ModuleT> = match &m.torchscript {
+        Some(path) => Box::new(
+            sat_models::TorchScriptModel::load(path, device)
+                .map_err(|e| anyhow::anyhow!("[model] torchscript: {e}"))?,
+        ),
+        None => sat_models::build(&vs.root(), &m.arch, m.width, classes).map_err(|e| match e {
+            sat_models::ModelError::UnknownArch(arch) => anyhow::anyhow!(
+                "[model] arch: unknown model arch `{arch}`{}; accepted: {}",
+                crate::config::suggest::did_you_mean(&arch, sat_models::ARCHITECTURES),
+                sat_models::ARCHITECTURES.join(", ")
+            ),
+            other => anyhow::anyhow!("[model] {other}"),
+        })?,
+    };
+    let model: Box<dyn ModuleT> = if m.mean.is_empty() && m.std.is_empty() {
+        model
+    } else {
+        Box::new(
+            sat_models::Normalized::new(model, &m.mean, &m.std, device)
+                .map_err(|e| anyhow::anyhow!("[model] mean/std: {e}"))?,
+        )
+    };
+    sat_models::probe(model.as_ref(), config.data.image_size, classes, device)
+        .map_err(|e| anyhow::anyhow!("[model] {e}"))?;
+    Ok(Network { vs, model })
+}
+
+/// Whether training uses mixed precision (float16 autocast of the training forward
+/// passes with dynamic loss scaling): `[train] amp` on a CUDA device; on the CPU it is
+/// ignored with a warning.
+pub fn mixed_precision(t: &TrainConfig, device: Device) -> bool {
+    let amp = t.amp && device.is_cuda();
+    if t.amp && !amp {
+        log::warn!(
+            "[train] amp: mixed precision is used on CUDA only; training in float32 on {device:?}"
+        );
+    }
+    amp
+}
+
+/// What ended a training run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// All epochs and the evaluation ran.
+    Completed,
+    /// Ctrl-C; the last finished epoch's checkpoint is kept.
+    Interrupted,
+}
+
+/// Trains, checkpoints and evaluates the run described by `config` into `run`. With
+/// `resume`, training continues from the run directory's state file.
+///
+/// An error or a panic (see [`fault`]) ends the run with status `failed`: the message
+/// goes to `metrics.json` (which keeps the finished epochs) and `log.txt`, and the
+/// checkpoint of the last finished epoch stays as it was, so `--resume` continues.
+pub fn run(
+    config: &RunConfig,
+    registry: &Registry,
+    run: &RunDir,
+    device: Device,
+    interrupted: &AtomicBool,
+    resume: bool,
+) -> anyhow::Result<(Outcome, Metrics)> {
+    let mut metrics = Metrics::default();
+    if resume {
+        // Keep the figures of the finished epochs.
+        if let Ok(text) = std::fs::read_to_string(run.file("metrics.json")) {
+            if let Ok(previous) = serde_json::from_str::<Metrics>(&text) {
+                metrics.epochs = previous.epochs;
+            }
+        }
+    }
+    let run_dir = run;
+    let result = fault::catch_panics(|| {
+        let mut session = epochs::Session {
+            config,
+            registry,
+            run: run_dir,
+            device,
+            interrupted,
+            metrics: &mut metrics,
+        };
+        session.train_and_evaluate(resume)
+    });
+    match result {
+        Ok(outcome) => Ok((outcome, metrics)),
+        Err(e) => {
+            log::error!(
+                "the run failed after {} finished epoch(s): {e:#}",
+                metrics.epochs.len()
+            );
+            metrics.status = RunStatus::Failed;
+            metrics.error = Some(format!("{e:#}"));
+            if let Err(write) = run.write_metrics(&metrics) {
+                log::error!("cannot record the failure in metrics.json: {write}");
+            }
+            log::logger().flush();
+            Err(e)
+        }
+    }
+}
