@@ -78,7 +78,7 @@ fn config_plugin_paths_are_relative_to_the_config_file() {
     let cfg = write(&nested, "c.toml", "name = \"viaconfig\"\n[plugins]\npaths = [\"libcentre_prior.so\"]\n[train]\nsaliency = [\"centre-prior\"]\nattack = \"sat\"\n");
     let out = sat_tests::tiny_run(cwd.path(), &["--config", &cfg], &[]).success();
     assert!(
-        out.stderr.contains("with saliency from centre-prior"),
+        out.stderr.contains("saliency from centre-prior"),
         "{}",
         out.stderr
     );

@@ -253,13 +253,13 @@ fn sat_plus_pgd_and_sat_plus_trades_train_end_to_end() {
             "trades",
             "--set",
             "train.mix=sat",
-            "--set",
-            "train.loss=trades",
+            "--objective",
+            "trades",
         ]
         .iter()
         .chain(&[
             "--set",
-            "train.trades_beta=1.0",
+            "components.trades.beta=1.0",
             "--set",
             "components.trades.steps=2",
             "--set",
@@ -270,7 +270,11 @@ fn sat_plus_pgd_and_sat_plus_trades_train_end_to_end() {
         &[],
     )
     .success();
-    assert!(out.stderr.contains("loss Trades"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("objective `trades`"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(metrics(&cwd.path().join("runs/st"))["status"], "completed");
 }
 

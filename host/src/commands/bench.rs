@@ -3,7 +3,7 @@
 //! training rows time the one [`TrainingStep`] that `run` uses.
 //! `bench/pytorch_bench.py` measures the same rows in PyTorch eager for the ratio.
 use super::{prepare, ConfigArgs, GlobalArgs};
-use crate::config::{LossKind, RunConfig};
+use crate::config::RunConfig;
 use crate::data::{rng::SplitMix, shapes, Dataset};
 use crate::plugins::oracle::ModelOracle;
 use crate::plugins::pipeline::{create_attack, Pipeline};
@@ -37,7 +37,7 @@ pub struct BenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "standard,sat-masks,sat-gradient,fgsm-rs,pgd-7,trades-10,eval-pgd-20,eval-apgd-ce"
+        default_value = "standard,sat-masks,sat-gradient,fgsm-rs,pgd-7,trades-10,rrr-masks,input-gradient,fgsm-gradalign,eval-pgd-20,eval-apgd-ce"
     )]
     pub rows: Vec<String>,
     /// Batch size.
@@ -115,16 +115,19 @@ pub struct Plan {
     pub steps: usize,
 }
 
-/// The rows `sat-host bench` knows: `(name, saliency, attack, loss, component settings)`.
-pub const ROWS: [RowSpec; 8] = [
-    ("standard", "", "", LossKind::Ce, ""),
-    ("sat-masks", "masks", "sat", LossKind::Ce, ""),
-    ("sat-gradient", "guided-backprop", "sat", LossKind::Ce, ""),
-    ("fgsm-rs", "", "fgsm-rs", LossKind::Ce, ""),
-    ("pgd-7", "", "pgd", LossKind::Ce, "steps = 7"),
-    ("trades-10", "", "trades", LossKind::Trades, "steps = 10"),
-    ("eval-pgd-20", "", "pgd", LossKind::Ce, "steps = 20"),
-    ("eval-apgd-ce", "", "apgd-ce", LossKind::Ce, "steps = 20"),
+/// The rows `sat-host bench` knows: `(name, saliency, attack, objective, attack settings)`.
+pub const ROWS: [RowSpec; 11] = [
+    ("standard", "", "", "ce", ""),
+    ("sat-masks", "masks", "sat", "ce", ""),
+    ("sat-gradient", "guided-backprop", "sat", "ce", ""),
+    ("fgsm-rs", "", "fgsm-rs", "ce", ""),
+    ("pgd-7", "", "pgd", "ce", "steps = 7"),
+    ("trades-10", "", "trades", "trades", "steps = 10"),
+    ("rrr-masks", "masks", "", "rrr", ""),
+    ("input-gradient", "", "", "input-gradient", ""),
+    ("fgsm-gradalign", "", "fgsm", "gradalign", ""),
+    ("eval-pgd-20", "", "pgd", "ce", "steps = 20"),
+    ("eval-apgd-ce", "", "apgd-ce", "ce", "steps = 20"),
 ];
 
 /// Resets the kernel's peak-RSS counter of this process (Linux `clear_refs` 5).
@@ -137,12 +140,12 @@ fn peak_mib() -> f64 {
     crate::report::process_status_mib("VmHWM")
 }
 
-/// A row of [`ROWS`]: `(name, saliency, attack, loss, component settings)`.
+/// A row of [`ROWS`]: `(name, saliency, attack, objective, attack settings)`.
 type RowSpec = (
     &'static str,
     &'static str,
     &'static str,
-    LossKind,
+    &'static str,
     &'static str,
 );
 
@@ -195,7 +198,7 @@ struct Bench<'a> {
 impl Bench<'_> {
     /// The config of row `spec` for `arch`, and its network.
     fn setup(&self, arch: &str, spec: &RowSpec) -> anyhow::Result<(RunConfig, Network)> {
-        let &(_, saliency, attack, loss, settings) = spec;
+        let &(_, saliency, attack, objective, settings) = spec;
         let mut config = self.base.clone();
         config.model.arch = arch.to_string();
         config.data.image_size = 32;
@@ -204,9 +207,9 @@ impl Bench<'_> {
         } else {
             vec![saliency.to_string()]
         };
-        config.train.attack = String::new();
+        config.train.attack = attack.to_string();
         config.train.mix = String::new();
-        config.train.loss = loss;
+        config.train.objective = objective.to_string();
         let net = build_network(&config, self.classes, self.device)?;
         if saliency == "guided-backprop" {
             // The teacher: a model of the same architecture (its weights do not
@@ -230,12 +233,13 @@ impl Bench<'_> {
     fn row(&self, arch: &str, spec: &RowSpec) -> anyhow::Result<Row> {
         let (config, net) = self.setup(arch, spec)?;
         let (row, attack) = (spec.0, spec.2);
-        let attack_component = if attack.is_empty() {
-            None
+        let eval_row = row.starts_with("eval-");
+        let mut pipeline = if eval_row {
+            let attack = create_attack(self.registry, &config, attack)?;
+            Pipeline::new(self.registry, &config, Some(attack))?
         } else {
-            Some(create_attack(self.registry, &config, attack)?)
+            Pipeline::for_training(self.registry, &config)?
         };
-        let mut pipeline = Pipeline::new(self.registry, &config, attack_component)?;
         let amp = mixed_precision(&self.base.train, self.device);
         let mut step = TrainingStep::single_process(&net.vs, &config.train, amp);
         let adapter = OracleAdapter(ModelOracle {
@@ -244,7 +248,6 @@ impl Bench<'_> {
         });
         let oracle = adapter.as_ref();
         let mut rng = SplitMix::new(self.base.seed, 7);
-        let eval_row = row.starts_with("eval-");
         let (plan, device) = (self.plan, self.device);
         reset_peak();
         let mut timed = 0.0;
@@ -258,8 +261,9 @@ impl Bench<'_> {
             synchronize(device);
             let start = Instant::now();
             if eval_row {
-                let inputs =
-                    pipeline.inputs(&samples, 0, 1, Phase::Evaluation, &oracle, &mut rng)?;
+                let inputs = pipeline
+                    .inputs(&samples, 0, 1, Phase::Evaluation, &oracle, &mut rng)?
+                    .images;
                 let _ = tch::no_grad(|| net.model.forward_t(&inputs, false))
                     .argmax(-1, false)
                     .sum(Kind::Int64)

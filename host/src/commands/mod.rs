@@ -157,6 +157,11 @@ fn check_names(
             &["train", "attack"],
         )?;
     }
+    check(
+        &config.train.objective,
+        ComponentKind::Objective,
+        &["train", "objective"],
+    )?;
     for name in &config.eval.attacks {
         check(name, ComponentKind::Attack, &["eval", "attacks"])?;
     }

@@ -23,14 +23,17 @@ pub struct RunArgs {
     /// Attack that makes the training inputs (replaces `[train] attack`; `none` = standard).
     #[arg(long, value_name = "NAME")]
     pub attack: Option<String>,
+    /// Training objective (replaces `[train] objective`; default `ce`).
+    #[arg(long, value_name = "NAME")]
+    pub objective: Option<String>,
     /// Continue an interrupted run in DIR from its last finished epoch, with its
     /// config.toml (`--set train.epochs=N` may extend it).
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "plugins", "attack"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "plugins", "attack", "objective"])]
     pub resume: Option<PathBuf>,
 }
 
 impl RunArgs {
-    /// `--plugin` and `--attack` as overrides.
+    /// `--plugin`, `--attack` and `--objective` as overrides.
     fn overrides(&self) -> Vec<Override> {
         let mut extra: Vec<Override> = set_list("train.saliency", &self.plugins)
             .into_iter()
@@ -42,6 +45,9 @@ impl RunArgs {
                 attack.as_str()
             };
             extra.push(set("train.attack", toml::Value::String(attack.into())));
+        }
+        if let Some(objective) = &self.objective {
+            extra.push(set("train.objective", toml::Value::String(objective.clone())));
         }
         extra
     }

@@ -183,16 +183,6 @@ pub enum SaliencyDraw {
     Epoch,
 }
 
-/// The training objective.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LossKind {
-    /// Cross-entropy on the model's inputs (clean or attacked).
-    Ce,
-    /// TRADES: `CE(f(x), y) + β·KL(f(x) ‖ f(x_adv))`.
-    Trades,
-}
-
 /// `[train] schedule`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -248,10 +238,9 @@ pub struct TrainConfig {
     pub mix: String,
     /// Per-batch probability of using `mix`.
     pub mix_probability: f64,
-    /// `"ce"` or `"trades"`.
-    pub loss: LossKind,
-    /// β of the TRADES loss (6 in TRADES, 1 in SAT + TRADES).
-    pub trades_beta: f64,
+    /// The training objective, an objective component (`ce`, `trades`, `rrr`,
+    /// `input-gradient`, `gradalign` or a plugin's), configured in `[components.<name>]`.
+    pub objective: String,
 }
 
 impl Default for TrainConfig {
@@ -274,8 +263,7 @@ impl Default for TrainConfig {
             attack: String::new(),
             mix: String::new(),
             mix_probability: 0.5,
-            loss: LossKind::Ce,
-            trades_beta: 6.0,
+            objective: "ce".into(),
         }
     }
 }

@@ -32,7 +32,7 @@ pub fn accuracy(
         n += index.size()[0];
         let samples = data.select(&index).to(device);
         let inputs = match pipeline.as_deref_mut() {
-            Some(p) => p.inputs(&samples, 0, 1, Phase::Evaluation, &oracle, &mut rng)?,
+            Some(p) => p.inputs(&samples, 0, 1, Phase::Evaluation, &oracle, &mut rng)?.images,
             None => samples.images.shallow_clone(),
         };
         let predicted = tch::no_grad(|| model.forward_t(&inputs, false)).argmax(-1, false);

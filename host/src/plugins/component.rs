@@ -282,10 +282,9 @@ impl AttackComponent {
 
 /// What an objective returned, checked.
 pub struct CheckedLoss {
-    /// The scalar loss, with its graph.
+    /// The scalar loss, with its graph (its value is read, and checked to be finite,
+    /// by the training step together with the accuracy: one transfer per step).
     pub loss: Tensor,
-    /// Its value (read back once).
-    pub value: f64,
     /// Logits `[N, classes]` on the inputs.
     pub logits: Tensor,
 }
@@ -305,8 +304,8 @@ impl ObjectiveComponent {
         })
     }
 
-    /// The loss of `batch` on `inputs`, checked: a finite floating scalar with a graph
-    /// to the parameters, and logits `[N, classes]` on the inputs' device.
+    /// The loss of `batch` on `inputs`, checked: a floating scalar with a graph to the
+    /// parameters, and logits `[N, classes]` on the inputs' device.
     pub fn loss(
         &mut self,
         batch: &Batch,
@@ -345,20 +344,8 @@ impl ObjectiveComponent {
                 inputs.device()
             )));
         }
-        let value = loss
-            .f_double_value(&[])
-            .map_err(|e| self.error(format!("reading its loss: {e}")))?;
-        if !value.is_finite() {
-            return Err(self.error(format!(
-                "returned the loss {value} (lower [train] lr, or check the objective's settings)"
-            )));
-        }
         let loss = loss.f_reshape([]).map_err(|e| self.error(e.to_string()))?;
-        Ok(CheckedLoss {
-            loss,
-            value,
-            logits,
-        })
+        Ok(CheckedLoss { loss, logits })
     }
 }
 

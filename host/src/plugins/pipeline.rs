@@ -1,5 +1,6 @@
-//! How a run combines its plugins: saliency sources (one drawn per batch or per epoch) feeding an
-//! attack that makes the model's inputs.
+//! How a run combines its plugins: a training mode is an attack (which makes the model's
+//! inputs) × an objective (which turns them into a loss) × saliency sources (one drawn per
+//! batch or per epoch, feeding whichever of the two asks for maps).
 use super::component::{
     AttackComponent, Component, ComponentError, ComponentHandle, ObjectiveComponent, Origin,
     SaliencyComponent,
@@ -138,6 +139,17 @@ pub struct Pipeline {
     pub mix: Option<(AttackComponent, f64)>,
     /// With `[train] saliency_draw = "epoch"`: the seed of the per-epoch draw.
     per_epoch: Option<u64>,
+    /// The training objective (training pipelines only).
+    pub objective: Option<ObjectiveComponent>,
+}
+
+/// The model's inputs for a batch, and the saliency maps drawn for it.
+pub struct Inputs {
+    /// The attack's output, or the clean images.
+    pub images: Tensor,
+    /// The maps of the source drawn for the batch, when the attack or the objective
+    /// asked for them.
+    pub saliency: Option<Tensor>,
 }
 
 /// Why a pipeline could not be built.
@@ -153,7 +165,7 @@ pub enum PipelineError {
 
 impl Pipeline {
     /// The training pipeline of `config` (`[train] saliency`, `saliency_weights`,
-    /// `attack`, `mix`, `mix_probability`).
+    /// `attack`, `mix`, `mix_probability`, `objective`).
     pub fn for_training(registry: &Registry, config: &RunConfig) -> Result<Self, PipelineError> {
         let t = &config.train;
         let attack = match t.attack.as_str() {
@@ -161,6 +173,15 @@ impl Pipeline {
             name => Some(create_attack(registry, config, name)?),
         };
         let mut pipeline = Self::new(registry, config, attack)?;
+        let objective: ObjectiveComponent = create(registry, config, &t.objective)?;
+        if objective.requires_saliency && pipeline.sources.is_empty() {
+            return Err(PipelineError::Mismatch(format!(
+                "objective `{}` needs saliency maps, but no saliency source is configured \
+                 (add `--plugin masks` or set [train] saliency = [\"masks\"])",
+                objective.origin.name
+            )));
+        }
+        pipeline.objective = Some(objective);
         if !t.mix.is_empty() {
             if pipeline.attack.is_none() {
                 return Err(PipelineError::Mismatch(format!(
@@ -235,6 +256,7 @@ impl Pipeline {
             attack,
             mix: None,
             per_epoch: (train.saliency_draw == SaliencyDraw::Epoch).then_some(config.seed),
+            objective: None,
         };
         if let Some(a) = &pipeline.attack {
             pipeline.check_saliency(a)?;
@@ -256,15 +278,28 @@ impl Pipeline {
         Some(self.source_at(SplitMix::new(seed ^ 0x5A11_E7C7, epoch as u64).uniform()))
     }
 
-    /// Whether any attack of the pipeline asks for saliency.
+    /// Whether any attack of the pipeline, or its objective, asks for saliency.
     pub fn uses_saliency(&self) -> bool {
         self.attack
             .iter()
             .chain(self.mix.as_ref().map(|(m, _)| m))
             .any(|a| a.requires_saliency)
+            || self.objective.as_ref().is_some_and(|o| o.requires_saliency)
     }
 
-    /// The model's inputs for `samples`: the attack's output, or the images themselves.
+    /// The attack used on a batch: the mixed-in one if the coin said so, else the main one.
+    fn attack_for(&self, use_mix: bool) -> Option<&AttackComponent> {
+        if use_mix {
+            self.mix.as_ref().map(|(m, _)| m)
+        } else {
+            self.attack.as_ref()
+        }
+    }
+
+    /// The model's inputs for `samples` (the attack's output, or the images themselves),
+    /// with the saliency maps of the source drawn for the batch when the chosen attack or
+    /// the objective needs them. The mixing coin and the source are drawn from `rng`, the
+    /// pipeline's own stream, so they never shift the data order or augmentation.
     pub fn inputs(
         &mut self,
         samples: &Samples,
@@ -273,35 +308,33 @@ impl Pipeline {
         phase: Phase,
         oracle: &OracleRef<'_>,
         rng: &mut SplitMix,
-    ) -> Result<Tensor, ComponentError> {
-        // The coin is drawn for every batch, so the data stream does not depend on it.
+    ) -> Result<Inputs, ComponentError> {
         let use_mix = match &self.mix {
             Some((_, p)) => rng.uniform() < *p,
             None => false,
         };
-        let requires_saliency = match (use_mix, &self.mix, &self.attack) {
-            (true, Some((mix, _)), _) => mix.requires_saliency,
-            (_, _, Some(attack)) => attack.requires_saliency,
-            (_, _, None) => return Ok(samples.images.shallow_clone()),
-        };
-        let source = if requires_saliency {
-            Some(match self.epoch_source(epoch) {
+        let needs_saliency = self.attack_for(use_mix).is_some_and(|a| a.requires_saliency)
+            || self.objective.as_ref().is_some_and(|o| o.requires_saliency);
+        let mut batch = samples.batch(epoch, epochs, phase);
+        let mut saliency = None;
+        if needs_saliency {
+            let index = match self.epoch_source(epoch) {
                 Some(index) => index,
                 None => self.source_at(rng.uniform()),
-            })
-        } else {
-            None
-        };
-        let mut batch = samples.batch(epoch, epochs, phase);
-        if let Some(index) = source {
+            };
             let map = self.sources[index].saliency(&batch, oracle)?;
             batch = batch.with_saliency(&map);
+            saliency = Some(map);
         }
-        let attack = match (use_mix, self.mix.as_mut(), self.attack.as_mut()) {
-            (true, Some((mix, _)), _) => mix,
-            (_, _, Some(attack)) => attack,
-            (_, _, None) => return Ok(samples.images.shallow_clone()),
+        let attack = if use_mix {
+            self.mix.as_mut().map(|(m, _)| m)
+        } else {
+            self.attack.as_mut()
         };
-        attack.perturb(&batch, oracle)
+        let images = match attack {
+            Some(attack) => attack.perturb(&batch, oracle)?,
+            None => samples.images.shallow_clone(),
+        };
+        Ok(Inputs { images, saliency })
     }
 }

@@ -202,12 +202,12 @@ impl Session<'_> {
 
     /// A step's error, with the epoch and the last good checkpoint for a non-finite loss.
     fn explain(&self, err: anyhow::Error, index: u32) -> anyhow::Error {
-        let Some(NonFiniteLoss(value)) = err.downcast_ref::<NonFiniteLoss>() else {
+        let Some(NonFiniteLoss(value, who)) = err.downcast_ref::<NonFiniteLoss>() else {
             return err;
         };
         let checkpoint = self.run.file(CHECKPOINT_FILE);
         anyhow::anyhow!(
-            "the training loss became {value} in epoch {} (lower [train] lr?); the last good checkpoint is {}",
+            "the training loss became {value} in epoch {} ({who}; lower [train] lr?); the last good checkpoint is {}",
             index + 1,
             if checkpoint.exists() { checkpoint.display().to_string() } else { "none (first epoch)".into() }
         )
@@ -267,11 +267,11 @@ fn progress_bar(len: u64, index: u32, epochs: u32) -> ProgressBar {
     bar
 }
 
-/// Says how the training inputs are made.
+/// Says how the training inputs and the loss are made.
 fn log_pipeline(pipeline: &Pipeline, t: &TrainConfig) {
-    match &pipeline.attack {
-        Some(a) => log::info!(
-            "training inputs from attack `{}` ({}, eps {:.5}){}{}, loss {:?}",
+    let inputs = match &pipeline.attack {
+        Some(a) => format!(
+            "inputs from attack `{}` ({}, eps {:.5}){}",
             a.origin.name,
             a.threat.norm.as_str(),
             a.threat.epsilon,
@@ -279,16 +279,16 @@ fn log_pipeline(pipeline: &Pipeline, t: &TrainConfig) {
                 Some((m, p)) => format!(", or `{}` with probability {p}", m.origin.name),
                 None => String::new(),
             },
-            if pipeline.uses_saliency() {
-                format!(" with saliency from {}", t.saliency.join(", "))
-            } else {
-                String::new()
-            },
-            t.loss
         ),
-        None if !t.saliency.is_empty() => {
-            log::warn!("saliency sources are configured but no attack uses them")
-        }
-        None => log::info!("standard training (no attack)"),
+        None => "clean inputs (no attack)".into(),
+    };
+    let saliency = if pipeline.uses_saliency() {
+        format!(", saliency from {}", t.saliency.join(", "))
+    } else {
+        String::new()
+    };
+    log::info!("training: {inputs}, objective `{}`{saliency}", t.objective);
+    if !t.saliency.is_empty() && !pipeline.uses_saliency() {
+        log::warn!("saliency sources are configured but neither the attack nor the objective uses them");
     }
 }

@@ -8,10 +8,12 @@
 //! 5. the optimiser's update (with mixed precision: unscale, inf/NaN check, update or
 //!    skip, loss-scale update).
 use super::optimizer::{LossScale, Optimizer, Rule};
-use crate::config::{LossKind, TrainConfig};
+use crate::config::TrainConfig;
 use crate::data::{rng::SplitMix, Samples};
+use crate::plugins::component::ObjectiveComponent;
+use crate::plugins::oracle::TrainingForward;
 use crate::plugins::pipeline::Pipeline;
-use sat_core::{OracleRef, Phase};
+use sat_core::{OracleRef, Phase, TrainingModelAdapter};
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
 
 /// The point of a step where its gradients are final: after backward, before the
@@ -42,69 +44,53 @@ impl GradientSync for SingleProcess {
     }
 }
 
-/// The training objective `[train]` asks for.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LossSpec {
-    /// Cross-entropy or TRADES.
-    pub kind: LossKind,
-    /// β of TRADES.
-    pub trades_beta: f64,
-}
-
-impl LossSpec {
-    /// `[train] loss` and `trades_beta`.
-    pub fn from_config(t: &TrainConfig) -> Self {
-        Self {
-            kind: t.loss,
-            trades_beta: t.trades_beta,
-        }
-    }
-}
-
 /// Everything the loss of a step is computed from.
 pub struct LossInputs<'a> {
     /// The model being trained (forward passes in training mode).
     pub model: &'a dyn ModuleT,
     /// The pipeline's output for `samples`: the model's inputs (attacked or clean).
     pub inputs: &'a Tensor,
+    /// The saliency maps drawn for the batch, when the attack or the objective asked.
+    pub saliency: Option<&'a Tensor>,
     /// The clean samples the inputs were made from: images, labels, boxes, masks.
     pub samples: &'a Samples,
+    /// The epoch and the run's epochs, as the batch handed to the objective says.
+    pub at: StepAt,
+    /// The model's number of classes.
+    pub classes: i64,
     /// Forward passes under float16 autocast (mixed precision).
     pub amp: bool,
 }
 
 /// The loss of a step and the logits on its inputs.
 pub struct Loss {
-    /// The scalar loss (float32, with its graph).
+    /// The scalar loss (with its graph).
     pub value: Tensor,
     /// The logits on the inputs, for the training accuracy.
     pub logits: Tensor,
 }
 
-/// The training loss: cross-entropy on the inputs, or TRADES'
-/// `CE(f(x), y) + β·KL(f(x) ‖ f(x_adv))` with gradients through both terms.
-pub fn training_loss(x: &LossInputs<'_>, spec: LossSpec) -> anyhow::Result<Loss> {
-    // tch's autocast goes through libtorch's deprecated CUDA autocast calls, which print
-    // a warning on every entry on CUDA: enter it only for mixed precision.
-    let forward = |t: &Tensor| {
-        if x.amp {
-            tch::autocast(true, || x.model.forward_t(t, true)).to_kind(Kind::Float)
-        } else {
-            x.model.forward_t(t, true)
-        }
-    };
-    let logits = forward(x.inputs);
-    let value = match spec.kind {
-        LossKind::Ce => logits.cross_entropy_for_logits(&x.samples.labels),
-        LossKind::Trades => {
-            let clean = forward(&x.samples.images);
-            let kl =
-                sat_core::objective_value(&logits, &sat_core::Objective::kl_divergence(&clean))?;
-            clean.cross_entropy_for_logits(&x.samples.labels)
-                + kl.mean(Kind::Float) * spec.trades_beta
-        }
-    };
-    Ok(Loss { value, logits })
+/// The training loss: the objective plugin's, on the clean batch (with its saliency
+/// maps) and the inputs, with the model in training mode. The objective's output is
+/// checked (a floating scalar with a graph; logits `[N, classes]`).
+pub fn training_loss(
+    x: &LossInputs<'_>,
+    objective: &mut ObjectiveComponent,
+) -> anyhow::Result<Loss> {
+    let mut batch = x.samples.batch(x.at.epoch, x.at.epochs, Phase::Training);
+    if let Some(map) = x.saliency {
+        batch = batch.with_saliency(map);
+    }
+    let model = TrainingModelAdapter(TrainingForward {
+        model: x.model,
+        classes: x.classes as u32,
+        amp: x.amp,
+    });
+    let checked = objective.loss(&batch, x.inputs, &model.as_ref(), x.classes)?;
+    Ok(Loss {
+        value: checked.loss,
+        logits: checked.logits,
+    })
 }
 
 /// Where a step sits in the run.
@@ -137,8 +123,8 @@ pub struct StepOutput {
 
 /// The loss of a step was NaN or infinite; the weights were left as they were.
 #[derive(Debug, thiserror::Error)]
-#[error("the training loss became {0}")]
-pub struct NonFiniteLoss(pub f64);
+#[error("the training loss became {0} ({1})")]
+pub struct NonFiniteLoss(pub f64, pub String);
 
 /// **Test-only** fault injection, not for users: with `SAT_DEBUG_PANIC_AT_STEP=N` in the
 /// environment, the training step whose [`StepAt::global_step`] is `N` panics after its
@@ -148,28 +134,22 @@ pub struct NonFiniteLoss(pub f64);
 /// checkpoint.
 pub const DEBUG_PANIC_AT_STEP: &str = "SAT_DEBUG_PANIC_AT_STEP";
 
-/// The training step with its state: optimiser, loss scale, objective and the gradient
-/// synchronisation.
+/// The training step with its state: optimiser, loss scale and the gradient
+/// synchronisation (the objective is the pipeline's).
 pub struct TrainingStep {
     /// The optimiser (its parameters and gradients are views of flat tensors).
     pub optimizer: Optimizer,
     /// Dynamic loss scaling, used with mixed precision.
     pub scaler: LossScale,
     amp: bool,
-    loss: LossSpec,
     sync: Box<dyn GradientSync>,
     panic_at: Option<u64>,
 }
 
 impl TrainingStep {
-    /// A step with `optimizer`, objective `loss`, mixed precision if `amp`, and `sync`
-    /// at the point where the gradients are final.
-    pub fn new(
-        optimizer: Optimizer,
-        loss: LossSpec,
-        amp: bool,
-        sync: Box<dyn GradientSync>,
-    ) -> Self {
+    /// A step with `optimizer`, mixed precision if `amp`, and `sync` at the point where
+    /// the gradients are final.
+    pub fn new(optimizer: Optimizer, amp: bool, sync: Box<dyn GradientSync>) -> Self {
         let panic_at = std::env::var(DEBUG_PANIC_AT_STEP)
             .ok()
             .and_then(|v| v.trim().parse().ok());
@@ -177,7 +157,6 @@ impl TrainingStep {
             optimizer,
             scaler: LossScale::default(),
             amp,
-            loss,
             sync,
             panic_at,
         }
@@ -186,12 +165,7 @@ impl TrainingStep {
     /// The step of `[train]` for the trainable variables of `vs`, in one process.
     pub fn single_process(vs: &nn::VarStore, t: &TrainConfig, amp: bool) -> Self {
         let optimizer = Optimizer::new(vs, Rule::from_config(t));
-        Self::new(
-            optimizer,
-            LossSpec::from_config(t),
-            amp,
-            Box::new(SingleProcess),
-        )
+        Self::new(optimizer, amp, Box::new(SingleProcess))
     }
 
     /// Whether the step uses mixed precision.
@@ -213,17 +187,29 @@ impl TrainingStep {
     ) -> anyhow::Result<StepOutput> {
         let inputs =
             pipeline.inputs(samples, at.epoch, at.epochs, Phase::Training, oracle, draws)?;
+        let objective = pipeline
+            .objective
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("a training step needs a pipeline with an objective"))?;
         let x = LossInputs {
             model,
-            inputs: &inputs,
+            inputs: &inputs.images,
+            saliency: inputs.saliency.as_ref(),
             samples,
+            at,
+            classes: i64::from(oracle.num_classes().into_result()?),
             amp: self.amp,
         };
-        let loss = training_loss(&x, self.loss)?;
+        let loss = training_loss(&x, objective)?;
         self.inject_fault(at);
         let (value, correct) = loss_and_correct(&loss, &samples.labels)?;
         if !value.is_finite() {
-            return Err(NonFiniteLoss(value).into());
+            let who = format!(
+                "objective `{}` from {}",
+                objective.origin.name,
+                objective.origin.library.display()
+            );
+            return Err(NonFiniteLoss(value, who).into());
         }
         let scaler = self.amp.then_some(&mut self.scaler);
         self.optimizer.backward(&loss.value, scaler.as_deref());
