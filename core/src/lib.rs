@@ -42,8 +42,7 @@ pub use objective::{Loss, LossAbi, ObjectiveAbi_TO, ObjectiveBox, TrainingObject
 pub use oracle::{differentiable_gradient, objective_gradient, objective_value};
 pub use oracle::{
     Gradient, GradientAbi, Objective, Oracle, OracleAbi_TO, OracleAdapter, OracleBackend, OracleRef,
-    TrainingModel, TrainingModelAbi_TO, TrainingModelAdapter, TrainingModelBackend,
-    TrainingModelRef,
+    TrainingModel,
 };
 pub use saliency::{SaliencyBox, SaliencySource, SaliencySourceAbi_TO};
 pub use tensor::{RTensor, TensorRef};

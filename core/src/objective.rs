@@ -7,7 +7,7 @@
 //! objectives; a plugin can add others.
 use crate::batch::Batch;
 use crate::error::{Guarded, PluginError};
-use crate::oracle::{TrainingModel, TrainingModelRef};
+use crate::oracle::{OracleRef, TrainingModel};
 use crate::tensor::RTensor;
 use abi_stable::{
     sabi_trait,
@@ -88,7 +88,7 @@ pub trait ObjectiveAbi: Send {
         &mut self,
         batch: &Batch,
         inputs: RTensor,
-        model: &TrainingModelRef<'_>,
+        model: &OracleRef<'_>,
     ) -> RResult<LossAbi, PluginError>;
 }
 
@@ -116,7 +116,7 @@ impl ObjectiveAbi for ObjectiveAdapter {
         &mut self,
         batch: &Batch,
         inputs: RTensor,
-        model: &TrainingModelRef<'_>,
+        model: &OracleRef<'_>,
     ) -> RResult<LossAbi, PluginError> {
         let inputs = inputs.into_tensor();
         self.0

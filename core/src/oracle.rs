@@ -110,13 +110,16 @@ impl From<Gradient> for GradientAbi {
     }
 }
 
-/// The oracle as an ABI-stable trait object. Calls never unwind.
+/// The host's model as an ABI-stable trait object, for the [`Oracle`] (attacks, saliency
+/// sources) and the [`TrainingModel`] (objectives). Calls never unwind.
 #[sabi_trait]
 pub trait OracleAbi {
-    /// Logits `[N, K]` of the model on `images`, without gradient, in eval mode.
+    /// Logits `[N, K]` of the model on `images`: without gradient in eval mode for the
+    /// oracle; in training mode, differentiable in the parameters, for the training model.
     fn logits(&self, images: RTensor) -> RResult<RTensor, PluginError>;
-    /// Objective, gradient and logits at `images`, in eval mode; the model's parameters
-    /// receive no gradient.
+    /// Objective, gradient and logits at `images`: in eval mode with the parameters
+    /// receiving no gradient for the oracle; in training mode with `create_graph` for the
+    /// training model.
     fn input_gradient(
         &self,
         images: RTensor,
@@ -332,89 +335,27 @@ pub fn objective_value(logits: &Tensor, objective: &Objective) -> Result<Tensor,
 
 /// The model being trained, as training objectives see it: forward passes in training
 /// mode (batch-norm statistics update, mixed precision when the run uses it) whose
-/// results stay differentiable in the model's parameters. Calls never unwind.
-#[sabi_trait]
-pub trait TrainingModelAbi {
-    /// Logits `[N, K]` on `images` in training mode, with autograd to the parameters
-    /// (and to `images`, if they require grad).
-    fn forward(&self, images: RTensor) -> RResult<RTensor, PluginError>;
-    /// Objective value, input gradient and logits at `images` in training mode, with
-    /// the gradient's graph kept (`create_graph`), so a loss built from the gradient
-    /// backpropagates into the parameters (double backpropagation).
-    fn input_gradient(
-        &self,
-        images: RTensor,
-        objective: Objective,
-    ) -> RResult<GradientAbi, PluginError>;
-    /// Number of classes of the model.
-    #[sabi(last_prefix_field)]
-    fn num_classes(&self) -> RResult<u32, PluginError>;
-}
-
-/// A borrowed training-model trait object, as handed to objectives.
-pub type TrainingModelRef<'a> = TrainingModelAbi_TO<'a, RRef<'a, ()>>;
-
-/// What the host implements to answer training-model calls (may panic: the adapter
-/// catches it).
-pub trait TrainingModelBackend {
-    /// See [`TrainingModelAbi::forward`].
-    fn forward(&self, images: &Tensor) -> Result<Tensor, PluginError>;
-    /// See [`TrainingModelAbi::input_gradient`]; implement with [`differentiable_gradient`].
-    fn input_gradient(&self, images: &Tensor, objective: &Objective)
-        -> Result<Gradient, PluginError>;
-    /// See [`TrainingModelAbi::num_classes`].
-    fn num_classes(&self) -> u32;
-}
-
-/// Wraps a [`TrainingModelBackend`] so that it can be handed across the boundary.
-pub struct TrainingModelAdapter<B>(pub B);
-
-impl<B: TrainingModelBackend> TrainingModelAbi for TrainingModelAdapter<B> {
-    fn forward(&self, images: RTensor) -> RResult<RTensor, PluginError> {
-        catch("the host's training model", || {
-            self.0.forward(&images.into_tensor()).map(RTensor::new)
-        })
-        .into()
-    }
-    fn input_gradient(
-        &self,
-        images: RTensor,
-        objective: Objective,
-    ) -> RResult<GradientAbi, PluginError> {
-        catch("the host's training model", || {
-            self.0
-                .input_gradient(&images.into_tensor(), &objective)
-                .map(GradientAbi::from)
-        })
-        .into()
-    }
-    fn num_classes(&self) -> RResult<u32, PluginError> {
-        catch("the host's training model", || Ok(self.0.num_classes())).into()
-    }
-}
-
-impl<B: TrainingModelBackend> TrainingModelAdapter<B> {
-    /// The trait object objectives receive, borrowing this adapter.
-    pub fn as_ref(&self) -> TrainingModelRef<'_> {
-        TrainingModelAbi_TO::from_ptr(self, TD_Opaque)
-    }
-}
-
-/// The training model as objective code uses it: plain tensors in and out.
+/// results stay differentiable in the model's parameters, and input gradients taken
+/// with `create_graph` (double backpropagation).
+///
+/// It crosses the boundary as the same ABI object as the [`Oracle`]: the host hands
+/// objectives a backend with training semantics (built on [`differentiable_gradient`])
+/// and attacks one with evaluation semantics; this wrapper names the difference for
+/// plugin code.
 #[derive(Clone, Copy)]
 pub struct TrainingModel<'r, 'o> {
-    inner: &'r TrainingModelRef<'o>,
+    inner: &'r OracleRef<'o>,
 }
 
 impl<'r, 'o> TrainingModel<'r, 'o> {
     /// Wraps the trait object received across the boundary.
-    pub fn new(inner: &'r TrainingModelRef<'o>) -> Self {
+    pub fn new(inner: &'r OracleRef<'o>) -> Self {
         Self { inner }
     }
     /// Logits `[N, K]` in training mode, differentiable in the parameters.
     pub fn forward(&self, images: &Tensor) -> Result<Tensor, PluginError> {
         self.inner
-            .forward(RTensor::from_ref(images))
+            .logits(RTensor::from_ref(images))
             .into_result()
             .map(RTensor::into_tensor)
     }

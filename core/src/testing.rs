@@ -5,7 +5,7 @@
 use crate::error::PluginError;
 use crate::oracle::{
     differentiable_gradient, objective_gradient, Gradient, Objective, OracleAdapter,
-    OracleBackend, TrainingModelAdapter, TrainingModelBackend,
+    OracleBackend,
 };
 use tch::{Kind, Tensor};
 
@@ -39,9 +39,10 @@ impl LinearModel {
             bias: self.bias.detach().set_requires_grad(true),
         }
     }
-    /// Wraps the model for handing to objective code as the model being trained.
-    pub fn training_model(self) -> TrainingModelAdapter<Self> {
-        TrainingModelAdapter(self)
+    /// Wraps the model for handing to objective code as the model being trained
+    /// (`TrainingModel::new(&adapter.as_ref())`).
+    pub fn training_model(self) -> OracleAdapter<Training> {
+        OracleAdapter(Training(self))
     }
     /// The logits of `images`.
     pub fn forward(&self, images: &Tensor) -> Result<Tensor, PluginError> {
@@ -70,19 +71,23 @@ impl OracleBackend for LinearModel {
     }
 }
 
-impl TrainingModelBackend for LinearModel {
-    fn forward(&self, images: &Tensor) -> Result<Tensor, PluginError> {
-        tch::with_grad(|| self.forward(images))
+/// A [`LinearModel`] answering as the model being trained: logits with autograd, input
+/// gradients with `create_graph`.
+pub struct Training(pub LinearModel);
+
+impl OracleBackend for Training {
+    fn logits(&self, images: &Tensor) -> Result<Tensor, PluginError> {
+        tch::with_grad(|| self.0.forward(images))
     }
     fn input_gradient(
         &self,
         images: &Tensor,
         objective: &Objective,
     ) -> Result<Gradient, PluginError> {
-        differentiable_gradient(|x| self.forward(x), images, objective)
+        differentiable_gradient(|x| self.0.forward(x), images, objective)
     }
     fn num_classes(&self) -> u32 {
-        self.bias.size()[0] as u32
+        self.0.num_classes()
     }
 }
 

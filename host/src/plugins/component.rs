@@ -3,7 +3,7 @@
 //! the component. One generic [`Component`] serves every kind.
 use sat_core::{
     AttackBox, Batch, ComponentBox, ComponentKind, Norm, ObjectiveBox, OracleRef, PluginError,
-    RTensor, SaliencyBox, ThreatModel, TrainingModelRef,
+    RTensor, SaliencyBox, ThreatModel,
 };
 use abi_stable::std_types::RResult;
 use std::path::PathBuf;
@@ -310,7 +310,7 @@ impl ObjectiveComponent {
         &mut self,
         batch: &Batch,
         inputs: &Tensor,
-        model: &TrainingModelRef<'_>,
+        model: &OracleRef<'_>,
         classes: i64,
     ) -> Result<CheckedLoss, ComponentError> {
         let version = inputs.f_internal_version().unwrap_or(-1);

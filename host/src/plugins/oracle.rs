@@ -3,7 +3,6 @@
 //! training mode, differentiable in the parameters).
 use sat_core::{
     differentiable_gradient, objective_gradient, Gradient, Objective, OracleBackend, PluginError,
-    TrainingModelBackend,
 };
 use tch::{nn::ModuleT, Kind, Tensor};
 
@@ -56,8 +55,8 @@ impl TrainingForward<'_> {
     }
 }
 
-impl TrainingModelBackend for TrainingForward<'_> {
-    fn forward(&self, images: &Tensor) -> Result<Tensor, PluginError> {
+impl OracleBackend for TrainingForward<'_> {
+    fn logits(&self, images: &Tensor) -> Result<Tensor, PluginError> {
         Ok(tch::with_grad(|| self.run(images)))
     }
     fn input_gradient(

@@ -13,7 +13,7 @@ use crate::data::{rng::SplitMix, Samples};
 use crate::plugins::component::ObjectiveComponent;
 use crate::plugins::oracle::TrainingForward;
 use crate::plugins::pipeline::Pipeline;
-use sat_core::{OracleRef, Phase, TrainingModelAdapter};
+use sat_core::{OracleAdapter, OracleRef, Phase};
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
 
 /// The point of a step where its gradients are final: after backward, before the
@@ -81,7 +81,7 @@ pub fn training_loss(
     if let Some(map) = x.saliency {
         batch = batch.with_saliency(map);
     }
-    let model = TrainingModelAdapter(TrainingForward {
+    let model = OracleAdapter(TrainingForward {
         model: x.model,
         classes: x.classes as u32,
         amp: x.amp,
