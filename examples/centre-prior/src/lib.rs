@@ -6,7 +6,9 @@ use sat_core::tch::{Kind, Tensor};
 use sat_core::{component::Configurable, Batch, Oracle, PluginError, SaliencySource};
 use serde::{Deserialize, Serialize};
 
-/// Configuration: `[components.centre-prior]`.
+/// Configuration: `[components.centre-prior]`. Its `Default` is the one source of the
+/// defaults: `register_saliency!` derives the TOML that `sat-host plugins describe
+/// centre-prior` shows from it, and the accepted keys from its fields.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CentrePriorConfig {
@@ -64,5 +66,17 @@ mod tests {
     #[test]
     fn registers_and_builds_from_defaults() {
         assert_eq!(sat_core::check_registrations(), Ok(1));
+    }
+
+    #[test]
+    fn the_listed_defaults_come_from_the_config_type() {
+        let info = sat_core::component::registrations()
+            .next()
+            .expect("one registration")
+            .info()
+            .expect("defaults serialise");
+        assert_eq!(info.default_config.as_str(), "sigma = 0.25\n");
+        assert_eq!(info.keys.len(), 1);
+        assert_eq!(info.keys[0].as_str(), "sigma");
     }
 }
