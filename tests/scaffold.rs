@@ -31,7 +31,7 @@ fn outside_dir() -> tempfile::TempDir {
         .starts_with(&sat);
     assert!(
         !inside,
-        "{} lies inside the sat checkout",
+        "{} lies inside the sat checkout: point TMPDIR elsewhere",
         dir.path().display()
     );
     dir
@@ -254,7 +254,8 @@ fn env_names_the_libtorch_versions_source_and_plugin_dirs() {
     let odd = tmp.path().join("it's a dir");
     let odd = odd.to_str().unwrap();
     let env = [("SAT_PLUGIN_PATH", "/from/env")];
-    let out = sat(tmp.path(), &["--plugin-dir", odd, "env", "--json"], &env).success();
+    let args = ["--plugin-dir", odd, "--plugin-dir", "rel", "env", "--json"];
+    let out = sat(tmp.path(), &args, &env).success();
     let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
     let libtorch = Path::new(v["libtorch"].as_str().unwrap());
     assert!(libtorch.join("lib").is_dir(), "{}", libtorch.display());
@@ -272,11 +273,18 @@ fn env_names_the_libtorch_versions_source_and_plugin_dirs() {
         .iter()
         .map(|d| d.as_str().unwrap())
         .collect();
-    assert_eq!(dirs[1..], [odd, "/from/env"], "{dirs:?}");
     assert_eq!(Path::new(dirs[0]), target_dir(), "next to the binary first");
+    assert_eq!(dirs[1], odd);
+    let rel = Path::new(dirs[2]);
+    assert!(rel.is_absolute() && rel.ends_with("rel"), "{dirs:?}");
+    assert_eq!(
+        rel.parent().unwrap().canonicalize().unwrap(),
+        tmp.path().canonicalize().unwrap()
+    );
+    assert_eq!(dirs[3..], ["/from/env"], "{dirs:?}");
 
     // The assignments are valid shell: evaluating them gives the values back.
-    let shell = sat(tmp.path(), &["--plugin-dir", odd, "env"], &env)
+    let shell = sat(tmp.path(), &args[..args.len() - 1], &env)
         .success()
         .stdout;
     for key in [
@@ -302,6 +310,6 @@ fn env_names_the_libtorch_versions_source_and_plugin_dirs() {
         "{}",
         String::from_utf8_lossy(&eval.stderr)
     );
-    let expected = format!("{}\n{}:{odd}:/from/env", libtorch.display(), dirs[0]);
+    let expected = format!("{}\n{}", libtorch.display(), dirs.join(":"));
     assert_eq!(String::from_utf8_lossy(&eval.stdout), expected);
 }

@@ -46,8 +46,8 @@ pub struct BuildEnv {
     pub sat_core_version: String,
     /// The sat checkout this binary was built from.
     pub source_dir: PathBuf,
-    /// The directories and files searched for plugin libraries, in order: next to the
-    /// binary (`libsat_plugin_*` only), `--plugin-dir`, `SAT_PLUGIN_PATH`.
+    /// The directories and files searched for plugin libraries, in order, made absolute:
+    /// next to the binary (`libsat_plugin_*` only), `--plugin-dir`, `SAT_PLUGIN_PATH`.
     pub plugin_dirs: Vec<PathBuf>,
 }
 
@@ -63,7 +63,12 @@ impl BuildEnv {
             tch_version: sat_core::TCH_VERSION.to_owned(),
             sat_core_version: sat_core::SAT_CORE_VERSION.to_owned(),
             source_dir: PathBuf::from(SOURCE_DIR),
-            plugin_dirs: paths.standard.into_iter().chain(paths.user).collect(),
+            plugin_dirs: paths
+                .standard
+                .into_iter()
+                .chain(paths.user)
+                .map(|p| std::path::absolute(&p).unwrap_or(p))
+                .collect(),
         }
     }
 
