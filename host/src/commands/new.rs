@@ -170,6 +170,13 @@ pub fn check_crate_name(crate_name: &str, what: &str) -> anyhow::Result<()> {
     if RESERVED_CRATE_NAMES.contains(&lib.as_str()) || RESERVED_CRATE_NAMES.contains(&crate_name) {
         bail!("{what} is reserved (a Rust keyword, a standard crate or a cargo directory); {fix}");
     }
+    if lib.starts_with("sat_plugin_") {
+        bail!(
+            "{what} is reserved: `sat-plugin-*` libraries are sat's standard ones, which \
+             sat-host loads from next to its binary (and so from a target directory shared \
+             with sat); {fix}"
+        );
+    }
     if let Some(taken) = locked_package_names()
         .into_iter()
         .find(|p| p.replace('-', "_") == lib)
@@ -445,6 +452,10 @@ mod tests {
         let taken = check_crate_name("serde", "c").unwrap_err().to_string();
         assert!(taken.contains("sat's Cargo.lock"), "{taken}");
         assert!(check_crate_name("sat_core", "c").is_err());
+        let standard = check_crate_name("sat-plugin-mine", "c")
+            .unwrap_err()
+            .to_string();
+        assert!(standard.contains("standard"), "{standard}");
         assert!(check_crate_name("", "c").is_err());
     }
 
