@@ -2,7 +2,9 @@
 //! they share: the global options, loading the configuration and the plugins, and the
 //! exit code of an error.
 pub mod bench;
+pub mod env;
 pub mod eval;
+pub mod new;
 pub mod plugins;
 pub mod run;
 pub mod saliency;
@@ -56,6 +58,12 @@ pub enum Command {
     /// Measure training-step and evaluation throughput (images/s, peak memory) per
     /// training mode and model on generated 32×32 data.
     Bench(bench::BenchArgs),
+    /// Write a plugin crate of its own (saliency source, attack or objective) that
+    /// builds outside the sat tree against this sat-host's sat-core and libtorch.
+    New(new::NewArgs),
+    /// Print what a build outside the sat tree needs (LIBTORCH, versions, sat's source
+    /// directory, the plugin directories searched) as shell assignments or JSON.
+    Env(env::EnvArgs),
 }
 
 /// The configuration file and its `--set` overrides.
@@ -77,6 +85,8 @@ pub fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(args) => eval::run(&cli.global, args),
         Command::Saliency(args) => saliency::run(&cli.global, args),
         Command::Bench(args) => bench::run(&cli.global, args),
+        Command::New(args) => new::run(&cli.global, args),
+        Command::Env(args) => env::run(&cli.global, args),
     }
 }
 
