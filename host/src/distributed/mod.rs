@@ -353,17 +353,19 @@ pub fn timeout(config: &DistributedConfig) -> anyhow::Result<Duration> {
 }
 
 /// The device of a rank: `device = "auto"` is `cuda:LOCAL_RANK` when CUDA is present
-/// (the rank's GPU on its node), else the CPU; any other value as in one process.
+/// (the rank's GPU on its node; `cuda:0` when the launcher gave each process one GPU
+/// through `CUDA_VISIBLE_DEVICES`), else the CPU; any other value as in one process.
 pub fn device(config: &RunConfig, launch: Option<&Launch>) -> anyhow::Result<Device> {
     if let (Some(launch), "auto") = (launch, config.device.as_str()) {
         if tch::Cuda::is_available() {
             let local = launch.local_rank.unwrap_or(0);
             let count = tch::Cuda::device_count() as usize;
-            if local >= count {
+            let index = if count == 1 { 0 } else { local };
+            if index >= count {
                 bail!("device = \"auto\": local rank {local} but only {count} CUDA device(s) on this node; start at most {count} processes per node");
             }
             let mut c = config.clone();
-            c.device = format!("cuda:{local}");
+            c.device = format!("cuda:{index}");
             return crate::device::open(&c);
         }
     }
