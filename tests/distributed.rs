@@ -617,3 +617,23 @@ fn torchrun_launches_and_a_restart_resumes() {
     assert!(text.contains("torchrun restart 1: resuming"), "{text}");
     assert!(text.contains("resuming after epoch 1"), "{text}");
 }
+
+/// SAT (saliency from masks) trains on two ranks, each on its local batch.
+#[test]
+fn sat_trains_on_two_ranks() {
+    let cwd = tempfile::tempdir().unwrap();
+    config(cwd.path(), "[components.sat]\nepsilon = \"8/255\"\n");
+    let args = [
+        "run", "--config", "c.toml", "--attack", "sat", "--plugin", "masks",
+        "--set", "model.arch=\"small-cnn\"", "--set", "model.width=8", "--set", "train.epochs=2",
+    ];
+    let done = run_ranks(cwd.path(), 2, &args, 120);
+    for d in &done {
+        assert_eq!(d.code, Some(0), "{}", d.stderr);
+    }
+    assert!(done[0].stderr.contains("inputs from attack `sat`"), "{}", done[0].stderr);
+    let m = metrics(&cwd.path().join("runs/d"));
+    assert_eq!(m["status"], "completed");
+    assert_eq!(m["world_size"], 2);
+    assert_eq!(m["epochs"].as_array().unwrap().len(), 2);
+}
