@@ -278,6 +278,7 @@ fn two_ranks_train_and_evaluate_as_one_process_with_the_global_batch() {
         &dist.join("checkpoint.safetensors"),
         &single.join("checkpoint.safetensors"),
     );
+    eprintln!("2 ranks × 32 vs 1 rank × 64: largest parameter difference {diff:e}");
     assert!(diff < 1e-5, "parameters differ by {diff}");
     let (a, b) = (&m["epochs"][0], &metrics(&single)["epochs"][0]);
     assert!((a["train_loss"].as_f64().unwrap() - b["train_loss"].as_f64().unwrap()).abs() < 1e-5);
@@ -478,6 +479,7 @@ fn a_hung_or_killed_rank_fails_the_other_and_the_run_resumes() {
         std::thread::sleep(Duration::from_millis(20));
     };
     let waited = stopped.elapsed().as_secs_f64();
+    eprintln!("rank 0 exited {waited:.1} s after rank 1 was stopped (timeout 5 s)");
     Command::new("kill")
         .args(["-KILL", &rank1])
         .status()
@@ -546,6 +548,7 @@ fn a_hung_or_killed_rank_fails_the_other_and_the_run_resumes() {
     let done = Procs(vec![rank0]).wait(Duration::from_secs(30), &logs[..1]);
     drop(procs);
     assert_eq!(done[0].code, Some(1), "{}", done[0].stderr);
+    eprintln!("rank 0 exited {:.1} s after rank 1 was killed", killed.elapsed().as_secs_f64());
     assert!(killed.elapsed() < Duration::from_secs(15));
     assert!(
         done[0]
