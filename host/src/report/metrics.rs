@@ -106,6 +106,20 @@ pub struct Metrics {
     pub error: Option<String>,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            status: RunStatus::default(),
+            clean_accuracy: None,
+            robust_accuracy: Vec::new(),
+            alignment: None,
+            epochs: Vec::new(),
+            world_size: 1,
+            error: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::RunStatus;
@@ -122,20 +136,6 @@ mod tests {
             let json = serde_json::to_string(&status).unwrap();
             assert_eq!(json, format!("\"{word}\""));
             assert_eq!(serde_json::from_str::<RunStatus>(&json).unwrap(), status);
-        }
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self {
-            status: RunStatus::default(),
-            clean_accuracy: None,
-            robust_accuracy: Vec::new(),
-            alignment: None,
-            epochs: Vec::new(),
-            world_size: 1,
-            error: None,
         }
     }
 }
