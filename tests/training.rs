@@ -445,16 +445,18 @@ fn bench_measures_every_row_and_writes_json() {
         serde_json::from_str(&std::fs::read_to_string(cwd.path().join("bench.json")).unwrap())
             .unwrap();
     let rows = rows.as_array().unwrap();
-    assert_eq!(rows.len(), 8, "{}", out.stdout);
+    assert_eq!(rows.len(), 11, "{}", out.stdout);
     for r in rows {
         assert!(r["images_per_sec"].as_f64().unwrap() > 0.0, "{r}");
         assert!(r["peak_rss_mib"].as_f64().unwrap() > 0.0, "{r}");
     }
-    assert!(
-        out.stdout.contains("| small-cnn | trades-10 |"),
-        "{}",
-        out.stdout
-    );
+    for row in ["trades-10", "rrr-masks", "input-gradient", "fgsm-gradalign"] {
+        assert!(
+            out.stdout.contains(&format!("| small-cnn | {row} |")),
+            "{row}: {}",
+            out.stdout
+        );
+    }
     sat(cwd.path(), &["bench", "--rows", "pgd-8"], &[]).fails_with(&["unknown bench row `pgd-8`"]);
 }
 

@@ -11,12 +11,24 @@ use tch::Tensor;
 use crate::ffi::{self, DeviceArg};
 use crate::{Error, GlooDevice, Launch, Result};
 
-/// Key prefix of the backend's own rendezvous keys in the store.
-const PG_PREFIX: &str = "sat/pg/";
+/// Key prefix of the backend's own rendezvous keys in the store (after the attempt's).
+const PG_PREFIX: &str = "pg/";
 /// Key prefix of [`ProcessGroup::store_set`]/[`ProcessGroup::store_get`] keys.
-const USER_PREFIX: &str = "sat/user/";
+const USER_PREFIX: &str = "user/";
 /// Key prefix of [`ProcessGroup::exchange_digest`] keys.
-const EXCHANGE_PREFIX: &str = "sat/exchange/";
+const EXCHANGE_PREFIX: &str = "exchange/";
+
+/// The store namespace of this attempt: `sat/attempt_<n>/`, `n` being torchrun's
+/// `TORCHELASTIC_RESTART_COUNT` (0 without it). Under torchrun the store is the agent's
+/// (`TORCHELASTIC_USE_AGENT_STORE`) and outlives the workers; restarted workers must not
+/// read their predecessors' keys (torch's `init_process_group` keys by attempt likewise).
+fn attempt_namespace() -> String {
+    let n: u64 = std::env::var("TORCHELASTIC_RESTART_COUNT")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    format!("sat/attempt_{n}/")
+}
 
 /// A c10d communication backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -109,6 +121,7 @@ pub struct ProcessGroup {
     backend: Backend,
     timeout: Duration,
     exchanges: Cell<u64>,
+    namespace: String,
 }
 
 impl fmt::Debug for ProcessGroup {
@@ -179,9 +192,10 @@ impl ProcessGroup {
             GlooDevice::Interface(i) => DeviceArg::Interface(i),
             GlooDevice::Default => DeviceArg::Default,
         };
+        let namespace = attempt_namespace();
         let group = ffi::Group::new(
             &store,
-            PG_PREFIX,
+            &format!("{namespace}{PG_PREFIX}"),
             backend.code(),
             device,
             rank_c,
@@ -198,6 +212,7 @@ impl ProcessGroup {
             backend,
             timeout,
             exchanges: Cell::new(0),
+            namespace,
         })
     }
 
@@ -286,14 +301,14 @@ impl ProcessGroup {
     /// Sets `key` to `value` in the shared store (keys live in a namespace of their own).
     pub fn store_set(&self, key: &str, value: &[u8]) -> Result<()> {
         self.store
-            .set(&format!("{USER_PREFIX}{key}"), value)
+            .set(&format!("{}{USER_PREFIX}{key}", self.namespace), value)
             .map_err(|m| self.fail("store_set", m))
     }
 
     /// The value of `key` in the shared store, waiting up to the timeout for a rank to set it.
     pub fn store_get(&self, key: &str) -> Result<Vec<u8>> {
         self.store
-            .get(&format!("{USER_PREFIX}{key}"))
+            .get(&format!("{}{USER_PREFIX}{key}", self.namespace))
             .map_err(|m| self.fail("store_get", m))
     }
 
@@ -302,7 +317,7 @@ impl ProcessGroup {
     pub fn exchange_digest(&self, digest: &str) -> Result<Vec<String>> {
         let round = self.exchanges.get();
         self.exchanges.set(round + 1);
-        let key = |rank: usize| format!("{EXCHANGE_PREFIX}{round}/{rank}");
+        let key = |rank: usize| format!("{}{EXCHANGE_PREFIX}{round}/{rank}", self.namespace);
         self.store
             .set(&key(self.rank), digest.as_bytes())
             .map_err(|m| self.fail("exchange_digest", m))?;

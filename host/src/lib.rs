@@ -1,6 +1,7 @@
 //! `sat-host` as a library: what the binary and the tests use.
 //!
-//! [`commands`] sit on top, one module a subcommand; [`train`] and [`eval`] use the rest;
+//! [`commands`] sit on top, one module a subcommand; [`train`], [`eval`] and
+//! [`distributed`] (the process group of a data-parallel run) use the rest;
 //! [`config`], [`data`], [`plugins`] and [`report`] are the building blocks (the
 //! configuration imports no other host module); [`device`] and [`logging`] are leaves.
 // `#[sabi_trait]`-generated code from sat-core expands impls in anonymous consts.
@@ -10,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod distributed;
 pub mod eval;
 pub mod logging;
 pub mod plugins;

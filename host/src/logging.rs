@@ -3,6 +3,7 @@ use indicatif::MultiProgress;
 use log::{LevelFilter, Log, Metadata, Record};
 use std::fs::File;
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
@@ -14,6 +15,30 @@ struct Logger {
 
 static LOGGER: OnceLock<Logger> = OnceLock::new();
 static BARS: OnceLock<MultiProgress> = OnceLock::new();
+/// This process's rank in a data-parallel run, or `usize::MAX` in one process.
+static RANK: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Marks this process as rank `rank` of `world` (several): its lines start with
+/// `[rank N]`, and a rank other than 0 logs only warnings and errors (unless `SAT_LOG` or
+/// `RUST_LOG` says otherwise), which reach the run's `log.txt` too (see [`tee_to`]).
+pub fn set_rank(rank: usize, world: usize) {
+    if world > 1 {
+        RANK.store(rank, Ordering::Relaxed);
+        let explicit =
+            std::env::var_os("SAT_LOG").is_some() || std::env::var_os("RUST_LOG").is_some();
+        if rank > 0 && !explicit && log::max_level() > LevelFilter::Warn {
+            log::set_max_level(LevelFilter::Warn);
+        }
+    }
+}
+
+/// `"[rank N] "` in a data-parallel run (see [`set_rank`]), else `""`.
+pub fn rank_prefix() -> String {
+    match RANK.load(Ordering::Relaxed) {
+        usize::MAX => String::new(),
+        r => format!("[rank {r}] "),
+    }
+}
 
 /// The progress-bar container that log lines print above.
 pub fn bars() -> &'static MultiProgress {
@@ -29,8 +54,9 @@ impl Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
+        let rank = rank_prefix();
         let line = format!(
-            "[{:>8.2}s {:<5}] {}",
+            "[{:>8.2}s {:<5}] {rank}{}",
             self.start.elapsed().as_secs_f64(),
             record.level(),
             record.args()

@@ -12,7 +12,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             log::logger().flush();
-            eprintln!("error: {e:#}");
+            eprintln!("{}error: {e:#}", sat_host::logging::rank_prefix());
             commands::exit_code(&e)
         }
     }

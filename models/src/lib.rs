@@ -23,8 +23,9 @@ pub enum ModelError {
 }
 
 /// The architectures `[model] arch` accepts (`wrn-D-K` for any valid depth and width).
-pub const ARCHITECTURES: [&str; 7] = [
+pub const ARCHITECTURES: [&str; 8] = [
     "small-cnn",
+    "mlp",
     "resnet10",
     "resnet18",
     "resnet34",
@@ -59,6 +60,7 @@ pub fn build(
     }
     Ok(match arch {
         "small-cnn" => Box::new(small_cnn(vs, width, classes)),
+        "mlp" => Box::new(mlp(vs, width, classes)),
         "resnet10" => Box::new(resnet::resnet(vs, [1, 1, 1, 1], width, classes)),
         "resnet18" => Box::new(resnet::resnet(vs, [2, 2, 2, 2], width, classes)),
         "resnet34" => Box::new(resnet::resnet(vs, [3, 4, 6, 3], width, classes)),
@@ -161,6 +163,18 @@ fn conv_bn(vs: &nn::Path, c_in: i64, c_out: i64) -> nn::SequentialT {
         .add(nn::conv2d(vs / "conv", c_in, c_out, 3, conv))
         .add(nn::batch_norm2d(vs / "bn", c_out, Default::default()))
         .add_fn(activation::relu)
+}
+
+/// A two-layer perceptron on the image pooled to 8×8 (`width` hidden units): the one
+/// architecture without BatchNorm, whose output for a sample does not depend on the
+/// rest of its batch. Data-parallel training is then exactly large-batch training
+/// (the equivalence tests of tests/distributed.rs use it); also a fast baseline.
+pub fn mlp(vs: &nn::Path, width: i64, classes: i64) -> nn::SequentialT {
+    nn::seq_t()
+        .add_fn(|x| x.adaptive_avg_pool2d([8, 8]).flatten(1, -1))
+        .add(nn::linear(vs / "fc1", 3 * 64, width, Default::default()))
+        .add_fn(activation::relu)
+        .add(nn::linear(vs / "head", width, classes, Default::default()))
 }
 
 /// A small VGG-style network for CPU runs: three stages of conv-BN-ReLU, global

@@ -2,6 +2,7 @@
 //! `metrics.json` and `robust_curve.csv` beside any training figures already there.
 use super::{prepare, print_summary, set, set_list, ConfigArgs, GlobalArgs};
 use crate::config::{Override, RunConfig};
+use crate::distributed::Ranks;
 use crate::report::{Metrics, RunDir, RunStatus};
 use crate::train::{build_network, checkpoint::load_weights, load_datasets};
 use anyhow::bail;
@@ -89,8 +90,22 @@ impl EvalArgs {
 /// Evaluates and records the figures.
 pub fn run(global: &GlobalArgs, args: &EvalArgs) -> anyhow::Result<ExitCode> {
     let target = args.target()?;
+    // Under torchrun or Slurm the test set is shared out over the ranks (figures equal to
+    // one process's) and rank 0 writes.
+    let launch = sat_distributed::Launch::from_env()?;
+    if let Some(l) = &launch {
+        crate::logging::set_rank(l.rank, l.world_size);
+    }
     let (config, registry) = prepare(global, &target.config, &args.overrides())?;
-    let device = crate::device::open(&config)?;
+    let device = crate::distributed::device(&config, launch.as_ref())?;
+    let ranks = match &launch {
+        Some(l) => {
+            let ranks = Ranks::join(l, &config.distributed, device)?;
+            ranks.ensure_same_config(&config)?;
+            ranks
+        }
+        None => Ranks::single(),
+    };
     let (_, test) = load_datasets(&config)?;
     let mut net = build_network(&config, test.num_classes(), device)?;
     match (&target.checkpoint, &config.model.torchscript) {
@@ -104,7 +119,17 @@ pub fn run(global: &GlobalArgs, args: &EvalArgs) -> anyhow::Result<ExitCode> {
             "eval --config without --checkpoint needs a [model] torchscript file; pass --checkpoint FILE"
         ),
     }
-    let evaluation = crate::eval::evaluate(net.model.as_ref(), &test, &config, &registry, device)?;
+    let evaluation = crate::eval::evaluate(
+        net.model.as_ref(),
+        &test,
+        &config,
+        &registry,
+        device,
+        &ranks,
+    )?;
+    if !ranks.is_writer() {
+        return Ok(ExitCode::SUCCESS);
+    }
     let out = output_dir(args, target.out, &config);
     std::fs::create_dir_all(&out.path)?;
     let mut metrics: Metrics = std::fs::read_to_string(out.file("metrics.json"))

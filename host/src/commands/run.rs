@@ -2,6 +2,7 @@
 //! continues an interrupted run with `--resume`.
 use super::{prepare, print_summary, set, set_list, ConfigArgs, GlobalArgs};
 use crate::config::Override;
+use crate::distributed::{self, Ranks};
 use crate::report::{write_atomic, RunDir};
 use crate::train::{self, Outcome};
 use anyhow::{bail, Context};
@@ -47,7 +48,10 @@ impl RunArgs {
             extra.push(set("train.attack", toml::Value::String(attack.into())));
         }
         if let Some(objective) = &self.objective {
-            extra.push(set("train.objective", toml::Value::String(objective.clone())));
+            extra.push(set(
+                "train.objective",
+                toml::Value::String(objective.clone()),
+            ));
         }
         extra
     }
@@ -72,25 +76,93 @@ impl RunArgs {
 }
 
 /// Trains and evaluates; exit code 130 after Ctrl-C.
+///
+/// Launched by torchrun or Slurm (see [`crate::distributed`]) every rank runs this: the
+/// ranks join the process group and check that their configs agree, rank 0 makes (or
+/// resumes) the run directory and shares its path, and only rank 0 writes into it; the
+/// other ranks append their warnings and errors to its `log.txt`. When torchrun restarts
+/// the workers (`--max-restarts`, `TORCHELASTIC_RESTART_COUNT` > 0), rank 0 resumes the
+/// run directory this torchrun job made, if it holds a finished epoch.
 pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let launch = sat_distributed::Launch::from_env()?;
+    if let Some(l) = &launch {
+        crate::logging::set_rank(l.rank, l.world_size);
+    }
     let (config, registry) = prepare(global, &args.config_args()?, &args.overrides())?;
-    let device = crate::device::open(&config)?;
-    let run_dir = match &args.resume {
-        Some(dir) => RunDir { path: dir.clone() },
-        None => RunDir::create(&config.runs_dir, &config.name).with_context(|| {
-            format!(
-                "creating the run directory under {}",
-                config.runs_dir.display()
-            )
-        })?,
+    let device = distributed::device(&config, launch.as_ref())?;
+    let ranks = match &launch {
+        Some(l) => {
+            let ranks = Ranks::join(l, &config.distributed, device)?;
+            ranks.ensure_same_config(&config)?;
+            ranks
+        }
+        None => Ranks::single(),
     };
-    write_atomic(&run_dir.file("config.toml"), config.to_toml().as_bytes())?;
-    let log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(run_dir.file("log.txt"))
-        .context("opening log.txt")?;
-    crate::logging::tee_to(log_file);
+    let identity = launch.as_ref().and_then(distributed::elastic_identity);
+    let elastic = match (&args.resume, distributed::elastic_restart(), &identity) {
+        (None, Some(restart), Some(id)) if ranks.is_writer() => {
+            let found = distributed::find_elastic_run(&config.runs_dir, &config.name, id);
+            let note = match &found {
+                Some(dir) => format!(
+                    "torchrun restart {restart}: resuming {} from its last finished epoch",
+                    dir.display()
+                ),
+                None => format!(
+                    "torchrun restart {restart}: no finished epoch of this job under {}; starting afresh",
+                    config.runs_dir.display()
+                ),
+            };
+            (found, Some(note))
+        }
+        _ => (None, None),
+    };
+    let (elastic, elastic_note) = elastic;
+    let resume = args.resume.clone().or(elastic);
+    // Every rank learns whether rank 0 resumes (a torchrun restart is rank 0's finding).
+    let resuming = ranks.sum(
+        &[f64::from(u8::from(resume.is_some() && ranks.is_writer()))],
+        device,
+    )?[0]
+        > 0.0;
+    let run_dir = if ranks.is_writer() {
+        let run_dir = match &resume {
+            Some(dir) => RunDir { path: dir.clone() },
+            None => RunDir::create(&config.runs_dir, &config.name).with_context(|| {
+                format!(
+                    "creating the run directory under {}",
+                    config.runs_dir.display()
+                )
+            })?,
+        };
+        write_atomic(&run_dir.file("config.toml"), config.to_toml().as_bytes())?;
+        if let Some(id) = &identity {
+            write_atomic(&run_dir.file(distributed::LAUNCH_FILE), id.as_bytes())?;
+        }
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(run_dir.file("log.txt"))
+            .context("opening log.txt")?;
+        crate::logging::tee_to(log_file);
+        if let Some(note) = elastic_note {
+            log::warn!("{note}");
+        }
+        ranks.share_path("run_dir", Some(run_dir.path.clone()))?;
+        run_dir
+    } else {
+        let run_dir = RunDir {
+            path: ranks.share_path("run_dir", None)?,
+        };
+        // Where the run directory is on a shared file system, this rank's warnings and
+        // errors go to its log.txt too (appended, one line at a time).
+        if let Ok(f) = std::fs::OpenOptions::new()
+            .append(true)
+            .open(run_dir.file("log.txt"))
+        {
+            crate::logging::tee_to(f);
+        }
+        run_dir
+    };
     log::info!("run directory {}", run_dir.path.display());
     let interrupted = ctrl_c_flag()?;
     let (outcome, metrics) = train::run(
@@ -99,9 +171,17 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
         &run_dir,
         device,
         &interrupted,
-        args.resume.is_some(),
+        resuming,
+        &ranks,
     )?;
     log::logger().flush();
+    if !ranks.is_writer() {
+        return Ok(if outcome == Outcome::Interrupted {
+            ExitCode::from(130)
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
     if outcome == Outcome::Interrupted {
         eprintln!(
             "interrupted; results so far are in {}",

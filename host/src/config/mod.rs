@@ -37,6 +37,8 @@ pub struct RunConfig {
     pub train: TrainConfig,
     /// Evaluation after training.
     pub eval: EvalConfig,
+    /// Data-parallel training across processes (used when launched by torchrun or Slurm).
+    pub distributed: DistributedConfig,
     /// Per-component configuration tables, `[components.<name>]`.
     pub components: BTreeMap<String, toml::Table>,
 }
@@ -54,6 +56,7 @@ impl Default for RunConfig {
             model: ModelConfig::default(),
             train: TrainConfig::default(),
             eval: EvalConfig::default(),
+            distributed: DistributedConfig::default(),
             components: BTreeMap::new(),
         }
     }
@@ -264,6 +267,33 @@ impl Default for TrainConfig {
             mix: String::new(),
             mix_probability: 0.5,
             objective: "ce".into(),
+        }
+    }
+}
+
+/// `[distributed]`: how the processes of a data-parallel run talk to each other. Read only
+/// when the run is launched by torchrun or Slurm (`RANK`/`WORLD_SIZE` or `SLURM_PROCID`/
+/// `SLURM_NTASKS` > 1 in the environment); a plain run is one process and ignores it.
+/// See docs/SCALING.md.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistributedConfig {
+    /// The c10d backend: `"auto"` (NCCL when the device is CUDA, Gloo on the CPU),
+    /// `"gloo"` (CPU tensors) or `"nccl"` (CUDA tensors).
+    pub backend: String,
+    /// Seconds any rendezvous or collective may wait for the other ranks (1 to 86400):
+    /// a rank that died, hangs or never started makes the others fail after at most
+    /// this long, naming it, instead of waiting for ever. It must exceed the longest
+    /// stretch one rank works alone: rank 0's checkpoint writes and its share of the
+    /// evaluation.
+    pub timeout_seconds: u64,
+}
+
+impl Default for DistributedConfig {
+    fn default() -> Self {
+        Self {
+            backend: "auto".into(),
+            timeout_seconds: 300,
         }
     }
 }

@@ -29,6 +29,29 @@ impl Fnv1a {
     }
 }
 
+/// This rank's share of an epoch's `order` (DistributedSampler semantics, no
+/// shuffling of its own): padded by wrapping around to a multiple of `world`, then every
+/// `world`-th sample from position `rank`. Every rank gets `ceil(len / world)` samples;
+/// with one rank it is `order` itself.
+pub fn shard(order: &[i64], rank: usize, world: usize) -> Vec<i64> {
+    if world <= 1 || order.is_empty() {
+        return order.to_vec();
+    }
+    let per_rank = order.len().div_ceil(world);
+    (0..per_rank)
+        .map(|i| order[(i * world + rank) % order.len()])
+        .collect()
+}
+
+/// Samples each rank trains on per epoch out of `len` (see [`shard`]).
+pub fn shard_len(len: usize, world: usize) -> usize {
+    if world <= 1 {
+        len
+    } else {
+        len.div_ceil(world)
+    }
+}
+
 /// The training batches of one epoch, in order, augmented (CPU tensors).
 pub struct EpochBatches<'a> {
     dataset: &'a Dataset,
@@ -68,6 +91,22 @@ impl<'a> EpochBatches<'a> {
             rng: SplitMix::stream(seed, Purpose::Augmentation, epoch),
             digest,
         }
+    }
+
+    /// Keeps this rank's share of the epoch (see [`shard`]:
+    /// DistributedSampler semantics, padded by wrapping). Rank 0 keeps the single-process
+    /// augmentation stream; every other rank draws its crops from a stream of its own.
+    /// The digest stays that of the whole epoch's order (plus this rank's crops). With one
+    /// rank nothing changes.
+    pub fn shard(mut self, rank: usize, world: usize) -> Self {
+        if world > 1 {
+            self.order = shard(&self.order, rank, world);
+            if rank > 0 {
+                let base = self.rng.next_u64();
+                self.rng = SplitMix::new(base, 0xD15C_0000 + rank as u64);
+            }
+        }
+        self
     }
 
     /// Batches per epoch.

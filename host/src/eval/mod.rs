@@ -1,6 +1,12 @@
 //! Clean and robust accuracy of a trained model.
+//!
+//! With several ranks (a data-parallel run) each rank evaluates every `W`-th batch and
+//! the counts are summed, so the figures are those of one process: the batches are the
+//! same, and libtorch's generator and the pipeline's draws are seeded per batch (by its
+//! index), not per process.
 use crate::config::RunConfig;
 use crate::data::{rng::SplitMix, Dataset};
+use crate::distributed::Ranks;
 use crate::plugins::oracle::ModelOracle;
 use crate::plugins::pipeline::{create_eval_attack, Pipeline};
 use crate::plugins::registry::Registry;
@@ -11,28 +17,74 @@ use tch::{nn::ModuleT, Device, Kind, Tensor};
 
 /// Accuracy of `model` on `limit` samples of `data` spread evenly over it (all if 0,
 /// so that class-sorted test sets stay balanced), optionally on the inputs `pipeline`
-/// makes.
+/// makes. In one process.
 pub fn accuracy(
     model: &dyn ModuleT,
     data: &Dataset,
     limit: usize,
     batch_size: usize,
     device: Device,
-    mut pipeline: Option<&mut Pipeline>,
+    pipeline: Option<&mut Pipeline>,
     seed: u64,
+) -> anyhow::Result<f64> {
+    let spec = Sharded {
+        limit,
+        batch_size,
+        device,
+        seed,
+    };
+    sharded_accuracy(model, data, &spec, pipeline, &Ranks::single())
+}
+
+/// How [`sharded_accuracy`] reads the test set.
+pub struct Sharded {
+    /// Samples (0 = all), spread over the set.
+    pub limit: usize,
+    /// Batch size.
+    pub batch_size: usize,
+    /// The model's device.
+    pub device: Device,
+    /// The seed of the per-batch draws.
+    pub seed: u64,
+}
+
+/// The libtorch seed and the pipeline's draws of evaluation batch `batch`: keyed by the
+/// batch, so a batch is attacked alike whichever rank evaluates it.
+fn batch_seeds(seed: u64, batch: usize) -> (i64, SplitMix) {
+    let mut rng = SplitMix::new(seed ^ 0x5EED, 0xE7A1_0000 + batch as u64);
+    let torch = (rng.next_u64() >> 1) as i64;
+    (torch, rng)
+}
+
+/// [`accuracy`] over the ranks: rank `r` evaluates batches `r, r + W, …`, and the counts
+/// are summed over the ranks (every rank returns the same figure).
+pub fn sharded_accuracy(
+    model: &dyn ModuleT,
+    data: &Dataset,
+    spec: &Sharded,
+    mut pipeline: Option<&mut Pipeline>,
+    ranks: &Ranks,
 ) -> anyhow::Result<f64> {
     let adapter = OracleAdapter(ModelOracle {
         model,
         classes: data.num_classes() as u32,
     });
     let oracle = adapter.as_ref();
-    let mut rng = SplitMix::new(seed, 0xE7A1);
     let (mut correct, mut n) = (0i64, 0i64);
-    for index in data.spread_batches(limit, batch_size) {
+    let batches = data.spread_batches(spec.limit, spec.batch_size);
+    for (b, index) in batches.iter().enumerate() {
+        if b % ranks.world_size() != ranks.rank() {
+            continue;
+        }
         n += index.size()[0];
-        let samples = data.select(&index).to(device);
+        let samples = data.select(index).to(spec.device);
         let inputs = match pipeline.as_deref_mut() {
-            Some(p) => p.inputs(&samples, 0, 1, Phase::Evaluation, &oracle, &mut rng)?.images,
+            Some(p) => {
+                let (torch_seed, mut rng) = batch_seeds(spec.seed, b);
+                tch::manual_seed(torch_seed);
+                p.inputs(&samples, 0, 1, Phase::Evaluation, &oracle, &mut rng)?
+                    .images
+            }
             None => samples.images.shallow_clone(),
         };
         let predicted = tch::no_grad(|| model.forward_t(&inputs, false)).argmax(-1, false);
@@ -41,7 +93,8 @@ pub fn accuracy(
             .sum(Kind::Int64)
             .int64_value(&[]);
     }
-    Ok(correct as f64 / n.max(1) as f64)
+    let all = ranks.sum(&[correct as f64, n as f64], spec.device)?;
+    Ok(all[0] / all[1].max(1.0))
 }
 
 /// What [`evaluate`] measures.
@@ -64,11 +117,28 @@ pub fn alignment(
     batch_size: usize,
     device: Device,
 ) -> f64 {
+    let (total, n) = alignment_sums(model, data, limit, batch_size, device, &Ranks::single());
+    total / n.max(1) as f64
+}
+
+/// This rank's share of [`alignment`]: the sum over its batches (`r, r + W, …`) and
+/// their sample count.
+fn alignment_sums(
+    model: &dyn ModuleT,
+    data: &Dataset,
+    limit: usize,
+    batch_size: usize,
+    device: Device,
+    ranks: &Ranks,
+) -> (f64, i64) {
     let (mut total, mut n) = (0f64, 0i64);
-    for index in data.spread_batches(limit, batch_size) {
+    for (b, index) in data.spread_batches(limit, batch_size).iter().enumerate() {
+        if b % ranks.world_size() != ranks.rank() {
+            continue;
+        }
         n += index.size()[0];
         let x = data
-            .select(&index)
+            .select(index)
             .to(device)
             .images
             .detach()
@@ -85,23 +155,39 @@ pub fn alignment(
         let per = dot.abs() / norm.clamp_min(1e-30);
         total += per.sum(Kind::Double).double_value(&[]);
     }
-    total / n.max(1) as f64
+    (total, n)
 }
 
 /// Clean accuracy on the whole test set and robust accuracy for every attack and budget
-/// of `[eval]`.
+/// of `[eval]`, sharded over `ranks` (see the module's documentation).
 pub fn evaluate(
     model: &dyn ModuleT,
     test: &Dataset,
     config: &RunConfig,
     registry: &Registry,
     device: Device,
+    ranks: &Ranks,
 ) -> anyhow::Result<Evaluation> {
     let eval = &config.eval;
-    let clean = accuracy(model, test, 0, eval.batch_size, device, None, config.seed)?;
+    let spec = |limit| Sharded {
+        limit,
+        batch_size: eval.batch_size,
+        device,
+        seed: config.seed,
+    };
+    let clean = sharded_accuracy(model, test, &spec(0), None, ranks)?;
     log::info!("clean accuracy {:.4} on {} test images", clean, test.len());
     let alignment = if eval.alignment {
-        let a = alignment(model, test, eval.max_samples, eval.batch_size, device);
+        let (total, n) = alignment_sums(
+            model,
+            test,
+            eval.max_samples,
+            eval.batch_size,
+            device,
+            ranks,
+        );
+        let sums = ranks.sum(&[total, n as f64], device)?;
+        let a = sums[0] / sums[1].max(1.0);
         log::info!("mean Etmann alignment {a:.4}");
         Some(a)
     } else {
@@ -113,16 +199,14 @@ pub fn evaluate(
             let attack = create_eval_attack(registry, config, name, eps)?;
             let threat = attack.threat;
             let mut pipeline = Pipeline::new(registry, config, Some(attack))?;
-            // The same seed for every attack: evaluations are reproducible and comparable.
-            tch::manual_seed(config.seed as i64 ^ 0x5EED);
-            let acc = accuracy(
+            // The same per-batch seeds for every attack: evaluations are reproducible,
+            // comparable, and the same whatever the number of ranks.
+            let acc = sharded_accuracy(
                 model,
                 test,
-                eval.max_samples,
-                eval.batch_size,
-                device,
+                &spec(eval.max_samples),
                 Some(&mut pipeline),
-                config.seed,
+                ranks,
             )
             .with_context(|| format!("evaluating {name} at epsilon {eps}"))?;
             log::info!(

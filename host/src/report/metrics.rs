@@ -39,6 +39,10 @@ pub struct EpochMetrics {
     /// training mode. Absent in files written before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_digest: Option<String>,
+    /// Seconds this rank (rank 0) spent in the gradient all-reduce during the epoch, in
+    /// a data-parallel run; absent in one process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allreduce_seconds: Option<f64>,
 }
 
 /// The process's resident set size in MiB (0 if unavailable).
@@ -74,8 +78,12 @@ pub struct RobustAccuracy {
     pub accuracy: f64,
 }
 
+fn one() -> usize {
+    1
+}
+
 /// `metrics.json`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Metrics {
     /// Where the run stands.
     pub status: RunStatus,
@@ -89,9 +97,27 @@ pub struct Metrics {
     pub alignment: Option<f64>,
     /// Per-epoch figures.
     pub epochs: Vec<EpochMetrics>,
+    /// The number of processes that trained the run (1 without torchrun or Slurm; the
+    /// epoch figures are over all of them). Files written before it was recorded read as 1.
+    #[serde(default = "one")]
+    pub world_size: usize,
     /// Why the run failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            status: RunStatus::default(),
+            clean_accuracy: None,
+            robust_accuracy: Vec::new(),
+            alignment: None,
+            epochs: Vec::new(),
+            world_size: 1,
+            error: None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -132,7 +132,9 @@ mod tests {
                 seconds: 2.0,
                 rss_mib: 100.0,
                 data_digest: Some("00112233445566ff".into()),
+                allreduce_seconds: Some(0.25),
             }],
+            world_size: 2,
             error: None,
         };
         a.write_metrics(&m).unwrap();

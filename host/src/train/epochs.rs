@@ -8,8 +8,9 @@ use super::step::{NonFiniteLoss, StepAt, StepOutput, TrainingStep};
 use super::{build_network, load_datasets, mixed_precision, Network, Outcome};
 use crate::config::{RunConfig, TrainConfig};
 use crate::data::epoch::EpochBatches;
-use crate::data::rng::{torch_seed, Purpose, SplitMix};
+use crate::data::rng::{Purpose, SplitMix};
 use crate::data::Dataset;
+use crate::distributed::Ranks;
 use crate::eval;
 use crate::plugins::oracle::ModelOracle;
 use crate::plugins::pipeline::Pipeline;
@@ -30,6 +31,8 @@ pub(super) struct Session<'a> {
     pub device: Device,
     pub interrupted: &'a AtomicBool,
     pub metrics: &'a mut Metrics,
+    /// This process among the ranks (one in a plain run): only rank 0 writes.
+    pub ranks: &'a Ranks,
 }
 
 /// What one epoch needs besides the session.
@@ -84,15 +87,34 @@ impl Session<'_> {
             bail!("[model] torchscript: a TorchScript model can be evaluated and attacked (`sat-host eval --config ...`), not trained here; use [model] arch");
         }
         let mut net = build_network(config, train.num_classes(), self.device)?;
-        let mut step = TrainingStep::single_process(&net.vs, t, mixed_precision(t, self.device));
-        let first_epoch = if resume {
+        let amp = mixed_precision(t, self.device);
+        let optimizer =
+            super::optimizer::Optimizer::new(&net.vs, super::optimizer::Rule::from_config(t));
+        let mut step = TrainingStep::new(optimizer, amp, self.ranks.gradient_sync());
+        // Only rank 0 reads the state file; the others get its state by broadcast.
+        let first_epoch = if resume && self.ranks.is_writer() {
             self.resume(&mut net, &mut step)?
         } else {
             0
         };
+        let first_epoch = self
+            .ranks
+            .synchronize_state(&net.vs, &mut step, first_epoch)?;
+        self.metrics.epochs.truncate(first_epoch as usize);
+        if self.ranks.is_distributed() {
+            log::info!(
+                "data-parallel: {} ranks × batch {} = global batch {}; {} of {} training images per rank per epoch",
+                self.ranks.world_size(),
+                t.batch_size,
+                self.ranks.world_size() * t.batch_size,
+                crate::distributed::shard_len(train.len() as usize, self.ranks.world_size()),
+                train.len()
+            );
+        }
         let mut pipeline = Pipeline::for_training(self.registry, config)?;
         log_pipeline(&pipeline, t);
-        let batches = (train.len() as usize).div_ceil(t.batch_size.max(1));
+        let batches = crate::distributed::shard_len(train.len() as usize, self.ranks.world_size())
+            .div_ceil(t.batch_size.max(1));
         let schedule = Schedule::new(t.schedule, t.lr, &t.milestones, t.gamma, t.epochs, batches);
         let adapter = OracleAdapter(ModelOracle {
             model: net.model.as_ref(),
@@ -110,7 +132,9 @@ impl Session<'_> {
         for index in first_epoch..t.epochs {
             if !self.train_epoch(&mut epoch, index)? {
                 self.metrics.status = RunStatus::Interrupted;
-                self.run.write_metrics(self.metrics)?;
+                if self.ranks.is_writer() {
+                    self.run.write_metrics(self.metrics)?;
+                }
                 return Ok(Outcome::Interrupted);
             }
         }
@@ -141,17 +165,27 @@ impl Session<'_> {
     /// `false` when Ctrl-C stopped it.
     fn train_epoch(&mut self, e: &mut Epoch<'_, '_>, index: u32) -> anyhow::Result<bool> {
         let (config, epochs) = (self.config, self.config.train.epochs);
+        let ranks = self.ranks;
         let mut batches = EpochBatches::new(
             e.data,
             &config.data,
             config.train.batch_size,
             config.seed,
             index,
-        );
+        )
+        .shard(ranks.rank(), ranks.world_size());
+        // Per-batch draws (mixing coin, saliency source) are the same on every rank: a
+        // rank's batch b is its part of the global batch b. libtorch's generator (attack
+        // and saliency draws inside plugins) is seeded per (seed, epoch, rank).
         let mut draws = SplitMix::stream(config.seed, Purpose::Draws, index);
-        tch::manual_seed(torch_seed(config.seed, Purpose::Attacks, index));
+        tch::manual_seed(ranks.torch_seed(config.seed, Purpose::Attacks, index));
         let per_epoch = batches.batch_count() as u64;
-        let bar = progress_bar(per_epoch, index, epochs);
+        let bar = if ranks.is_writer() {
+            progress_bar(per_epoch, index, epochs)
+        } else {
+            ProgressBar::hidden()
+        };
+        let _ = ranks.take_sync_time();
         if let Some(i) = e.pipeline.epoch_source(index) {
             let name = &e.pipeline.sources[i].origin.name;
             log::info!("epoch {}: saliency source `{name}`", index + 1);
@@ -159,7 +193,9 @@ impl Session<'_> {
         let start = Instant::now();
         let mut totals = Totals::default();
         for (b, samples) in batches.by_ref().enumerate() {
-            if self.interrupted.load(Ordering::SeqCst) {
+            // In a data-parallel run Ctrl-C is agreed on at the end of the epoch (below),
+            // so no rank leaves the others waiting in a collective.
+            if !ranks.is_distributed() && self.interrupted.load(Ordering::SeqCst) {
                 bar.abandon_with_message("interrupted");
                 log::warn!("interrupted during epoch {}; the checkpoint of the last finished epoch is kept", index + 1);
                 return Ok(false);
@@ -185,18 +221,51 @@ impl Session<'_> {
             bar.inc(1);
         }
         bar.finish();
-        let figures = epoch_metrics(index, &totals, start, batches.digest());
+        let sync = ranks.take_sync_time();
+        let stop = if ranks.is_distributed() {
+            // One sum of the epoch's totals (and of the ranks' Ctrl-C flags).
+            let flag = f64::from(u8::from(self.interrupted.load(Ordering::SeqCst)));
+            let all = ranks.sum(
+                &[totals.loss, totals.correct as f64, totals.seen as f64, flag],
+                self.device,
+            )?;
+            totals.loss = all[0];
+            totals.correct = all[1] as i64;
+            totals.seen = all[2] as i64;
+            all[3] > 0.0
+        } else {
+            false
+        };
+        let mut figures = epoch_metrics(index, &totals, start, batches.digest());
+        if let Some((seconds, calls)) = sync {
+            figures.allreduce_seconds = Some(seconds);
+            log::info!(
+                "epoch {}: gradient all-reduce {:.2} ms per step ({calls} steps), {:.1}% of the epoch's time",
+                index + 1,
+                1e3 * seconds / calls.max(1) as f64,
+                100.0 * seconds / figures.seconds.max(1e-9)
+            );
+        }
         log_epoch(&figures, epochs);
         self.metrics.epochs.push(figures);
-        let (step, vs) = (&*e.step, &e.net.vs);
-        checkpoint::save_epoch(
-            self.run,
-            vs,
-            &step.optimizer,
-            &step.scaler,
-            index + 1,
-            self.metrics,
-        )?;
+        if ranks.is_writer() {
+            let (step, vs) = (&*e.step, &e.net.vs);
+            checkpoint::save_epoch(
+                self.run,
+                vs,
+                &step.optimizer,
+                &step.scaler,
+                index + 1,
+                self.metrics,
+            )?;
+        }
+        if stop {
+            log::warn!(
+                "interrupted during epoch {}; its checkpoint is kept",
+                index + 1
+            );
+            return Ok(false);
+        }
         Ok(true)
     }
 
@@ -215,12 +284,21 @@ impl Session<'_> {
 
     /// Evaluates the trained model and records the run as completed.
     fn evaluate(&mut self, model: &dyn tch::nn::ModuleT, test: &Dataset) -> anyhow::Result<()> {
-        let evaluation = eval::evaluate(model, test, self.config, self.registry, self.device)?;
+        let evaluation = eval::evaluate(
+            model,
+            test,
+            self.config,
+            self.registry,
+            self.device,
+            self.ranks,
+        )?;
         self.metrics.clean_accuracy = Some(evaluation.clean);
         self.metrics.robust_accuracy = evaluation.robust;
         self.metrics.alignment = evaluation.alignment;
         self.metrics.status = RunStatus::Completed;
-        self.run.write_metrics(self.metrics)?;
+        if self.ranks.is_writer() {
+            self.run.write_metrics(self.metrics)?;
+        }
         Ok(())
     }
 }
@@ -237,6 +315,7 @@ fn epoch_metrics(index: u32, totals: &Totals, start: Instant, digest: String) ->
         seconds,
         rss_mib: crate::report::resident_mib(),
         data_digest: Some(digest),
+        allreduce_seconds: None,
     }
 }
 
@@ -289,6 +368,8 @@ fn log_pipeline(pipeline: &Pipeline, t: &TrainConfig) {
     };
     log::info!("training: {inputs}, objective `{}`{saliency}", t.objective);
     if !t.saliency.is_empty() && !pipeline.uses_saliency() {
-        log::warn!("saliency sources are configured but neither the attack nor the objective uses them");
+        log::warn!(
+            "saliency sources are configured but neither the attack nor the objective uses them"
+        );
     }
 }

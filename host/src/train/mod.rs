@@ -11,6 +11,7 @@ pub mod step;
 use crate::config::{RunConfig, TrainConfig};
 use crate::data::rng::{torch_seed, Purpose};
 use crate::data::Dataset;
+use crate::distributed::Ranks;
 use crate::plugins::registry::Registry;
 use crate::report::{Metrics, RunDir, RunStatus};
 use anyhow::Context;
@@ -93,6 +94,9 @@ pub enum Outcome {
 /// An error or a panic (see [`fault`]) ends the run with status `failed`: the message
 /// goes to `metrics.json` (which keeps the finished epochs) and `log.txt`, and the
 /// checkpoint of the last finished epoch stays as it was, so `--resume` continues.
+///
+/// With several `ranks` (a data-parallel run, see [`crate::distributed`]) every rank
+/// calls this; only rank 0 writes into `run`.
 pub fn run(
     config: &RunConfig,
     registry: &Registry,
@@ -100,8 +104,12 @@ pub fn run(
     device: Device,
     interrupted: &AtomicBool,
     resume: bool,
+    ranks: &Ranks,
 ) -> anyhow::Result<(Outcome, Metrics)> {
-    let mut metrics = Metrics::default();
+    let mut metrics = Metrics {
+        world_size: ranks.world_size(),
+        ..Metrics::default()
+    };
     if resume {
         // Keep the figures of the finished epochs.
         if let Ok(text) = std::fs::read_to_string(run.file("metrics.json")) {
@@ -119,6 +127,7 @@ pub fn run(
             device,
             interrupted,
             metrics: &mut metrics,
+            ranks,
         };
         session.train_and_evaluate(resume)
     });
@@ -131,8 +140,10 @@ pub fn run(
             );
             metrics.status = RunStatus::Failed;
             metrics.error = Some(format!("{e:#}"));
-            if let Err(write) = run.write_metrics(&metrics) {
-                log::error!("cannot record the failure in metrics.json: {write}");
+            if ranks.is_writer() {
+                if let Err(write) = run.write_metrics(&metrics) {
+                    log::error!("cannot record the failure in metrics.json: {write}");
+                }
             }
             log::logger().flush();
             Err(e)

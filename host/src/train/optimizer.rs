@@ -327,6 +327,21 @@ impl Optimizer {
         });
     }
 
+    /// The number of flat state buffers: 0 before the first update, then 1 (SGD with
+    /// momentum) or 2 (Adam).
+    pub fn buffer_count(&self) -> usize {
+        self.buffers.len()
+    }
+
+    /// Makes `count` zeroed state buffers when there are none, so that [`Self::state`]
+    /// has the tensors another process's state can be copied into (a data-parallel rank
+    /// receiving rank 0's state).
+    pub fn ensure_buffers(&mut self, count: usize) {
+        if self.buffers.is_empty() {
+            self.buffers = (0..count).map(|_| self.flat.params.zeros_like()).collect();
+        }
+    }
+
     /// The state as named tensors (`optimizer.<param>.<i>` and `optimizer.steps`).
     pub fn state(&self) -> Vec<(String, Tensor)> {
         let mut out = vec![(

@@ -131,7 +131,8 @@ pub struct NonFiniteLoss(pub f64, pub String);
 /// forward pass, as a libtorch error (CUDA out of memory, say) would. The end-to-end
 /// tests use it to check that a fault in the host is recorded (status `failed`, the
 /// message in `metrics.json` and `log.txt`) and that the run resumes from its last
-/// checkpoint.
+/// checkpoint. Under torchrun it applies to the first attempt only (not after a restart,
+/// `TORCHELASTIC_RESTART_COUNT` > 0), so a restarted job can show that it resumes.
 pub const DEBUG_PANIC_AT_STEP: &str = "SAT_DEBUG_PANIC_AT_STEP";
 
 /// The training step with its state: optimiser, loss scale and the gradient
@@ -152,7 +153,8 @@ impl TrainingStep {
     pub fn new(optimizer: Optimizer, amp: bool, sync: Box<dyn GradientSync>) -> Self {
         let panic_at = std::env::var(DEBUG_PANIC_AT_STEP)
             .ok()
-            .and_then(|v| v.trim().parse().ok());
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|_| crate::distributed::elastic_restart().is_none());
         Self {
             optimizer,
             scaler: LossScale::default(),

@@ -1,0 +1,660 @@
+//! Data-parallel runs of the real binary: 2 ranks over Gloo on 127.0.0.1, launched by
+//! plain environment variables and by torchrun. Every multi-process test has a hard
+//! deadline after which its processes are killed, and a guard that kills them when the
+//! test fails, so no process is left behind.
+use sat_tests::{sat, sat_host, target_dir};
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on the loopback address (bound, then released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A small run: a model without BatchNorm (`mlp`), no augmentation, SGD with momentum;
+/// 256 training images = 4 global batches of 64.
+fn config(dir: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("c.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"name = "d"
+seed = 5
+device = "cpu"
+[data]
+dataset = "shapes"
+train_size = 256
+test_size = 96
+image_size = 16
+classes = 4
+crop_padding = 0
+flip = false
+[model]
+arch = "mlp"
+width = 32
+[train]
+epochs = 1
+batch_size = 32
+optimizer = "sgd"
+lr = 0.05
+momentum = 0.9
+[eval]
+attacks = ["fgsm", "pgd"]
+epsilons = ["4/255"]
+batch_size = 40
+alignment = true
+[components.pgd]
+steps = 3
+step_size = "2/255"
+[distributed]
+timeout_seconds = 10
+{extra}
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Processes killed (and reaped) when dropped: a failing test leaves none behind.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// What a finished process said.
+struct Done {
+    code: Option<i32>,
+    stderr: String,
+    seconds: f64,
+}
+
+impl Procs {
+    /// Waits for every process, killing all of them after `deadline`; stderr read from
+    /// the files given at spawn.
+    fn wait(mut self, deadline: Duration, logs: &[PathBuf]) -> Vec<Done> {
+        let start = Instant::now();
+        let mut codes: Vec<Option<Option<i32>>> = vec![None; self.0.len()];
+        let mut times = vec![0.0; self.0.len()];
+        while codes.iter().any(Option::is_none) {
+            for (i, c) in self.0.iter_mut().enumerate() {
+                if codes[i].is_none() {
+                    if let Some(status) = c.try_wait().unwrap() {
+                        codes[i] = Some(status.code());
+                        times[i] = start.elapsed().as_secs_f64();
+                    }
+                }
+            }
+            if start.elapsed() > deadline {
+                let logs: Vec<String> = logs
+                    .iter()
+                    .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+                    .collect();
+                panic!(
+                    "processes still running after {deadline:?}; killed\n{}",
+                    logs.join("\n----\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.0.clear();
+        codes
+            .into_iter()
+            .zip(times)
+            .zip(logs)
+            .map(|((code, seconds), log)| Done {
+                code: code.unwrap(),
+                stderr: std::fs::read_to_string(log).unwrap_or_default(),
+                seconds,
+            })
+            .collect()
+    }
+}
+
+/// Starts `world` ranks of `sat-host args…` (plus `per_rank(rank)` arguments) with the
+/// torchrun variables set by hand; stderr of rank r goes to `cwd/rank<r>.log`.
+fn spawn_ranks(
+    cwd: &Path,
+    world: usize,
+    port: u16,
+    args: &[&str],
+    per_rank: impl Fn(usize) -> Vec<String>,
+) -> (Procs, Vec<PathBuf>) {
+    let mut procs = Procs(Vec::new());
+    let mut logs = Vec::new();
+    for rank in 0..world {
+        let log = cwd.join(format!("rank{rank}.log"));
+        let child = Command::new(sat_host())
+            .args(args)
+            .args(per_rank(rank))
+            .current_dir(cwd)
+            .env_remove("SAT_PLUGIN_PATH")
+            .env_remove("SAT_LOG")
+            .env_remove("RUST_LOG")
+            .env("OMP_NUM_THREADS", "1")
+            .env("RANK", rank.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("WORLD_SIZE", world.to_string())
+            .env("LOCAL_WORLD_SIZE", world.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start sat-host");
+        procs.0.push(child);
+        logs.push(log);
+    }
+    (procs, logs)
+}
+
+/// Runs `world` ranks to the end within `deadline`.
+fn run_ranks(cwd: &Path, world: usize, args: &[&str], deadline: u64) -> Vec<Done> {
+    let (procs, logs) = spawn_ranks(cwd, world, free_port(), args, |_| Vec::new());
+    procs.wait(Duration::from_secs(deadline), &logs)
+}
+
+fn metrics(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap()
+}
+
+/// The float32 tensors of a safetensors file (header: 8-byte length, JSON), by name.
+fn tensors(path: &Path) -> HashMap<String, Vec<f32>> {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, v)| *k != "__metadata__" && v["dtype"] == "F32")
+        .map(|(k, v)| {
+            let offsets = &v["data_offsets"];
+            let (a, b) = (
+                offsets[0].as_u64().unwrap() as usize,
+                offsets[1].as_u64().unwrap() as usize,
+            );
+            let values = data[a..b]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            (k.clone(), values)
+        })
+        .collect()
+}
+
+fn max_difference(a: &Path, b: &Path) -> f32 {
+    let (a, b) = (tensors(a), tensors(b));
+    assert_eq!(a.len(), b.len());
+    assert!(!a.is_empty());
+    a.iter()
+        .flat_map(|(k, x)| {
+            let y = &b[k];
+            assert_eq!(x.len(), y.len(), "{k}");
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .collect::<Vec<_>>()
+        })
+        .fold(0.0, f32::max)
+}
+
+/// 2 ranks × batch 32 train the weights 1 rank × batch 64 trains (within 1e-5); the
+/// distributed run's (sharded) evaluation equals a single-process evaluation of its
+/// checkpoint; the checkpoint resumes single-process.
+#[test]
+fn two_ranks_train_and_evaluate_as_one_process_with_the_global_batch() {
+    let cwd = tempfile::tempdir().unwrap();
+    config(cwd.path(), "");
+    let t0 = Instant::now();
+    let done = run_ranks(
+        cwd.path(),
+        2,
+        &["run", "--config", "c.toml", "--set", "name=dist"],
+        120,
+    );
+    for d in &done {
+        assert_eq!(d.code, Some(0), "{}", d.stderr);
+    }
+    eprintln!("2 ranks: {:.1} s", t0.elapsed().as_secs_f64());
+    assert!(
+        done[0]
+            .stderr
+            .contains("2 ranks × batch 32 = global batch 64"),
+        "{}",
+        done[0].stderr
+    );
+    // Rank 1 logs warnings only, prefixed; it made no run directory of its own.
+    assert!(
+        done[1]
+            .stderr
+            .lines()
+            .all(|l| !l.contains("INFO ] [rank 1]")),
+        "{}",
+        done[1].stderr
+    );
+    let runs = cwd.path().join("runs");
+    let names: Vec<String> = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["dist"]);
+    let dist = runs.join("dist");
+    let m = metrics(&dist);
+    assert_eq!(m["status"], "completed");
+    assert_eq!(m["world_size"], 2);
+    assert!(m["epochs"][0]["allreduce_seconds"].as_f64().unwrap() > 0.0);
+
+    sat(
+        cwd.path(),
+        &[
+            "run",
+            "--config",
+            "c.toml",
+            "--set",
+            "name=single",
+            "--set",
+            "train.batch_size=64",
+        ],
+        &[],
+    )
+    .success();
+    let single = runs.join("single");
+    assert_eq!(metrics(&single)["world_size"], 1);
+    let diff = max_difference(
+        &dist.join("checkpoint.safetensors"),
+        &single.join("checkpoint.safetensors"),
+    );
+    eprintln!("2 ranks × 32 vs 1 rank × 64: largest parameter difference {diff:e}");
+    assert!(diff < 1e-5, "parameters differ by {diff}");
+    let (a, b) = (&m["epochs"][0], &metrics(&single)["epochs"][0]);
+    assert!((a["train_loss"].as_f64().unwrap() - b["train_loss"].as_f64().unwrap()).abs() < 1e-5);
+    assert_eq!(a["train_accuracy"], b["train_accuracy"]);
+    assert_eq!(a["data_digest"], b["data_digest"]);
+
+    // The distributed evaluation equals a single-process one of the same checkpoint.
+    let out = cwd.path().join("eval1");
+    sat(
+        cwd.path(),
+        &[
+            "eval",
+            "--run",
+            dist.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .success();
+    let e = metrics(&out);
+    assert_eq!(e["clean_accuracy"], m["clean_accuracy"]);
+    assert_eq!(e["robust_accuracy"], m["robust_accuracy"]);
+    assert_eq!(m["robust_accuracy"].as_array().unwrap().len(), 2);
+    let (x, y) = (
+        e["alignment"].as_f64().unwrap(),
+        m["alignment"].as_f64().unwrap(),
+    );
+    assert!((x - y).abs() < 1e-9, "{x} vs {y}");
+    // And so does a 2-rank `eval` (rank 0 writes).
+    let out2 = cwd.path().join("eval2");
+    let done = run_ranks(
+        cwd.path(),
+        2,
+        &[
+            "eval",
+            "--run",
+            dist.to_str().unwrap(),
+            "--out",
+            out2.to_str().unwrap(),
+        ],
+        60,
+    );
+    for d in &done {
+        assert_eq!(d.code, Some(0), "{}", d.stderr);
+    }
+    assert_eq!(metrics(&out2)["robust_accuracy"], m["robust_accuracy"]);
+    assert_eq!(metrics(&out2)["clean_accuracy"], m["clean_accuracy"]);
+
+    // The distributed run's state resumes in one process.
+    sat(
+        cwd.path(),
+        &[
+            "run",
+            "--resume",
+            dist.to_str().unwrap(),
+            "--set",
+            "train.epochs=2",
+        ],
+        &[],
+    )
+    .success();
+    let m = metrics(&dist);
+    assert_eq!(m["status"], "completed");
+    assert_eq!(m["world_size"], 1);
+    assert_eq!(m["epochs"].as_array().unwrap().len(), 2);
+}
+
+/// Ranks started with different overrides are refused before anything is written.
+#[test]
+fn ranks_with_different_configs_are_refused() {
+    let cwd = tempfile::tempdir().unwrap();
+    config(cwd.path(), "");
+    let (procs, logs) = spawn_ranks(
+        cwd.path(),
+        2,
+        free_port(),
+        &["run", "--config", "c.toml"],
+        |rank| {
+            if rank == 1 {
+                vec!["--set".into(), "train.lr=0.2".into()]
+            } else {
+                Vec::new()
+            }
+        },
+    );
+    let done = procs.wait(Duration::from_secs(60), &logs);
+    for d in &done {
+        assert_eq!(d.code, Some(1), "{}", d.stderr);
+        assert!(
+            d.stderr
+                .contains("the ranks resolved different configurations"),
+            "{}",
+            d.stderr
+        );
+        assert!(d.stderr.contains("rank 1 ("), "{}", d.stderr);
+    }
+    assert!(!cwd.path().join("runs").exists());
+}
+
+/// A rank whose store never answers (a wrong MASTER_PORT) fails within the timeout,
+/// saying where it tried to connect.
+#[test]
+fn an_unreachable_store_fails_within_the_timeout() {
+    let cwd = tempfile::tempdir().unwrap();
+    config(cwd.path(), "");
+    let port = free_port();
+    let (procs, logs) = spawn_ranks(
+        cwd.path(),
+        2,
+        port,
+        &[
+            "run",
+            "--config",
+            "c.toml",
+            "--set",
+            "distributed.timeout_seconds=3",
+        ],
+        |_| Vec::new(),
+    );
+    // Rank 0 alone would serve the store; start rank 1 only.
+    let mut procs = procs;
+    let mut rank0 = procs.0.remove(0);
+    let _ = rank0.kill();
+    let _ = rank0.wait();
+    let done = Procs(procs.0.drain(..).collect()).wait(Duration::from_secs(30), &logs[1..]);
+    assert_eq!(done[0].code, Some(1), "{}", done[0].stderr);
+    assert!(done[0].seconds < 15.0, "{}", done[0].seconds);
+    assert!(
+        done[0].stderr.contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        done[0].stderr
+    );
+    assert!(
+        done[0].stderr.contains("[rank 1] error:"),
+        "{}",
+        done[0].stderr
+    );
+}
+
+/// Rank 1 stopped (SIGSTOP: a hang) in the middle of epoch 2 makes rank 0 fail within
+/// the timeout naming rank 1; metrics.json says failed and keeps epoch 1, whose
+/// checkpoint is intact; two ranks then resume and complete. Then rank 1 killed outright
+/// (SIGKILL) makes rank 0 fail at once.
+#[test]
+fn a_hung_or_killed_rank_fails_the_other_and_the_run_resumes() {
+    let cwd = tempfile::tempdir().unwrap();
+    // PGD-10 training of a small CNN: epochs long enough to stop a rank in the middle.
+    config(cwd.path(), "");
+    let args = [
+        "run",
+        "--config",
+        "c.toml",
+        "--set",
+        "train.epochs=3",
+        "--set",
+        "model.arch=small-cnn",
+        "--set",
+        "model.width=8",
+        "--set",
+        "train.attack=pgd",
+        "--set",
+        "components.pgd.steps=10",
+        "--set",
+        "data.train_size=512",
+        "--set",
+        "distributed.timeout_seconds=5",
+    ];
+    let (mut procs, logs) = spawn_ranks(cwd.path(), 2, free_port(), &args, |_| Vec::new());
+    let dir = cwd.path().join("runs/d");
+    let state = dir.join("state.safetensors");
+    let start = Instant::now();
+    while !state.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no epoch finished"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let rank1 = procs.0[1].id().to_string();
+    Command::new("kill")
+        .args(["-STOP", &rank1])
+        .status()
+        .unwrap();
+    let stopped = Instant::now();
+    // Rank 0 must give up within the 5 s timeout (plus its own work in flight).
+    let mut rank0 = procs.0.remove(0);
+    let code = loop {
+        if let Some(s) = rank0.try_wait().unwrap() {
+            break s.code();
+        }
+        if stopped.elapsed() > Duration::from_secs(40) {
+            let _ = rank0.kill();
+            let _ = rank0.wait();
+            panic!("rank 0 still running 40 s after rank 1 hung");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let waited = stopped.elapsed().as_secs_f64();
+    eprintln!("rank 0 exited {waited:.1} s after rank 1 was stopped (timeout 5 s)");
+    Command::new("kill")
+        .args(["-KILL", &rank1])
+        .status()
+        .unwrap();
+    drop(procs);
+    let stderr = std::fs::read_to_string(&logs[0]).unwrap();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(waited < 20.0, "rank 0 took {waited} s");
+    assert!(
+        stderr.contains("rank 1 died, stalled or was stopped"),
+        "{stderr}"
+    );
+    let m = metrics(&dir);
+    assert_eq!(m["status"], "failed", "{m}");
+    assert!(m["error"].as_str().unwrap().contains("rank 1"), "{m}");
+    let finished = m["epochs"].as_array().unwrap().len();
+    assert!((1..3).contains(&finished), "{m}");
+    assert!(!std::fs::read_dir(&dir).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains(".tmp")));
+
+    // Two ranks resume from the last finished epoch and complete.
+    let resume = ["run", "--resume", "runs/d"];
+    let done = run_ranks(cwd.path(), 2, &resume, 180);
+    for d in &done {
+        assert_eq!(d.code, Some(0), "{}", d.stderr);
+    }
+    assert!(
+        done[0]
+            .stderr
+            .contains(&format!("resuming after epoch {finished}")),
+        "{}",
+        done[0].stderr
+    );
+    let m = metrics(&dir);
+    assert_eq!(m["status"], "completed");
+    assert_eq!(m["epochs"].as_array().unwrap().len(), 3);
+
+    // A killed rank: the other fails at its next collective, naming it.
+    let log = dir.join("log.txt");
+    let joined = |log: &Path| {
+        std::fs::read_to_string(log)
+            .unwrap()
+            .matches("data-parallel: 2 ranks")
+            .count()
+    };
+    let before = joined(&log);
+    let (mut procs, logs) = spawn_ranks(
+        cwd.path(),
+        2,
+        free_port(),
+        &["run", "--resume", "runs/d", "--set", "train.epochs=5"],
+        |_| Vec::new(),
+    );
+    let start = Instant::now();
+    while joined(&log) == before {
+        assert!(start.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = procs.0[1].kill();
+    let killed = Instant::now();
+    let rank0 = procs.0.remove(0);
+    let done = Procs(vec![rank0]).wait(Duration::from_secs(30), &logs[..1]);
+    drop(procs);
+    assert_eq!(done[0].code, Some(1), "{}", done[0].stderr);
+    eprintln!(
+        "rank 0 exited {:.1} s after rank 1 was killed",
+        killed.elapsed().as_secs_f64()
+    );
+    assert!(killed.elapsed() < Duration::from_secs(15));
+    assert!(
+        done[0]
+            .stderr
+            .contains("rank 1 died, stalled or was stopped"),
+        "{}",
+        done[0].stderr
+    );
+    assert_eq!(metrics(&dir)["status"], "failed");
+}
+
+/// torchrun (static rendezvous on 127.0.0.1) launches the ranks; a rank that panics in
+/// epoch 2 makes torchrun restart the job (`--max-restarts 1`), and the restarted rank 0
+/// resumes the run directory this job made, from the last finished epoch.
+#[test]
+fn torchrun_launches_and_a_restart_resumes() {
+    let torchrun = target_dir().join("../../.venv/bin/torchrun");
+    if !torchrun.exists() {
+        eprintln!("skipped: no {}", torchrun.display());
+        return;
+    }
+    let cwd = tempfile::tempdir().unwrap();
+    config(cwd.path(), "");
+    let port = free_port().to_string();
+    let log = cwd.path().join("torchrun.log");
+    let child = Command::new(&torchrun)
+        .args([
+            "--nnodes",
+            "1",
+            "--nproc-per-node",
+            "2",
+            "--node-rank",
+            "0",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            &port,
+            "--local-addr",
+            "127.0.0.1",
+            "--max-restarts",
+            "1",
+            "--no-python",
+        ])
+        .arg(sat_host())
+        .args(["run", "--config", "c.toml", "--set", "train.epochs=3"])
+        .current_dir(cwd.path())
+        .env_remove("SAT_PLUGIN_PATH")
+        .env("OMP_NUM_THREADS", "1")
+        // Global step 5 is in epoch 2 (4 steps an epoch); only on the first attempt.
+        .env("SAT_DEBUG_PANIC_AT_STEP", "5")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let done = Procs(vec![child]).wait(Duration::from_secs(180), std::slice::from_ref(&log));
+    assert_eq!(done[0].code, Some(0), "{}", done[0].stderr);
+    let runs: Vec<String> = std::fs::read_dir(cwd.path().join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(runs, ["d"], "{}", done[0].stderr);
+    let dir = cwd.path().join("runs/d");
+    let m = metrics(&dir);
+    assert_eq!(m["status"], "completed", "{}", done[0].stderr);
+    assert_eq!(m["world_size"], 2);
+    assert_eq!(m["epochs"].as_array().unwrap().len(), 3);
+    let text = std::fs::read_to_string(dir.join("log.txt")).unwrap();
+    assert!(text.contains("deliberate panic"), "{text}");
+    assert!(text.contains("torchrun restart 1: resuming"), "{text}");
+    assert!(text.contains("resuming after epoch 1"), "{text}");
+}
+
+/// SAT (saliency from masks) trains on two ranks, each on its local batch.
+#[test]
+fn sat_trains_on_two_ranks() {
+    let cwd = tempfile::tempdir().unwrap();
+    config(cwd.path(), "[components.sat]\nepsilon = \"8/255\"\n");
+    let args = [
+        "run",
+        "--config",
+        "c.toml",
+        "--attack",
+        "sat",
+        "--plugin",
+        "masks",
+        "--set",
+        "model.arch=\"small-cnn\"",
+        "--set",
+        "model.width=8",
+        "--set",
+        "train.epochs=2",
+    ];
+    let done = run_ranks(cwd.path(), 2, &args, 120);
+    for d in &done {
+        assert_eq!(d.code, Some(0), "{}", d.stderr);
+    }
+    assert!(
+        done[0].stderr.contains("inputs from attack `sat`"),
+        "{}",
+        done[0].stderr
+    );
+    let m = metrics(&cwd.path().join("runs/d"));
+    assert_eq!(m["status"], "completed");
+    assert_eq!(m["world_size"], 2);
+    assert_eq!(m["epochs"].as_array().unwrap().len(), 2);
+}
