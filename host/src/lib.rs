@@ -11,6 +11,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod interrupt;
 pub mod logging;
 pub mod plugins;
 pub mod report;

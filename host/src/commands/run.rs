@@ -1,15 +1,13 @@
 //! `sat-host run`: trains, checkpoints and evaluates a model into a run directory, or
 //! continues an interrupted run with `--resume`.
-use super::{prepare, print_summary, set, set_list, ConfigArgs, GlobalArgs};
+use super::{prepare_from, print_summary, set, set_list, ConfigArgs, GlobalArgs};
 use crate::config::Override;
-use crate::report::{write_atomic, RunDir};
+use crate::report::{open_append_no_follow, write_atomic, RunDir};
 use crate::train::{self, Outcome};
 use anyhow::{bail, Context};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 /// `sat-host run`.
 #[derive(Args, Debug)]
@@ -71,9 +69,14 @@ impl RunArgs {
     }
 }
 
-/// Trains and evaluates; exit code 130 after Ctrl-C.
+/// Trains and evaluates; exit code 130 after Ctrl-C (SIGINT), 143 after SIGTERM.
 pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let (config, registry) = prepare(global, &args.config_args()?, &args.overrides())?;
+    let (config, registry) = prepare_from(
+        global,
+        &args.config_args()?,
+        &args.overrides(),
+        args.resume.is_some(),
+    )?;
     let device = crate::device::open(&config)?;
     let run_dir = match &args.resume {
         Some(dir) => RunDir { path: dir.clone() },
@@ -84,45 +87,33 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
             )
         })?,
     };
+    let _lock = run_dir
+        .lock()
+        .with_context(|| format!("locking {}", run_dir.path.display()))?;
     write_atomic(&run_dir.file("config.toml"), config.to_toml().as_bytes())?;
-    let log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(run_dir.file("log.txt"))
-        .context("opening log.txt")?;
+    let log_file = open_append_no_follow(&run_dir.file("log.txt")).context("opening log.txt")?;
     crate::logging::tee_to(log_file);
     log::info!("run directory {}", run_dir.path.display());
-    let interrupted = ctrl_c_flag()?;
+    let interrupted =
+        crate::interrupt::install().context("installing the SIGINT/SIGTERM handler")?;
     let (outcome, metrics) = train::run(
         &config,
         &registry,
         &run_dir,
         device,
-        &interrupted,
+        interrupted,
         args.resume.is_some(),
     )?;
     log::logger().flush();
     if outcome == Outcome::Interrupted {
         eprintln!(
-            "interrupted; results so far are in {}",
+            "interrupted by {}; results so far are in {} (continue with --resume {})",
+            crate::interrupt::signal_name(),
+            run_dir.path.display(),
             run_dir.path.display()
         );
-        return Ok(ExitCode::from(130));
+        return Ok(ExitCode::from(crate::interrupt::exit_code()));
     }
     print_summary(&metrics, &run_dir.path);
     Ok(ExitCode::SUCCESS)
-}
-
-/// A flag the first Ctrl-C sets (training stops after the current step); a second one
-/// exits at once with 130.
-fn ctrl_c_flag() -> anyhow::Result<Arc<AtomicBool>> {
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let flag = interrupted.clone();
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-    })
-    .context("installing the Ctrl-C handler")?;
-    Ok(interrupted)
 }

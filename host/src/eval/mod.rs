@@ -29,13 +29,23 @@ pub fn accuracy(
     let mut rng = SplitMix::new(seed, 0xE7A1);
     let (mut correct, mut n) = (0i64, 0i64);
     for index in data.spread_batches(limit, batch_size) {
+        crate::interrupt::check()?;
         n += index.size()[0];
         let samples = data.select(&index).to(device);
         let inputs = match pipeline.as_deref_mut() {
             Some(p) => p.inputs(&samples, 0, 1, Phase::Evaluation, &oracle, &mut rng)?.images,
             None => samples.images.shallow_clone(),
         };
-        let predicted = tch::no_grad(|| model.forward_t(&inputs, false)).argmax(-1, false);
+        let logits = tch::no_grad(|| model.forward_t(&inputs, false));
+        let batch = index.size()[0];
+        sat_models::check_logits(&logits, batch, data.num_classes(), false)
+            .map_err(anyhow::Error::msg)?;
+        if !sat_models::finite(&logits) {
+            anyhow::bail!(
+                "the model's logits are not finite (NaN or infinite) on a test batch; evaluation stops rather than report a meaningless accuracy"
+            );
+        }
+        let predicted = logits.argmax(-1, false);
         correct += predicted
             .eq_tensor(&samples.labels)
             .sum(Kind::Int64)
@@ -98,6 +108,7 @@ pub fn evaluate(
     device: Device,
 ) -> anyhow::Result<Evaluation> {
     let eval = &config.eval;
+    crate::interrupt::check()?;
     let clean = accuracy(model, test, 0, eval.batch_size, device, None, config.seed)?;
     log::info!("clean accuracy {:.4} on {} test images", clean, test.len());
     let alignment = if eval.alignment {
@@ -110,6 +121,7 @@ pub fn evaluate(
     let mut robust = Vec::new();
     for name in &eval.attacks {
         for &eps in &eval.epsilons {
+            crate::interrupt::check()?;
             let attack = create_eval_attack(registry, config, name, eps)?;
             let threat = attack.threat;
             let mut pipeline = Pipeline::new(registry, config, Some(attack))?;
