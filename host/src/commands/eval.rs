@@ -95,6 +95,13 @@ pub fn run(global: &GlobalArgs, args: &EvalArgs) -> anyhow::Result<ExitCode> {
         &args.overrides(),
         args.run.is_some(),
     )?;
+    // The output directory first: another writer of it is an error before any work.
+    let out = output_dir(args, target.out, &config);
+    check_out(args)?;
+    std::fs::create_dir_all(&out.path)?;
+    let _lock = out
+        .lock()
+        .with_context(|| format!("locking {}", out.path.display()))?;
     let device = crate::device::open(&config)?;
     let (_, test) = load_datasets(&config)?;
     let mut net = build_network(&config, test.num_classes(), device)?;
@@ -109,12 +116,6 @@ pub fn run(global: &GlobalArgs, args: &EvalArgs) -> anyhow::Result<ExitCode> {
             "eval --config without --checkpoint needs a [model] torchscript file; pass --checkpoint FILE"
         ),
     }
-    let out = output_dir(args, target.out, &config);
-    check_out(args)?;
-    std::fs::create_dir_all(&out.path)?;
-    let _lock = out
-        .lock()
-        .with_context(|| format!("locking {}", out.path.display()))?;
     crate::interrupt::install().context("installing the SIGINT/SIGTERM handler")?;
     let evaluation =
         match crate::eval::evaluate(net.model.as_ref(), &test, &config, &registry, device) {
