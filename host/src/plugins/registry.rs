@@ -251,7 +251,7 @@ impl Registry {
             let recorded = paths
                 .recorded_in
                 .as_ref()
-                .filter(|_| i >= paths.user.len() - config_count(paths))
+                .filter(|_| i >= paths.user.len() - config_count(paths) && path.exists())
                 .filter(|_| {
                     let resolved = path.canonicalize().ok();
                     !command_line.iter().any(|c| Some(c) == resolved.as_ref())
