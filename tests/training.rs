@@ -96,7 +96,20 @@ fn resume_needs_a_run_directory_with_state() {
         "name = \"empty\"\n[data]\ntrain_size = 64\ntest_size = 32\n",
     )
     .unwrap();
-    sat(cwd.path(), &["run", "--resume", "runs/empty"], &[]).fails_with(&["state.safetensors"]);
+    // A run stopped before its first epoch finished (no state file yet) starts again
+    // from epoch 1, and says so.
+    let out = sat(
+        cwd.path(),
+        &["run", "--resume", "runs/empty", "--set", "train.epochs=1", "--set", "eval.attacks=[]"],
+        &[],
+    )
+    .success();
+    assert!(
+        out.stderr.contains("no finished epoch in runs/empty (no state.safetensors): training starts again from epoch 1"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(metrics(&dir)["status"], "completed");
 }
 
 fn cifar_record(label: u8, seed: u8) -> Vec<u8> {
@@ -128,8 +141,8 @@ fn cifar10_binaries_train_and_a_truncated_file_is_a_clean_error() {
         "--set",
         "name=c10-empty",
     ];
-    // train_size = 0 asks for an empty subset: refused.
-    tiny_run(cwd.path(), &args, &[]).fails_with(&["both must be non-empty"]);
+    // train_size = 0 asks for an empty subset: refused before any work.
+    tiny_run(cwd.path(), &args, &[]).fails_with(&["data.train_size = 0 is outside [1, "]);
     let args = [
         "--set",
         "data.dataset=\"cifar10\"",
@@ -379,7 +392,7 @@ fn every_architecture_trains_a_step_and_bad_schedules_are_config_errors() {
         &["--set", "model.mean=[0.5]", "--set", "model.std=[0.0]"],
         &[],
     )
-    .fails_with(&["[model] mean/std: std must be positive"]);
+    .fails_with(&["model.std: 0 is outside (0, ∞)"]);
 }
 
 /// Runs only where `nvidia-smi` finds a GPU (the CI machine has none; it prints why it
@@ -494,6 +507,8 @@ fn kill_9_never_leaves_a_torn_checkpoint_and_resume_continues() {
         std::thread::sleep(Duration::from_millis(150 + 97 * round));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
+        // A fresh --out each round: eval refuses to replace another directory's results.
+        let out = format!("eval-{round}");
         sat(
             cwd.path(),
             &[
@@ -503,7 +518,7 @@ fn kill_9_never_leaves_a_torn_checkpoint_and_resume_continues() {
                 "--set",
                 "eval.attacks=[]",
                 "--out",
-                "eval",
+                &out,
             ],
             &[],
         )

@@ -13,6 +13,7 @@ pub mod data;
 pub mod device;
 pub mod distributed;
 pub mod eval;
+pub mod interrupt;
 pub mod logging;
 pub mod plugins;
 pub mod report;

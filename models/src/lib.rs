@@ -150,6 +150,76 @@ pub fn probe(
             out.size()
         )));
     }
+    check_logits(&out, 1, classes, false).map_err(ModelError::Invalid)?;
+    if !finite(&out) {
+        return Err(ModelError::Invalid(format!(
+            "the model's logits on a [1, 3, {size}, {size}] batch of zeros are not finite (NaN or infinite weights?)"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that `model`'s output on a batch of `size`×`size` images depends on the
+/// input through autograd, as attacks, saliency and training need: a model that
+/// detaches its output (or returns integers) is refused here rather than failing, or
+/// crashing, inside a gradient computation.
+pub fn probe_gradient(
+    model: &dyn ModuleT,
+    size: i64,
+    classes: i64,
+    device: tch::Device,
+) -> Result<(), ModelError> {
+    let x = Tensor::zeros([1, 3, size, size], (Kind::Float, device)).set_requires_grad(true);
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        tch::with_grad(|| model.forward_t(&x, false))
+    }))
+    .map_err(|_| {
+        ModelError::Invalid("the model fails when its input requires a gradient".into())
+    })?;
+    check_logits(&out, 1, classes, true).map_err(ModelError::Invalid)
+}
+
+/// Whether every element of `t` is finite.
+pub fn finite(t: &Tensor) -> bool {
+    t.f_isfinite()
+        .and_then(|f| f.f_all())
+        .and_then(|a| a.f_int64_value(&[]))
+        .map(|v| v != 0)
+        .unwrap_or(false)
+}
+
+/// Checks a model's output for a batch of `batch` images: a floating-point tensor of
+/// shape `[batch, classes]`, attached to the autograd graph when `needs_grad`.
+pub fn check_logits(
+    out: &Tensor,
+    batch: i64,
+    classes: i64,
+    needs_grad: bool,
+) -> Result<(), String> {
+    if !out.defined() {
+        return Err("the model returned an undefined tensor".into());
+    }
+    let kind = out.f_kind().map_err(|e| e.to_string())?;
+    if !matches!(
+        kind,
+        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+    ) {
+        return Err(format!(
+            "the model's output has dtype {kind:?}; logits must be floating-point"
+        ));
+    }
+    if out.size() != [batch, classes] {
+        return Err(format!(
+            "the model's output has shape {:?}; expected [{batch}, {classes}] logits",
+            out.size()
+        ));
+    }
+    if needs_grad && !out.requires_grad() {
+        return Err(
+            "the model's output does not require a gradient (detached inside forward?): attacks, saliency and training need gradients through it"
+                .into(),
+        );
+    }
     Ok(())
 }
 

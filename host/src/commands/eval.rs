@@ -1,11 +1,11 @@
 //! `sat-host eval`: clean and robust accuracy of a trained model, written to
 //! `metrics.json` and `robust_curve.csv` beside any training figures already there.
-use super::{prepare, print_summary, set, set_list, ConfigArgs, GlobalArgs};
+use super::{prepare_from, print_summary, set, set_list, ConfigArgs, GlobalArgs};
 use crate::config::{Override, RunConfig};
 use crate::distributed::Ranks;
 use crate::report::{Metrics, RunDir, RunStatus};
 use crate::train::{build_network, checkpoint::load_weights, load_datasets};
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::Args;
 use sat_core::Epsilon;
 use std::path::{Path, PathBuf};
@@ -96,7 +96,12 @@ pub fn run(global: &GlobalArgs, args: &EvalArgs) -> anyhow::Result<ExitCode> {
     if let Some(l) = &launch {
         crate::logging::set_rank(l.rank, l.world_size);
     }
-    let (config, registry) = prepare(global, &target.config, &args.overrides())?;
+    let (config, registry) = prepare_from(
+        global,
+        &target.config,
+        &args.overrides(),
+        args.run.is_some(),
+    )?;
     let device = crate::distributed::device(&config, launch.as_ref())?;
     let ranks = match &launch {
         Some(l) => {
@@ -105,6 +110,19 @@ pub fn run(global: &GlobalArgs, args: &EvalArgs) -> anyhow::Result<ExitCode> {
             ranks
         }
         None => Ranks::single(),
+    };
+    // The output directory first (rank 0): another writer of it is an error before any
+    // work.
+    let out = output_dir(args, target.out, &config);
+    let _lock = if ranks.is_writer() {
+        check_out(args)?;
+        std::fs::create_dir_all(&out.path)?;
+        Some(
+            out.lock()
+                .with_context(|| format!("locking {}", out.path.display()))?,
+        )
+    } else {
+        None
     };
     let (_, test) = load_datasets(&config)?;
     let mut net = build_network(&config, test.num_classes(), device)?;
@@ -119,19 +137,28 @@ pub fn run(global: &GlobalArgs, args: &EvalArgs) -> anyhow::Result<ExitCode> {
             "eval --config without --checkpoint needs a [model] torchscript file; pass --checkpoint FILE"
         ),
     }
-    let evaluation = crate::eval::evaluate(
+    crate::interrupt::install().context("installing the SIGINT/SIGTERM handler")?;
+    let evaluated = crate::eval::evaluate(
         net.model.as_ref(),
         &test,
         &config,
         &registry,
         device,
         &ranks,
-    )?;
+    );
+    let evaluation = match evaluated {
+        Err(e) if crate::interrupt::is_interrupted(&e) => {
+            eprintln!(
+                "evaluation {e}; nothing recorded, {} is unchanged",
+                out.path.display()
+            );
+            return Ok(ExitCode::from(crate::interrupt::exit_code()));
+        }
+        other => other?,
+    };
     if !ranks.is_writer() {
         return Ok(ExitCode::SUCCESS);
     }
-    let out = output_dir(args, target.out, &config);
-    std::fs::create_dir_all(&out.path)?;
     let mut metrics: Metrics = std::fs::read_to_string(out.file("metrics.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
@@ -145,6 +172,31 @@ pub fn run(global: &GlobalArgs, args: &EvalArgs) -> anyhow::Result<ExitCode> {
     out.write_metrics(&metrics)?;
     print_summary(&metrics, &out.path);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses an `--out` directory that exists with files in it, unless it is the run
+/// directory being evaluated: another model's results are never replaced.
+fn check_out(args: &EvalArgs) -> anyhow::Result<()> {
+    let Some(out) = &args.out else {
+        return Ok(());
+    };
+    let Ok(mut entries) = std::fs::read_dir(out) else {
+        return Ok(());
+    };
+    if entries.next().is_none() {
+        return Ok(());
+    }
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if args.run.as_deref().is_some_and(|run| same(run, out)) {
+        return Ok(());
+    }
+    bail!(
+        "--out {}: the directory exists and is not empty; results go to a new (or empty) directory, or to the run being evaluated (--run DIR)",
+        out.display()
+    )
 }
 
 /// `--out`, else the run's or checkpoint's directory, else `<runs_dir>/<name>-eval`.

@@ -35,7 +35,10 @@ pub struct GlobalArgs {
     /// Also load every plugin library in DIR (repeatable).
     #[arg(long = "plugin-dir", value_name = "DIR", global = true)]
     pub plugin_dirs: Vec<PathBuf>,
-    /// Load plugins even from world-writable directories.
+    /// Load plugin libraries that fail the trust check (file or a directory on its way
+    /// writable by others, or owned by another user), with a warning. Does not apply to
+    /// the `[plugins] paths` of a run directory's config.toml (`eval --run`,
+    /// `run --resume`): give those with --plugin-dir.
     #[arg(long, global = true)]
     pub allow_insecure_plugins: bool,
     /// More log output (-v debug, -vv trace); SAT_LOG overrides.
@@ -117,11 +120,22 @@ fn set_list(key: &str, names: &[String]) -> Option<Override> {
 /// Loads the libraries on the standard paths, `--plugin-dir`, `SAT_PLUGIN_PATH` and
 /// `config_paths`.
 fn load_registry(global: &GlobalArgs, config_paths: &[PathBuf]) -> anyhow::Result<Registry> {
-    let paths = SearchPaths::new(
+    load_registry_from(global, config_paths, None)
+}
+
+/// As [`load_registry`]; with `recorded_in` (a run directory's config.toml), the
+/// config's `[plugins] paths` must pass the trust check or be given with `--plugin-dir`.
+fn load_registry_from(
+    global: &GlobalArgs,
+    config_paths: &[PathBuf],
+    recorded_in: Option<&std::path::Path>,
+) -> anyhow::Result<Registry> {
+    let mut paths = SearchPaths::new(
         &global.plugin_dirs,
         config_paths,
         global.allow_insecure_plugins,
     );
+    paths.recorded_in = recorded_in.map(std::path::Path::to_path_buf);
     let registry = Registry::discover(&paths)?;
     if registry.libraries.is_empty() {
         log::warn!("no plugin libraries found (looked next to the binary, in --plugin-dir, SAT_PLUGIN_PATH and [plugins] paths)");
@@ -136,10 +150,22 @@ fn prepare(
     args: &ConfigArgs,
     extra: &[Override],
 ) -> anyhow::Result<(RunConfig, Registry)> {
+    prepare_from(global, args, extra, false)
+}
+
+/// As [`prepare`]; with `recorded`, `args.config` is a run directory's config.toml
+/// (`eval --run`, `run --resume`), whose plugin paths are not trusted blindly.
+fn prepare_from(
+    global: &GlobalArgs,
+    args: &ConfigArgs,
+    extra: &[Override],
+    recorded: bool,
+) -> anyhow::Result<(RunConfig, Registry)> {
     let mut sets = args.sets.clone();
     sets.extend(extra.iter().cloned());
     let (config, source) = config::load(args.config.as_deref(), &sets)?;
-    let registry = load_registry(global, &config.plugins.paths)?;
+    let recorded_in = args.config.as_deref().filter(|_| recorded);
+    let registry = load_registry_from(global, &config.plugins.paths, recorded_in)?;
     check_names(&config, &source, &registry)?;
     Ok((config, registry))
 }

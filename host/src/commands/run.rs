@@ -1,16 +1,14 @@
 //! `sat-host run`: trains, checkpoints and evaluates a model into a run directory, or
 //! continues an interrupted run with `--resume`.
-use super::{prepare, print_summary, set, set_list, ConfigArgs, GlobalArgs};
+use super::{prepare_from, print_summary, set, set_list, ConfigArgs, GlobalArgs};
 use crate::config::Override;
 use crate::distributed::{self, Ranks};
-use crate::report::{write_atomic, RunDir};
+use crate::report::{open_append_no_follow, write_atomic, RunDir};
 use crate::train::{self, Outcome};
 use anyhow::{bail, Context};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 /// `sat-host run`.
 #[derive(Args, Debug)]
@@ -75,7 +73,7 @@ impl RunArgs {
     }
 }
 
-/// Trains and evaluates; exit code 130 after Ctrl-C.
+/// Trains and evaluates; exit code 130 after Ctrl-C (SIGINT), 143 after SIGTERM.
 ///
 /// Launched by torchrun or Slurm (see [`crate::distributed`]) every rank runs this: the
 /// ranks join the process group and check that their configs agree, rank 0 makes (or
@@ -88,7 +86,12 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(l) = &launch {
         crate::logging::set_rank(l.rank, l.world_size);
     }
-    let (config, registry) = prepare(global, &args.config_args()?, &args.overrides())?;
+    let (config, registry) = prepare_from(
+        global,
+        &args.config_args()?,
+        &args.overrides(),
+        args.resume.is_some(),
+    )?;
     let device = distributed::device(&config, launch.as_ref())?;
     let ranks = match &launch {
         Some(l) => {
@@ -124,7 +127,8 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
         device,
     )?[0]
         > 0.0;
-    let run_dir = if ranks.is_writer() {
+    // Rank 0 holds the run directory's lock for the whole run (`_lock`).
+    let (run_dir, _lock) = if ranks.is_writer() {
         let run_dir = match &resume {
             Some(dir) => RunDir { path: dir.clone() },
             None => RunDir::create(&config.runs_dir, &config.name).with_context(|| {
@@ -134,75 +138,61 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
                 )
             })?,
         };
+        let lock = run_dir
+            .lock()
+            .with_context(|| format!("locking {}", run_dir.path.display()))?;
         write_atomic(&run_dir.file("config.toml"), config.to_toml().as_bytes())?;
         if let Some(id) = &identity {
             write_atomic(&run_dir.file(distributed::LAUNCH_FILE), id.as_bytes())?;
         }
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(run_dir.file("log.txt"))
-            .context("opening log.txt")?;
+        let log_file =
+            open_append_no_follow(&run_dir.file("log.txt")).context("opening log.txt")?;
         crate::logging::tee_to(log_file);
         if let Some(note) = elastic_note {
             log::warn!("{note}");
         }
         ranks.share_path("run_dir", Some(run_dir.path.clone()))?;
-        run_dir
+        (run_dir, Some(lock))
     } else {
         let run_dir = RunDir {
             path: ranks.share_path("run_dir", None)?,
         };
         // Where the run directory is on a shared file system, this rank's warnings and
         // errors go to its log.txt too (appended, one line at a time).
-        if let Ok(f) = std::fs::OpenOptions::new()
-            .append(true)
-            .open(run_dir.file("log.txt"))
-        {
+        if let Ok(f) = open_append_no_follow(&run_dir.file("log.txt")) {
             crate::logging::tee_to(f);
         }
-        run_dir
+        (run_dir, None)
     };
     log::info!("run directory {}", run_dir.path.display());
-    let interrupted = ctrl_c_flag()?;
+    let interrupted =
+        crate::interrupt::install().context("installing the SIGINT/SIGTERM handler")?;
     let (outcome, metrics) = train::run(
         &config,
         &registry,
         &run_dir,
         device,
-        &interrupted,
+        interrupted,
         resuming,
         &ranks,
     )?;
     log::logger().flush();
     if !ranks.is_writer() {
         return Ok(if outcome == Outcome::Interrupted {
-            ExitCode::from(130)
+            ExitCode::from(crate::interrupt::exit_code())
         } else {
             ExitCode::SUCCESS
         });
     }
     if outcome == Outcome::Interrupted {
         eprintln!(
-            "interrupted; results so far are in {}",
+            "interrupted by {}; results so far are in {} (continue with --resume {})",
+            crate::interrupt::signal_name(),
+            run_dir.path.display(),
             run_dir.path.display()
         );
-        return Ok(ExitCode::from(130));
+        return Ok(ExitCode::from(crate::interrupt::exit_code()));
     }
     print_summary(&metrics, &run_dir.path);
     Ok(ExitCode::SUCCESS)
-}
-
-/// A flag the first Ctrl-C sets (training stops after the current step); a second one
-/// exits at once with 130.
-fn ctrl_c_flag() -> anyhow::Result<Arc<AtomicBool>> {
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let flag = interrupted.clone();
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-    })
-    .context("installing the Ctrl-C handler")?;
-    Ok(interrupted)
 }

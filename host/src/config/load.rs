@@ -252,6 +252,7 @@ pub fn load(
             }
         }
     }
+    super::validate(&config, &source)?;
     Ok((config, source))
 }
 

@@ -4,12 +4,14 @@
 //! host module: every type a key takes is defined here.
 mod load;
 pub mod suggest;
+pub mod validate;
 
 pub use load::{load, ConfigError, ConfigSource, Location, Override};
 use sat_core::Epsilon;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+pub use validate::{check_run_name, validate};
 
 /// Everything a run needs. Every section and key has a default.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,6 +95,10 @@ pub struct DataConfig {
     /// Samples without a mask in a format with masks: `"keep"` (the `masks` plugin's
     /// `fallback` applies) or `"skip"`.
     pub missing_masks: MissingMasks,
+    /// Resize a mask whose size differs from its image's to the image size (default
+    /// `false`: such a mask is an error naming the file, since it was most likely made
+    /// for another picture or crop).
+    pub resize_masks: bool,
     /// Random crop (with this zero padding) and horizontal flip during training.
     pub crop_padding: i64,
     /// Random horizontal flips during training.
@@ -110,6 +116,7 @@ impl Default for DataConfig {
             classes: 6,
             cifar100_labels: Cifar100Labels::Fine,
             missing_masks: MissingMasks::Keep,
+            resize_masks: false,
             crop_padding: 2,
             flip: true,
         }

@@ -12,6 +12,8 @@ pub struct Decoded {
     pub pixels: Vec<u8>,
     /// `(size / width, size / height)` of the original image.
     pub scale: (f32, f32),
+    /// `(width, height)` of the original image.
+    pub original: (u32, u32),
 }
 
 fn open(path: &Path) -> Result<image::DynamicImage, DataError> {
@@ -46,16 +48,27 @@ pub fn read_rgb(path: &Path, size: u32) -> Result<Decoded, DataError> {
     Ok(Decoded {
         pixels,
         scale: (size as f32 / w as f32, size as f32 / h as f32),
+        original: (w, h),
     })
 }
 
 /// Decodes a mask or trimap at `path` as grey levels (`0` background, `255` object)
-/// resized with nearest-neighbour sampling to `size × size`.
-pub fn read_mask(path: &Path, size: u32) -> Result<Vec<u8>, DataError> {
+/// resized with nearest-neighbour sampling to `size × size`. With `image` (its image's
+/// original `(width, height)`), a mask of another size is an error: it was made for
+/// another picture, or another crop (`[data] resize_masks = true` passes `None`).
+pub fn read_mask(path: &Path, size: u32, image: Option<(u32, u32)>) -> Result<Vec<u8>, DataError> {
     let mask = open(path)?.to_luma8();
     let (w, h) = mask.dimensions();
     if w == 0 || h == 0 {
         return Err(DataError::format(path, "empty mask"));
+    }
+    if let Some((iw, ih)) = image {
+        if (w, h) != (iw, ih) {
+            return Err(DataError::format(
+                path,
+                format!("the mask is {w}×{h} but its image is {iw}×{ih}; a mask must have its image's size (set [data] resize_masks = true to resize it anyway)"),
+            ));
+        }
     }
     let mask = if (w, h) == (size, size) {
         mask
@@ -163,7 +176,7 @@ mod tests {
                 Ok(d) => proptest::prop_assert_eq!(d.pixels.len(), 3 * 64),
                 Err(e) => proptest::prop_assert!(e.to_string().contains("x.img")),
             }
-            if let Err(e) = read_mask(&path, 8) {
+            if let Err(e) = read_mask(&path, 8, None) {
                 proptest::prop_assert!(e.to_string().contains("x.img"));
             }
         }

@@ -53,6 +53,7 @@ pub fn flowers17(
     split: Split,
     size: i64,
     missing: MissingMasks,
+    resize_masks: bool,
 ) -> Result<Dataset, DataError> {
     let jpg = root.join("jpg");
     let listing = std::fs::read_dir(&jpg).map_err(|e| DataError::io(&jpg, e))?;
@@ -100,7 +101,7 @@ pub fn flowers17(
         let mask = e
             .trimap
             .as_ref()
-            .map(|t| read_mask(t, size as u32))
+            .map(|t| read_mask(t, size as u32, (!resize_masks).then_some(decoded.original)))
             .transpose()?;
         Ok(Sample {
             pixels: decoded.pixels,
@@ -152,7 +153,7 @@ mod tests {
     fn labels_split_and_trimaps_follow_the_documented_rules() {
         let dir = tempfile::tempdir().unwrap();
         layout(dir.path());
-        let train = flowers17(dir.path(), Split::Train, 20, MissingMasks::Keep).unwrap();
+        let train = flowers17(dir.path(), Split::Train, 20, MissingMasks::Keep, false).unwrap();
         // Ids 1 and 81 train ((id − 1) mod 4 ≠ 3); 4, 80, 84 and 1360 test.
         assert_eq!(Vec::<i64>::try_from(&train.labels).unwrap(), vec![0, 1]);
         let (masks, present) = train.masks.as_ref().unwrap();
@@ -161,12 +162,12 @@ mod tests {
         assert_eq!(masks.int64_value(&[0, 0, 10, 0]), 255);
         assert_eq!(masks.int64_value(&[0, 0, 10, 19]), 0);
         assert_eq!(train.class_names[16], "pansy");
-        let test = flowers17(dir.path(), Split::Test, 20, MissingMasks::Keep).unwrap();
+        let test = flowers17(dir.path(), Split::Test, 20, MissingMasks::Keep, false).unwrap();
         assert_eq!(
             Vec::<i64>::try_from(&test.labels).unwrap(),
             vec![0, 0, 1, 16]
         );
-        let test = flowers17(dir.path(), Split::Test, 20, MissingMasks::Skip).unwrap();
+        let test = flowers17(dir.path(), Split::Test, 20, MissingMasks::Skip, false).unwrap();
         assert_eq!(Vec::<i64>::try_from(&test.labels).unwrap(), vec![1]);
         assert!(in_test_split(84) && !in_test_split(81));
     }
@@ -178,7 +179,7 @@ mod tests {
         let trimap = dir.path().join("trimaps/image_0084.png");
         let bytes = std::fs::read(&trimap).unwrap();
         std::fs::write(&trimap, &bytes[..bytes.len() - 20]).unwrap();
-        let e = flowers17(dir.path(), Split::Test, 20, MissingMasks::Keep)
+        let e = flowers17(dir.path(), Split::Test, 20, MissingMasks::Keep, false)
             .unwrap_err()
             .to_string();
         assert!(
@@ -186,7 +187,7 @@ mod tests {
             "{e}"
         );
         std::fs::write(dir.path().join("jpg/image_99999.jpg"), "x").unwrap();
-        let e = flowers17(dir.path(), Split::Train, 20, MissingMasks::Keep)
+        let e = flowers17(dir.path(), Split::Train, 20, MissingMasks::Keep, false)
             .unwrap_err()
             .to_string();
         assert!(

@@ -3,9 +3,11 @@
 //! Images are JPEG or PNG, resized to `image_size`.
 //!
 //! Optional sidecar annotations beside an image `photo.jpg`:
-//! - `photo.mask.png`: a segmentation mask (grey level / 255, object = white);
+//! - `photo.mask.png`: a segmentation mask (grey level / 255, object = white) of the
+//!   image's size (another size is an error unless `[data] resize_masks = true`);
 //! - `photo.boxes.csv`: one box per line, `x0,y0,x1,y1` in the original image's pixels
-//!   (half-open; a non-numeric first line is a header), or `photo.boxes.json`:
+//!   (half-open; a first line of four names such as `x0,y0,x1,y1` is a header; any
+//!   other line that is not four numbers is an error naming the line), or `photo.boxes.json`:
 //!   `[[x0, y0, x1, y1], ...]`.
 //!
 //! If any image of the split has a mask, the dataset carries masks; images without one
@@ -60,6 +62,7 @@ pub fn image_folder(
     split: Split,
     size: i64,
     missing: MissingMasks,
+    resize_masks: bool,
 ) -> Result<Dataset, DataError> {
     let class_names = classes(root)?;
     let dir = match split {
@@ -69,6 +72,7 @@ pub fn image_folder(
     };
     let mut entries = Vec::new();
     for class_dir in sorted_entries(&dir)?.into_iter().filter(|p| p.is_dir()) {
+        let before = entries.len();
         let name = class_dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned());
@@ -94,6 +98,12 @@ pub fn image_folder(
                 image,
                 label: label as i64,
             });
+        }
+        if entries.len() == before {
+            return Err(DataError::format(
+                &class_dir,
+                "an empty class directory (no .jpg, .jpeg or .png): remove it, or add its images",
+            ));
         }
     }
     if entries.is_empty() {
@@ -121,7 +131,7 @@ pub fn image_folder(
         let mask = e
             .mask
             .as_ref()
-            .map(|m| read_mask(m, size as u32))
+            .map(|m| read_mask(m, size as u32, (!resize_masks).then_some(decoded.original)))
             .transpose()?;
         Ok(Sample {
             pixels: decoded.pixels,
@@ -131,6 +141,15 @@ pub fn image_folder(
         })
     })?;
     Ok(assemble(samples, size, class_names, annotations))
+}
+
+/// Whether the CSV fields are a header: four fields, each starting with a letter or `_`
+/// (no digit, sign or point where a number belongs).
+fn is_header(fields: &[&str]) -> bool {
+    fields.len() == 4
+        && fields
+            .iter()
+            .all(|f| f.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_'))
 }
 
 /// Boxes from a `.boxes.csv` or `.boxes.json` sidecar.
@@ -154,7 +173,9 @@ fn read_boxes(path: &Path) -> Result<Vec<[f32; 4]>, DataError> {
             let parsed: Result<Vec<f32>, _> = fields.iter().map(|f| f.parse::<f32>()).collect();
             match parsed {
                 Ok(v) if v.len() == 4 => boxes.push([v[0], v[1], v[2], v[3]]),
-                Err(_) if i == 0 => continue, // a header
+                // A header: a first line of four names (each starts with a letter), so
+                // that a malformed first row of numbers is an error, not skipped.
+                Err(_) if i == 0 && is_header(&fields) => continue,
                 _ => {
                     return Err(DataError::record(
                         path,
@@ -212,7 +233,7 @@ mod tests {
     fn reads_classes_sidecar_boxes_and_masks() {
         let dir = tempfile::tempdir().unwrap();
         layout(dir.path());
-        let train = image_folder(dir.path(), Split::Train, 20, MissingMasks::Keep).unwrap();
+        let train = image_folder(dir.path(), Split::Train, 20, MissingMasks::Keep, false).unwrap();
         assert_eq!(train.class_names, vec!["cat", "dog"]);
         assert_eq!(Vec::<i64>::try_from(&train.labels).unwrap(), vec![0, 0, 1]);
         let boxes = train.boxes.as_ref().unwrap();
@@ -237,9 +258,10 @@ mod tests {
         );
         assert_eq!(masks.int64_value(&[0, 0, 3, 4]), 255);
         assert_eq!(masks.int64_value(&[0, 0, 3, 6]), 0);
-        let skipped = image_folder(dir.path(), Split::Train, 20, MissingMasks::Skip).unwrap();
+        let skipped =
+            image_folder(dir.path(), Split::Train, 20, MissingMasks::Skip, false).unwrap();
         assert_eq!(skipped.len(), 1);
-        let test = image_folder(dir.path(), Split::Test, 20, MissingMasks::Keep).unwrap();
+        let test = image_folder(dir.path(), Split::Test, 20, MissingMasks::Keep, false).unwrap();
         assert_eq!(Vec::<i64>::try_from(&test.labels).unwrap(), vec![1]);
         assert!(test.boxes.is_none() && test.masks.is_none());
     }
@@ -253,7 +275,7 @@ mod tests {
             "0,0,10,10\n1,2,3\n",
         )
         .unwrap();
-        let e = image_folder(dir.path(), Split::Train, 20, MissingMasks::Keep)
+        let e = image_folder(dir.path(), Split::Train, 20, MissingMasks::Keep, false)
             .unwrap_err()
             .to_string();
         assert!(
@@ -261,22 +283,66 @@ mod tests {
             "{e}"
         );
         std::fs::write(dir.path().join("train/cat/a.boxes.csv"), "5,5,1,1\n").unwrap();
-        let e = image_folder(dir.path(), Split::Train, 20, MissingMasks::Keep)
+        let e = image_folder(dir.path(), Split::Train, 20, MissingMasks::Keep, false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("a.boxes.csv, box 1"), "{e}");
         std::fs::write(dir.path().join("train/dog/c.boxes.json"), "[[4, 2, 8]]").unwrap();
         std::fs::remove_file(dir.path().join("train/cat/a.boxes.csv")).unwrap();
-        let e = image_folder(dir.path(), Split::Train, 20, MissingMasks::Keep)
+        let e = image_folder(dir.path(), Split::Train, 20, MissingMasks::Keep, false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("c.boxes.json, line 1"), "{e}");
         std::fs::create_dir_all(dir.path().join("test/bird")).unwrap();
-        let e = image_folder(dir.path(), Split::Test, 20, MissingMasks::Keep)
+        let e = image_folder(dir.path(), Split::Test, 20, MissingMasks::Keep, false)
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("bird: this class is not among the training classes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_mask_of_another_size_an_empty_class_and_a_numeric_first_line_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        layout(dir.path());
+        let read = || image_folder(dir.path(), Split::Train, 20, MissingMasks::Keep, false);
+        // A mask for another picture: refused, unless resize_masks says otherwise.
+        GrayImage::from_pixel(41, 20, Luma([255]))
+            .save(dir.path().join("train/cat/a.mask.png"))
+            .unwrap();
+        let e = read().unwrap_err().to_string();
+        assert!(
+            e.contains("a.mask.png")
+                && e.contains("41×20")
+                && e.contains("40×20")
+                && e.contains("resize_masks"),
+            "{e}"
+        );
+        assert!(image_folder(dir.path(), Split::Train, 20, MissingMasks::Keep, true).is_ok());
+        std::fs::remove_file(dir.path().join("train/cat/a.mask.png")).unwrap();
+        // A first line of numbers with a typo is not a header.
+        for bad in [
+            "0,0,1O,10\n20,5,40,20\n",
+            "0,0,x,10\n",
+            "x0,y0,x1\n0,0,10,10\n",
+        ] {
+            std::fs::write(dir.path().join("train/cat/a.boxes.csv"), bad).unwrap();
+            let e = read().unwrap_err().to_string();
+            assert!(e.contains("a.boxes.csv, line 1"), "{bad:?}: {e}");
+        }
+        std::fs::write(
+            dir.path().join("train/cat/a.boxes.csv"),
+            "x0, y0, x1, y1\n0,0,10,10\n",
+        )
+        .unwrap();
+        assert!(read().is_ok());
+        // An empty class directory would add a class no image has.
+        std::fs::create_dir_all(dir.path().join("train/emu")).unwrap();
+        let e = read().unwrap_err().to_string();
+        assert!(
+            e.contains("train/emu") && e.contains("empty class directory"),
             "{e}"
         );
     }

@@ -66,9 +66,9 @@ pub fn load(config: &DataConfig, seed: u64) -> Result<(Dataset, Dataset), DataEr
             "cifar10" => cifar::cifar10(root()?, which)?,
             "cifar100" => cifar::cifar100(root()?, which, config.cifar100_labels)?,
             "tiny-imagenet" => tiny_imagenet::tiny_imagenet(root()?, which, size)?,
-            "flowers17" => flowers17::flowers17(root()?, which, size, config.missing_masks)?,
+            "flowers17" => flowers17::flowers17(root()?, which, size, config.missing_masks, config.resize_masks)?,
             "image-folder" => {
-                image_folder::image_folder(root()?, which, size, config.missing_masks)?
+                image_folder::image_folder(root()?, which, size, config.missing_masks, config.resize_masks)?
             }
             other => {
                 return Err(DataError::Config(format!(

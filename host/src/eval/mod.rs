@@ -76,6 +76,7 @@ pub fn sharded_accuracy(
         if b % ranks.world_size() != ranks.rank() {
             continue;
         }
+        crate::interrupt::check()?;
         n += index.size()[0];
         let samples = data.select(index).to(spec.device);
         let inputs = match pipeline.as_deref_mut() {
@@ -87,7 +88,16 @@ pub fn sharded_accuracy(
             }
             None => samples.images.shallow_clone(),
         };
-        let predicted = tch::no_grad(|| model.forward_t(&inputs, false)).argmax(-1, false);
+        let logits = tch::no_grad(|| model.forward_t(&inputs, false));
+        let batch = index.size()[0];
+        sat_models::check_logits(&logits, batch, data.num_classes(), false)
+            .map_err(anyhow::Error::msg)?;
+        if !sat_models::finite(&logits) {
+            anyhow::bail!(
+                "the model's logits are not finite (NaN or infinite) on a test batch; evaluation stops rather than report a meaningless accuracy"
+            );
+        }
+        let predicted = logits.argmax(-1, false);
         correct += predicted
             .eq_tensor(&samples.labels)
             .sum(Kind::Int64)
@@ -169,6 +179,7 @@ pub fn evaluate(
     ranks: &Ranks,
 ) -> anyhow::Result<Evaluation> {
     let eval = &config.eval;
+    crate::interrupt::check()?;
     let spec = |limit| Sharded {
         limit,
         batch_size: eval.batch_size,
@@ -196,6 +207,7 @@ pub fn evaluate(
     let mut robust = Vec::new();
     for name in &eval.attacks {
         for &eps in &eval.epsilons {
+            crate::interrupt::check()?;
             let attack = create_eval_attack(registry, config, name, eps)?;
             let threat = attack.threat;
             let mut pipeline = Pipeline::new(registry, config, Some(attack))?;

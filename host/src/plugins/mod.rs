@@ -6,3 +6,4 @@ pub mod component;
 pub mod oracle;
 pub mod pipeline;
 pub mod registry;
+pub mod trust;

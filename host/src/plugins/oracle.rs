@@ -15,16 +15,37 @@ pub struct ModelOracle<'a> {
     pub classes: u32,
 }
 
+impl ModelOracle<'_> {
+    /// The model's output for `images`, checked (floating, `[N, classes]`, attached to
+    /// the graph when a gradient is taken) before anything differentiates through it.
+    fn checked(
+        &self,
+        out: Tensor,
+        images: &Tensor,
+        needs_grad: bool,
+    ) -> Result<Tensor, PluginError> {
+        let batch = images.size().first().copied().unwrap_or(0);
+        sat_models::check_logits(&out, batch, self.classes as i64, needs_grad)
+            .map_err(|e| PluginError::runtime(format!("the host's model: {e}")))?;
+        Ok(out)
+    }
+}
+
 impl OracleBackend for ModelOracle<'_> {
     fn logits(&self, images: &Tensor) -> Result<Tensor, PluginError> {
-        Ok(tch::no_grad(|| self.model.forward_t(images, false)))
+        let out = tch::no_grad(|| self.model.forward_t(images, false));
+        self.checked(out, images, false)
     }
     fn input_gradient(
         &self,
         images: &Tensor,
         objective: &Objective,
     ) -> Result<Gradient, PluginError> {
-        objective_gradient(|x| Ok(self.model.forward_t(x, false)), images, objective)
+        objective_gradient(
+            |x| self.checked(self.model.forward_t(x, false), x, true),
+            images,
+            objective,
+        )
     }
     fn num_classes(&self) -> u32 {
         self.classes

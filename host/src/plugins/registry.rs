@@ -1,9 +1,12 @@
 //! Finding, loading and checking plugin libraries, and creating their components.
+use super::trust;
 use crate::config::suggest::did_you_mean;
 use crate::config::{ConfigError, ConfigSource};
 use abi_stable::library::{lib_header_from_path, LibraryError};
 use abi_stable::std_types::RStr;
-use sat_core::{BuildInfo, ComponentBox, ComponentInfo, ComponentKind, PluginModuleRef, BUILD_INFO};
+use sat_core::{
+    BuildInfo, ComponentBox, ComponentInfo, ComponentKind, PluginModuleRef, BUILD_INFO,
+};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -48,9 +51,26 @@ pub enum RegistryError {
         /// Second library.
         second: PathBuf,
     },
-    /// The directory may be written by anyone, so a library in it could be planted.
-    #[error("refusing to load plugins from {0}: the directory is world-writable (pass --allow-insecure-plugins to load anyway)")]
-    Insecure(PathBuf),
+    /// The library, or a directory on its way, may be written by others, so it could
+    /// have been planted or replaced.
+    #[error("refusing to load {path}: {reason} (pass --allow-insecure-plugins to load it anyway)")]
+    Insecure {
+        /// The library.
+        path: PathBuf,
+        /// What is not trusted.
+        reason: String,
+    },
+    /// A library named by a run directory's `config.toml`, not on the command line,
+    /// that fails the trust check (which `--allow-insecure-plugins` does not waive here).
+    #[error("refusing to load {path}, listed under [plugins] paths in {config}: {reason}; a run directory may come from someone else: pass the directory with --plugin-dir to load it")]
+    Recorded {
+        /// The library.
+        path: PathBuf,
+        /// The run directory's config file.
+        config: PathBuf,
+        /// What is not trusted.
+        reason: String,
+    },
     /// No component of that name and kind.
     #[error("no {kind} component `{name}`{suggestion}; available {kind} components: {available}")]
     Unknown {
@@ -125,8 +145,14 @@ pub struct SearchPaths {
     /// Directories (every shared library in them) and files, from `--plugin-dir`,
     /// `SAT_PLUGIN_PATH` and the config's `plugins.paths`.
     pub user: Vec<PathBuf>,
-    /// Accept world-writable directories.
+    /// Accept libraries that fail the trust check (with a warning).
     pub allow_insecure: bool,
+    /// With `eval --run` and `run --resume`: the run directory's `config.toml`, whose
+    /// `[plugins] paths` are loaded only if they pass the trust check (whatever
+    /// `allow_insecure` says) or are also given with `--plugin-dir`.
+    pub recorded_in: Option<PathBuf>,
+    /// How many entries at the end of `user` are the config's `[plugins] paths`.
+    pub config_paths: usize,
 }
 
 impl SearchPaths {
@@ -146,6 +172,8 @@ impl SearchPaths {
             standard,
             user,
             allow_insecure,
+            recorded_in: None,
+            config_paths: config_paths.len(),
         }
     }
 }
@@ -172,6 +200,11 @@ pub struct Registry {
 
 const LIB_SUFFIX: &str = std::env::consts::DLL_SUFFIX;
 
+/// How many entries at the end of `paths.user` come from the config's `[plugins] paths`.
+fn config_count(paths: &SearchPaths) -> usize {
+    paths.config_paths.min(paths.user.len())
+}
+
 fn shared_libraries(dir: &Path, only_standard: bool) -> Result<Vec<PathBuf>, RegistryError> {
     let unreadable = |e: std::io::Error| RegistryError::Unreadable {
         path: dir.to_owned(),
@@ -193,18 +226,6 @@ fn shared_libraries(dir: &Path, only_standard: bool) -> Result<Vec<PathBuf>, Reg
     Ok(files)
 }
 
-#[cfg(unix)]
-fn world_writable(dir: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(dir)
-        .map(|m| m.permissions().mode() & 0o002 != 0)
-        .unwrap_or(false)
-}
-#[cfg(not(unix))]
-fn world_writable(_dir: &Path) -> bool {
-    false
-}
-
 impl Registry {
     /// Loads every library found on `paths`.
     pub fn discover(paths: &SearchPaths) -> Result<Self, RegistryError> {
@@ -219,7 +240,41 @@ impl Registry {
                 );
             }
         }
-        for path in &paths.user {
+        let command_line: Vec<PathBuf> = paths
+            .user
+            .iter()
+            .take(paths.user.len() - config_count(paths))
+            .filter_map(|p| p.canonicalize().ok())
+            .collect();
+        for (i, path) in paths.user.iter().enumerate() {
+            // Paths from a run directory's config.toml come last in `user`.
+            let recorded = paths
+                .recorded_in
+                .as_ref()
+                .filter(|_| i >= paths.user.len() - config_count(paths) && path.exists())
+                .filter(|_| {
+                    let resolved = path.canonicalize().ok();
+                    !command_line.iter().any(|c| Some(c) == resolved.as_ref())
+                });
+            if let Some(config) = recorded {
+                let libraries = if path.is_dir() {
+                    shared_libraries(path, false)?
+                } else {
+                    vec![path.clone()]
+                };
+                for library in libraries {
+                    trust::check_ownership(&library).map_err(|reason| RegistryError::Recorded {
+                        path: library.clone(),
+                        config: config.clone(),
+                        reason,
+                    })?;
+                }
+                log::warn!(
+                    "loading {} listed under [plugins] paths in {}",
+                    path.display(),
+                    config.display()
+                );
+            }
             if path.is_dir() {
                 files.extend(
                     shared_libraries(path, false)?
@@ -236,11 +291,19 @@ impl Registry {
                 });
             }
         }
-        for (file, dir) in files {
-            if !paths.allow_insecure && world_writable(&dir) {
-                return Err(RegistryError::Insecure(dir));
-            }
-            let file = file.canonicalize().unwrap_or(file);
+        for (file, _dir) in files {
+            // The resolved path is checked and opened: a link cannot be swapped between.
+            let file = match trust::check_ownership(&file) {
+                Ok(resolved) => resolved,
+                Err(reason) if paths.allow_insecure => {
+                    log::warn!(
+                        "--allow-insecure-plugins: loading {} although {reason}",
+                        file.display()
+                    );
+                    file.canonicalize().unwrap_or(file)
+                }
+                Err(reason) => return Err(RegistryError::Insecure { path: file, reason }),
+            };
             if registry.libraries.iter().any(|l| l.path == file) {
                 continue;
             }
@@ -255,6 +318,11 @@ impl Registry {
             path: path.to_owned(),
             reason: e.to_string(),
         };
+        // Before dlopen runs any of its code: is it a sat plugin at all?
+        trust::exports_root_module(path).map_err(|reason| RegistryError::NotAPlugin {
+            path: path.to_owned(),
+            reason,
+        })?;
         let module = lib_header_from_path(path)
             .map_err(not_a_plugin)?
             .init_root_module::<PluginModuleRef>()
@@ -285,12 +353,13 @@ impl Registry {
             describe(&build)
         );
         let index = self.libraries.len();
-        let components = (module.components())()
-            .into_result()
-            .map_err(|e| RegistryError::NotAPlugin {
-                path: path.to_owned(),
-                reason: format!("its component list is broken: {e}"),
-            })?;
+        let components =
+            (module.components())()
+                .into_result()
+                .map_err(|e| RegistryError::NotAPlugin {
+                    path: path.to_owned(),
+                    reason: format!("its component list is broken: {e}"),
+                })?;
         for info in components {
             let key = (info.name.to_string(), info.kind);
             if let Some(existing) = self.components.get(&key) {

@@ -80,11 +80,11 @@ pub fn write_png(
     maps: &Tensor,
     perturbed: &Tensor,
 ) -> anyhow::Result<()> {
-    let tmp = super::temporary_sibling(file);
+    let mut png = std::io::Cursor::new(Vec::new());
     render(images, maps, perturbed)
-        .save_with_format(&tmp, image::ImageFormat::Png)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, file).with_context(|| format!("moving {} into place", file.display()))
+        .write_to(&mut png, image::ImageFormat::Png)
+        .with_context(|| format!("encoding {}", file.display()))?;
+    super::write_atomic(file, png.get_ref()).with_context(|| format!("writing {}", file.display()))
 }
 
 /// What `gallery.json` says about one source's picture.

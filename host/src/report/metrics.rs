@@ -10,7 +10,8 @@ pub enum RunStatus {
     Running,
     /// All epochs and the evaluation ran.
     Completed,
-    /// Stopped by Ctrl-C; the last finished epoch's checkpoint is kept.
+    /// Stopped by Ctrl-C or SIGTERM (in training or in the evaluation); the last
+    /// finished epoch's checkpoint, if any, is kept.
     Interrupted,
     /// Stopped by an error or a panic, recorded in [`Metrics::error`].
     Failed,

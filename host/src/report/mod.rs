@@ -7,31 +7,164 @@ mod plot;
 pub use metrics::{
     process_status_mib, resident_mib, EpochMetrics, Metrics, RobustAccuracy, RunStatus,
 };
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced,
-/// then renamed over the target.
+/// Writes `bytes` to `path` atomically: a fresh temporary file in the same directory
+/// (see [`TempFile`]: created with `O_EXCL`, never through a link), synced, then renamed
+/// over the target (a link planted at `path` is replaced, not followed). On any error the
+/// temporary file is removed and `path` is left as it was.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = temporary_sibling(path);
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
+    let mut tmp = TempFile::beside(path)?;
+    tmp.file.write_all(bytes)?;
+    tmp.file.sync_all()?;
+    tmp.persist(path)
 }
 
-/// `dir/.name.tmp.ext`: beside `path`, keeping its extension (tch picks the checkpoint
-/// format from it).
-pub fn temporary_sibling(path: &Path) -> PathBuf {
-    let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("file");
-    let ext = path
-        .extension()
-        .and_then(|s| s.to_str())
-        .map(|e| format!(".{e}"))
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp{ext}"))
+/// A temporary file beside a target: `dir/.name.<random>.tmp.ext`, created fresh
+/// (`O_CREAT | O_EXCL | O_NOFOLLOW`, mode 0644), so nothing planted under its name (a
+/// symbolic link, a hard link, a file) is ever written through. Removed when dropped
+/// unless [`TempFile::persist`] renamed it into place.
+#[derive(Debug)]
+pub struct TempFile {
+    /// Its path.
+    pub path: PathBuf,
+    /// The open file.
+    pub file: File,
+    persisted: bool,
+}
+
+impl TempFile {
+    /// A fresh temporary file in `path`'s directory, keeping its extension (tch picks
+    /// the checkpoint format from it).
+    pub fn beside(path: &Path) -> std::io::Result<Self> {
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("file");
+        let ext = path
+            .extension()
+            .and_then(|s| s.to_str())
+            .map(|e| format!(".{e}"))
+            .unwrap_or_default();
+        let mut last = None;
+        for _ in 0..64 {
+            let candidate = path.with_file_name(format!(".{name}.{:016x}.tmp{ext}", random_u64()));
+            match create_new(&candidate) {
+                Ok(file) => {
+                    return Ok(Self {
+                        path: candidate,
+                        file,
+                        persisted: false,
+                    })
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("64 attempts"))
+    }
+
+    /// A path that opens exactly this file whatever is renamed in its directory
+    /// meanwhile (`/proc/self/fd/N` on Linux; its own path elsewhere), for writers such
+    /// as tch's safetensors that take a path.
+    pub fn stable_path(&self) -> PathBuf {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let proc = PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()));
+            if proc.exists() {
+                return proc;
+            }
+        }
+        self.path.clone()
+    }
+
+    /// Syncs and renames the file over `target`.
+    pub fn persist(mut self, target: &Path) -> std::io::Result<()> {
+        self.file.sync_all()?;
+        std::fs::rename(&self.path, target)?;
+        self.persisted = true;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.persisted {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Creates `path`, which must not exist, without following a link there.
+fn create_new(path: &Path) -> std::io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+    }
+    options.open(path)
+}
+
+/// Opens `path` for appending (creating it if absent), refusing a symbolic link there
+/// (`O_NOFOLLOW`) and anything but a regular file (a FIFO or a device).
+pub fn open_append_no_follow(path: &Path) -> std::io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.append(true).create(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "{} is a symbolic link; refusing to write through it",
+                    path.display()
+                ),
+            )
+        } else {
+            e
+        }
+    })?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// 64 unpredictable bits (the standard library's per-process random hash keys, mixed
+/// with the time and a counter); names of temporary files only.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// A run directory's advisory lock (see [`RunDir::lock`]); released when dropped or
+/// when the process ends, however it ends.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
 }
 
 /// A run's directory.
@@ -45,6 +178,8 @@ impl RunDir {
     /// Creates `<runs_dir>/<name>`, or `<name>-2`, `<name>-3`, … if taken: nothing an
     /// earlier run wrote is overwritten.
     pub fn create(runs_dir: &Path, name: &str) -> std::io::Result<Self> {
+        crate::config::check_run_name(name)
+            .map_err(|m| std::io::Error::new(std::io::ErrorKind::InvalidInput, m))?;
         std::fs::create_dir_all(runs_dir)?;
         for i in 1.. {
             let candidate = if i == 1 {
@@ -59,6 +194,36 @@ impl RunDir {
             }
         }
         unreachable!("an unbounded search ends with a free name")
+    }
+
+    /// Takes the run directory's advisory lock: `flock(LOCK_EX | LOCK_NB)` on
+    /// `DIR/.lock` (created without following a link), held until the guard is dropped
+    /// (by the commands, at the end of the process). A second process that would write
+    /// the same directory gets an error naming it instead of interleaving its files.
+    pub fn lock(&self) -> std::io::Result<RunLock> {
+        let path = self.file(".lock");
+        let file = open_append_no_follow(&path)?;
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: flock on a file descriptor this function owns.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                let e = std::io::Error::last_os_error();
+                return Err(if e.kind() == std::io::ErrorKind::WouldBlock {
+                    std::io::Error::new(
+                        std::io::ErrorKind::WouldBlock,
+                        format!(
+                            "{} is in use by another sat-host process (it holds {}); wait for it to end",
+                            self.path.display(),
+                            path.display()
+                        ),
+                    )
+                } else {
+                    e
+                });
+            }
+        }
+        Ok(RunLock { _file: file })
     }
 
     /// A file in the run directory.
@@ -149,5 +314,83 @@ mod tests {
             .file_name()
             .to_string_lossy()
             .contains(".tmp")));
+    }
+
+    #[test]
+    fn writes_never_follow_a_planted_link() {
+        let root = tempfile::tempdir().unwrap();
+        let victim = root.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let run = RunDir::create(root.path(), "r").unwrap();
+        // A link at the target is replaced, not followed.
+        std::os::unix::fs::symlink(&victim, run.file("metrics.json")).unwrap();
+        write_atomic(&run.file("metrics.json"), b"{}").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(!std::fs::symlink_metadata(run.file("metrics.json"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        // Temporary names are fresh: two temporaries of one target differ, and an
+        // existing name is never opened.
+        let a = TempFile::beside(&run.file("x.json")).unwrap();
+        let b = TempFile::beside(&run.file("x.json")).unwrap();
+        assert_ne!(a.path, b.path);
+        assert!(create_new(&a.path).is_err());
+        let (pa, pb) = (a.path.clone(), b.path.clone());
+        drop((a, b));
+        assert!(
+            !pa.exists() && !pb.exists(),
+            "dropped temporaries are removed"
+        );
+        // log.txt: appending through a link is refused.
+        std::os::unix::fs::symlink(&victim, run.file("log.txt")).unwrap();
+        let e = open_append_no_follow(&run.file("log.txt")).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_temporary_and_the_old_file() {
+        let root = tempfile::tempdir().unwrap();
+        let run = RunDir::create(root.path(), "r").unwrap();
+        write_atomic(&run.file("metrics.json"), b"old").unwrap();
+        // A directory in the way makes the rename fail after the data was written.
+        std::fs::create_dir(run.file("robust_curve.csv")).unwrap();
+        std::fs::write(run.file("robust_curve.csv").join("x"), "").unwrap();
+        assert!(write_atomic(&run.file("robust_curve.csv"), b"new").is_err());
+        let names: Vec<String> = std::fs::read_dir(&run.path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.contains(".tmp")), "{names:?}");
+        assert_eq!(
+            std::fs::read_to_string(run.file("metrics.json")).unwrap(),
+            "old"
+        );
+    }
+
+    #[test]
+    fn a_run_directory_has_one_writer_at_a_time() {
+        let root = tempfile::tempdir().unwrap();
+        let run = RunDir::create(root.path(), "r").unwrap();
+        let held = run.lock().unwrap();
+        // flock locks belong to open file descriptions: a second open conflicts, as a
+        // second process would.
+        let e = run.lock().unwrap_err();
+        assert!(
+            e.to_string().contains("in use by another sat-host process"),
+            "{e}"
+        );
+        drop(held);
+        run.lock().unwrap();
+    }
+
+    #[test]
+    fn run_names_are_one_plain_component() {
+        let root = tempfile::tempdir().unwrap();
+        for bad in ["../x", "/abs", "", ".", "..", "a\nb", "a/b"] {
+            assert!(RunDir::create(root.path(), bad).is_err(), "{bad:?}");
+        }
+        assert!(RunDir::create(root.path(), "ok-1_2.3").is_ok());
     }
 }

@@ -34,6 +34,7 @@ pub fn robust_curve_svg(title: &str, clean: Option<f64>, robust: &[RobustAccurac
     let max_eps = robust
         .iter()
         .map(|r| r.epsilon * 255.0)
+        .filter(|e| e.is_finite())
         .fold(1.0f64, f64::max);
     let scale = Scale { max_eps };
     let mut svg = String::new();
@@ -80,12 +81,15 @@ fn axes(svg: &mut String, scale: Scale) {
             y = scale.y(acc)
         );
     }
-    let ticks = scale.max_eps.ceil() as i64;
-    for t in 0..=ticks {
+    // At most 11 ticks whatever the budgets: a step of 1, 2 or 5 times a power of ten.
+    let step = tick_step(scale.max_eps);
+    let ticks = (scale.max_eps / step).floor().clamp(0.0, 10.0) as u32;
+    for i in 0..=ticks {
+        let t = i as f64 * step;
         let _ = writeln!(
             svg,
             r#"<text x="{:.1}" y="{}" text-anchor="middle">{t}</text>"#,
-            scale.x(t as f64),
+            scale.x(t),
             HEIGHT - BOTTOM + 16.0
         );
     }
@@ -96,6 +100,21 @@ fn axes(svg: &mut String, scale: Scale) {
         HEIGHT - 10.0,
         scale.y(0.5)
     );
+}
+
+/// The spacing of at most 10 ticks up to `max` (1, 2 or 5 times a power of ten).
+fn tick_step(max: f64) -> f64 {
+    if !(max.is_finite() && max > 0.0) {
+        return 1.0;
+    }
+    let raw = max / 10.0;
+    let power = 10f64.powf(raw.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * power)
+        .find(|&s| s >= raw)
+        .unwrap_or(10.0 * power)
+        .max(1.0)
 }
 
 /// The `i`-th line, through `points` (ε ×1/255, accuracy), with its legend entry.
@@ -170,5 +189,28 @@ mod tests {
             )),
             "{svg}"
         );
+    }
+
+    #[test]
+    fn any_budget_makes_a_small_plot() {
+        for eps in [
+            1e30,
+            f64::MAX,
+            f64::INFINITY,
+            f64::NAN,
+            8.0,
+            8.0 / 255.0,
+            0.0,
+        ] {
+            let r = RobustAccuracy {
+                attack: "pgd".into(),
+                norm: "linf".into(),
+                epsilon: eps,
+                steps: 1,
+                accuracy: 0.5,
+            };
+            let svg = robust_curve_svg("t", Some(0.9), &[r]);
+            assert!(svg.len() < 20_000, "{eps}: {} bytes", svg.len());
+        }
     }
 }

@@ -3,21 +3,26 @@
 //! finished epochs), each written atomically, so a killed run leaves the previous files
 //! whole and `--resume` continues exactly.
 use super::optimizer::{LossScale, Optimizer};
-use crate::report::{temporary_sibling, Metrics, RunDir};
+use crate::report::{Metrics, RunDir, TempFile};
 use anyhow::{bail, Context};
 use std::collections::HashMap;
 use std::path::Path;
 use tch::{nn, Device, Tensor};
 
-/// Writes named tensors to `path` atomically (safetensors, temporary file + rename).
+/// Writes named tensors to `path` atomically (safetensors): into a fresh temporary file
+/// made with `O_EXCL` (never through a link; tch writes it through its
+/// `/proc/self/fd` path), then renamed; on any error the temporary file is removed.
 fn write_tensors(named: &[(String, Tensor)], path: &Path) -> anyhow::Result<()> {
-    let tmp = temporary_sibling(path);
+    let tmp = TempFile::beside(path)
+        .with_context(|| format!("creating a temporary file for {}", path.display()))?;
     let cpu: Vec<(String, Tensor)> = named
         .iter()
         .map(|(k, t)| (k.clone(), t.to_device(Device::Cpu)))
         .collect();
-    Tensor::write_safetensors(&cpu, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("moving {} into place", path.display()))
+    Tensor::write_safetensors(&cpu, tmp.stable_path())
+        .with_context(|| format!("writing {}", tmp.path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("moving {} into place", path.display()))
 }
 
 fn model_tensors(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
@@ -63,6 +68,12 @@ fn copy_into(
                     file.display(),
                     src.size(),
                     var.size()
+                );
+            }
+            if src.is_floating_point() && !sat_models::finite(src) {
+                bail!(
+                    "{}: `{key}` holds NaN or infinite values; refusing to load these weights",
+                    file.display()
                 );
             }
             var.shallow_clone().copy_(src);

@@ -146,6 +146,15 @@ impl Session<'_> {
     /// finished epochs (whose figures are kept, later ones dropped).
     fn resume(&mut self, net: &mut Network, step: &mut TrainingStep) -> anyhow::Result<u32> {
         let state_file = self.run.file(STATE_FILE);
+        if !state_file.exists() {
+            // Interrupted (or failed) before the first epoch finished: nothing to resume.
+            self.metrics.epochs.clear();
+            log::warn!(
+                "no finished epoch in {} (no {STATE_FILE}): training starts again from epoch 1",
+                self.run.path.display()
+            );
+            return Ok(0);
+        }
         let done = checkpoint::load_state(
             &mut net.vs,
             &mut step.optimizer,
@@ -197,7 +206,14 @@ impl Session<'_> {
             // so no rank leaves the others waiting in a collective.
             if !ranks.is_distributed() && self.interrupted.load(Ordering::SeqCst) {
                 bar.abandon_with_message("interrupted");
-                log::warn!("interrupted during epoch {}; the checkpoint of the last finished epoch is kept", index + 1);
+                if index == 0 {
+                    log::warn!("interrupted during epoch 1: no epoch has finished and no checkpoint is written; --resume starts from epoch 1");
+                } else {
+                    log::warn!(
+                        "interrupted during epoch {}; the checkpoint of epoch {index} is kept",
+                        index + 1
+                    );
+                }
                 return Ok(false);
             }
             let global_step = index as u64 * per_epoch + b as u64;

@@ -1,6 +1,8 @@
 //! Training: the one training step ([`step`]), the epoch loop (`epochs.rs`), what a run
 //! keeps on disk ([`checkpoint`]), the optimiser and the learning-rate schedule, and
 //! [`run`], which records how a run ended, panics included ([`fault`]).
+#[cfg(test)]
+mod accepted_configs;
 pub mod checkpoint;
 mod epochs;
 pub mod fault;
@@ -61,8 +63,19 @@ pub fn build_network(config: &RunConfig, classes: i64, device: Device) -> anyhow
                 .map_err(|e| anyhow::anyhow!("[model] mean/std: {e}"))?,
         )
     };
+    let which = match &m.torchscript {
+        Some(path) => format!("TorchScript model {}", path.display()),
+        None => format!("model arch `{}`", m.arch),
+    };
     sat_models::probe(model.as_ref(), config.data.image_size, classes, device)
-        .map_err(|e| anyhow::anyhow!("[model] {e}"))?;
+        .map_err(|e| anyhow::anyhow!("[model] {e} ({which})"))?;
+    // Training, attacks and the alignment take gradients through the model.
+    let needs_gradient =
+        m.torchscript.is_none() || !config.eval.attacks.is_empty() || config.eval.alignment;
+    if needs_gradient {
+        sat_models::probe_gradient(model.as_ref(), config.data.image_size, classes, device)
+            .map_err(|e| anyhow::anyhow!("[model] {e} ({which})"))?;
+    }
     Ok(Network { vs, model })
 }
 
@@ -84,7 +97,7 @@ pub fn mixed_precision(t: &TrainConfig, device: Device) -> bool {
 pub enum Outcome {
     /// All epochs and the evaluation ran.
     Completed,
-    /// Ctrl-C; the last finished epoch's checkpoint is kept.
+    /// Ctrl-C or SIGTERM; the last finished epoch's checkpoint is kept.
     Interrupted,
 }
 
@@ -133,6 +146,17 @@ pub fn run(
     });
     match result {
         Ok(outcome) => Ok((outcome, metrics)),
+        Err(e) if crate::interrupt::is_interrupted(&e) => {
+            // Stopped during the evaluation: every epoch is recorded; `--resume` (or
+            // `sat-host eval --run`) evaluates again.
+            log::warn!(
+                "evaluation {e}; all {} epochs are kept, --resume evaluates again",
+                metrics.epochs.len()
+            );
+            metrics.status = RunStatus::Interrupted;
+            run.write_metrics(&metrics)?;
+            Ok((Outcome::Interrupted, metrics))
+        }
         Err(e) => {
             log::error!(
                 "the run failed after {} finished epoch(s): {e:#}",
