@@ -14,6 +14,22 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+/// This process's effective user id: the owner of `/proc/self` (Linux), else of a file
+/// it creates.
+#[cfg(unix)]
+fn effective_uid() -> Result<u32, String> {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(m) = std::fs::metadata("/proc/self") {
+        return Ok(m.uid());
+    }
+    let probe = std::env::temp_dir().join(format!(".sat-uid-{}", std::process::id()));
+    let file = std::fs::File::create_new(&probe)
+        .map_err(|e| format!("cannot tell this process's user id: {e}"))?;
+    let uid = file.metadata().map(|m| m.uid());
+    let _ = std::fs::remove_file(&probe);
+    uid.map_err(|e| format!("cannot tell this process's user id: {e}"))
+}
+
 /// The resolved path of `file` if it and every directory on its way may be trusted;
 /// else why not.
 pub fn check_ownership(file: &Path) -> Result<PathBuf, String> {
@@ -23,8 +39,7 @@ pub fn check_ownership(file: &Path) -> Result<PathBuf, String> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        // SAFETY: getuid has no preconditions.
-        let me = unsafe { libc::getuid() };
+        let me = effective_uid()?;
         let meta = |p: &Path| std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()));
         let owner_ok = |m: &std::fs::Metadata| m.uid() == me || m.uid() == 0;
         let f = meta(&resolved)?;

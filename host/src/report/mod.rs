@@ -196,32 +196,26 @@ impl RunDir {
         unreachable!("an unbounded search ends with a free name")
     }
 
-    /// Takes the run directory's advisory lock: `flock(LOCK_EX | LOCK_NB)` on
+    /// Takes the run directory's advisory lock: an exclusive `File::try_lock` (flock) on
     /// `DIR/.lock` (created without following a link), held until the guard is dropped
     /// (by the commands, at the end of the process). A second process that would write
     /// the same directory gets an error naming it instead of interleaving its files.
     pub fn lock(&self) -> std::io::Result<RunLock> {
         let path = self.file(".lock");
         let file = open_append_no_follow(&path)?;
-        #[cfg(unix)]
-        {
-            use std::os::fd::AsRawFd;
-            // SAFETY: flock on a file descriptor this function owns.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-                let e = std::io::Error::last_os_error();
-                return Err(if e.kind() == std::io::ErrorKind::WouldBlock {
-                    std::io::Error::new(
-                        std::io::ErrorKind::WouldBlock,
-                        format!(
-                            "{} is in use by another sat-host process (it holds {}); wait for it to end",
-                            self.path.display(),
-                            path.display()
-                        ),
-                    )
-                } else {
-                    e
-                });
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    format!(
+                        "{} is in use by another sat-host process (it holds {}); wait for it to end",
+                        self.path.display(),
+                        path.display()
+                    ),
+                ))
             }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
         Ok(RunLock { _file: file })
     }
