@@ -344,20 +344,19 @@ pub fn objective_value(logits: &Tensor, objective: &Objective) -> Result<Tensor,
 /// plugin code.
 #[derive(Clone, Copy)]
 pub struct TrainingModel<'r, 'o> {
-    inner: &'r OracleRef<'o>,
+    inner: Oracle<'r, 'o>,
 }
 
 impl<'r, 'o> TrainingModel<'r, 'o> {
     /// Wraps the trait object received across the boundary.
     pub fn new(inner: &'r OracleRef<'o>) -> Self {
-        Self { inner }
+        Self {
+            inner: Oracle::new(inner),
+        }
     }
     /// Logits `[N, K]` in training mode, differentiable in the parameters.
     pub fn forward(&self, images: &Tensor) -> Result<Tensor, PluginError> {
-        self.inner
-            .logits(RTensor::from_ref(images))
-            .into_result()
-            .map(RTensor::into_tensor)
+        self.inner.logits(images)
     }
     /// Objective value, input gradient and logits at `images`, all differentiable in
     /// the parameters.
@@ -366,13 +365,10 @@ impl<'r, 'o> TrainingModel<'r, 'o> {
         images: &Tensor,
         objective: Objective,
     ) -> Result<Gradient, PluginError> {
-        self.inner
-            .input_gradient(RTensor::from_ref(images), objective)
-            .into_result()
-            .map(Gradient::from)
+        self.inner.input_gradient(images, objective)
     }
     /// Number of classes of the model.
     pub fn num_classes(&self) -> Result<u32, PluginError> {
-        self.inner.num_classes().into_result()
+        self.inner.num_classes()
     }
 }

@@ -103,14 +103,7 @@ pub fn run(global: &GlobalArgs, args: &EvalArgs) -> anyhow::Result<ExitCode> {
         args.run.is_some(),
     )?;
     let device = crate::distributed::device(&config, launch.as_ref())?;
-    let ranks = match &launch {
-        Some(l) => {
-            let ranks = Ranks::join(l, &config.distributed, device)?;
-            ranks.ensure_same_config(&config)?;
-            ranks
-        }
-        None => Ranks::single(),
-    };
+    let ranks = Ranks::for_launch(launch.as_ref(), &config, device)?;
     // The output directory first (rank 0): another writer of it is an error before any
     // work.
     let out = output_dir(args, target.out, &config);

@@ -93,14 +93,7 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
         args.resume.is_some(),
     )?;
     let device = distributed::device(&config, launch.as_ref())?;
-    let ranks = match &launch {
-        Some(l) => {
-            let ranks = Ranks::join(l, &config.distributed, device)?;
-            ranks.ensure_same_config(&config)?;
-            ranks
-        }
-        None => Ranks::single(),
-    };
+    let ranks = Ranks::for_launch(launch.as_ref(), &config, device)?;
     let identity = launch.as_ref().and_then(distributed::elastic_identity);
     let elastic = match (&args.resume, distributed::elastic_restart(), &identity) {
         (None, Some(restart), Some(id)) if ranks.is_writer() => {

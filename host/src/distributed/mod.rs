@@ -105,6 +105,23 @@ impl Ranks {
         self.world_size
     }
 
+    /// The ranks of this process under `launch` (one process without a launch): joins
+    /// the group and refuses a config that differs from the other ranks'.
+    pub fn for_launch(
+        launch: Option<&Launch>,
+        config: &RunConfig,
+        device: Device,
+    ) -> anyhow::Result<Self> {
+        match launch {
+            Some(l) => {
+                let ranks = Self::join(l, &config.distributed, device)?;
+                ranks.ensure_same_config(config)?;
+                Ok(ranks)
+            }
+            None => Ok(Self::single()),
+        }
+    }
+
     /// Whether this process writes the run directory (rank 0).
     pub fn is_writer(&self) -> bool {
         self.rank == 0
