@@ -33,7 +33,6 @@ sat_core::register_saliency!(
     Empty,
     name = "empty",
     description = "does nothing",
-    defaults = ""
 );
 
 fn boundary(c: &mut Criterion) {
@@ -51,8 +50,15 @@ fn boundary(c: &mut Criterion) {
     });
 
     let module = sat_core::module::root_module("bench", "0");
-    let mut source =
-        (module.create_saliency())(RStr::from_str("empty"), RStr::from_str("")).unwrap();
+    let made = (module.create())(
+        sat_core::ComponentKind::Saliency,
+        RStr::from_str("empty"),
+        RStr::from_str(""),
+    )
+    .unwrap();
+    let sat_core::ComponentBox::Saliency(mut source) = made else {
+        panic!("the library built another kind of component")
+    };
     c.bench_function("saliency call, across the plugin ABI", |b| {
         b.iter(|| {
             let batch = Batch::new(&images, &labels, 0, 1, Phase::Training);

@@ -96,7 +96,7 @@ pub fn check_ownership(file: &Path) -> Result<PathBuf, String> {
 const MAX_TABLE: u64 = 256 << 20;
 
 fn read_at(f: &mut std::fs::File, offset: u64, len: u64, file_len: u64) -> Result<Vec<u8>, String> {
-    if len > MAX_TABLE || offset.checked_add(len).map_or(true, |end| end > file_len) {
+    if len > MAX_TABLE || offset.checked_add(len).is_none_or(|end| end > file_len) {
         return Err("a table lies outside the file".into());
     }
     f.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;

@@ -72,8 +72,10 @@ prop_compose! {
             milestones.sort_unstable();
             milestones.dedup();
         }
-        let mut c = RunConfig::default();
-        c.device = "cpu".into();
+        let mut c = RunConfig {
+            device: "cpu".into(),
+            ..RunConfig::default()
+        };
         c.data.image_size = image_size;
         c.data.crop_padding = crop_padding;
         c.data.classes = classes;
