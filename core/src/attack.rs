@@ -6,7 +6,7 @@ use crate::tensor::RTensor;
 use abi_stable::{
     sabi_trait,
     sabi_trait::TD_Opaque,
-    std_types::{RBox, RResult},
+    std_types::{RBox, ROption, RResult},
     StableAbi,
 };
 use tch::Tensor;
@@ -59,6 +59,11 @@ pub trait Attack: Send + 'static {
     fn threat_model(&self) -> ThreatModel;
     /// Computes the adversarial inputs for `batch`.
     fn perturb(&mut self, batch: &Batch, oracle: Oracle<'_, '_>) -> Result<Tensor, PluginError>;
+    /// For a targeted attack, the target class of every image of the last `perturb`
+    /// call (`[N]` int64, see [`Target`](crate::target::Target)); `None` when untargeted.
+    fn targets(&self) -> Option<Tensor> {
+        None
+    }
 }
 
 /// The ABI-stable face of an [`Attack`]. Calls never unwind: a panic is an error.
@@ -71,6 +76,8 @@ pub trait AttackAbi: Send {
     /// See [`Attack::perturb`].
     #[sabi(last_prefix_field)]
     fn perturb(&mut self, batch: &Batch, oracle: &OracleRef<'_>) -> RResult<RTensor, PluginError>;
+    /// See [`Attack::targets`].
+    fn targets(&self) -> RResult<ROption<RTensor>, PluginError>;
 }
 
 /// An owned attack created by a plugin library.
@@ -99,6 +106,11 @@ impl AttackAbi for AttackAdapter {
     fn perturb(&mut self, batch: &Batch, oracle: &OracleRef<'_>) -> RResult<RTensor, PluginError> {
         self.0
             .call(|a| a.perturb(batch, Oracle::new(oracle)).map(RTensor::new))
+            .into()
+    }
+    fn targets(&self) -> RResult<ROption<RTensor>, PluginError> {
+        self.0
+            .call_ref(|a| Ok(a.targets().map(RTensor::new).into()))
             .into()
     }
 }

@@ -27,6 +27,7 @@ pub mod module;
 pub mod objective;
 pub mod oracle;
 pub mod saliency;
+pub mod target;
 pub mod tensor;
 pub mod testing;
 
@@ -45,6 +46,7 @@ pub use oracle::{
     TrainingModel,
 };
 pub use saliency::{SaliencyBox, SaliencySource, SaliencySourceAbi_TO};
+pub use target::Target;
 pub use tensor::{RTensor, TensorRef};
 
 /// The `abi_stable`, `inventory`, `tch` and `toml` crates as `sat-core` uses them, so

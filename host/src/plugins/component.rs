@@ -278,6 +278,32 @@ impl AttackComponent {
         }
         Ok(adv)
     }
+
+    /// The target classes of the last [`perturb`](Self::perturb) of `n` images, for a
+    /// targeted attack, checked: `[n]` int64 in `[0, classes)`.
+    pub fn targets(&self, n: i64, classes: i64) -> Result<Option<Tensor>, ComponentError> {
+        let asked = self.inner.targets().into_result();
+        let targets = asked.map_err(|e| self.error(e.to_string()))?;
+        let Some(targets) = targets.into_option().map(|t| t.into_tensor()) else {
+            return Ok(None);
+        };
+        if targets.size() != [n] || targets.kind() != Kind::Int64 {
+            return Err(self.error(format!(
+                "reported targets {:?} {:?}; expected [{n}] Int64",
+                targets.size(),
+                targets.kind()
+            )));
+        }
+        if n > 0 {
+            let (lo, hi) = (targets.min().int64_value(&[]), targets.max().int64_value(&[]));
+            if lo < 0 || hi >= classes {
+                return Err(self.error(format!(
+                    "reported target classes in [{lo}, {hi}]; the model has {classes} classes"
+                )));
+            }
+        }
+        Ok(Some(targets))
+    }
 }
 
 /// What an objective returned, checked.

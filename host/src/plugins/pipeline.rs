@@ -150,6 +150,8 @@ pub struct Inputs {
     /// The maps of the source drawn for the batch, when the attack or the objective
     /// asked for them.
     pub saliency: Option<Tensor>,
+    /// The attack's target classes `[N]`, when it is targeted.
+    pub targets: Option<Tensor>,
 }
 
 /// Why a pipeline could not be built.
@@ -331,10 +333,24 @@ impl Pipeline {
         } else {
             self.attack.as_mut()
         };
-        let images = match attack {
-            Some(attack) => attack.perturb(&batch, oracle)?,
-            None => samples.images.shallow_clone(),
+        let (images, targets) = match attack {
+            Some(attack) => {
+                let images = attack.perturb(&batch, oracle)?;
+                let n = samples.labels.size()[0];
+                // The host's oracles always know their classes; should one not, the
+                // targets are only checked to be non-negative.
+                let classes = oracle
+                    .num_classes()
+                    .into_result()
+                    .map_or(i64::MAX, i64::from);
+                (images, attack.targets(n, classes)?)
+            }
+            None => (samples.images.shallow_clone(), None),
         };
-        Ok(Inputs { images, saliency })
+        Ok(Inputs {
+            images,
+            saliency,
+            targets,
+        })
     }
 }
