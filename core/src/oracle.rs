@@ -2,7 +2,11 @@
 use crate::error::{catch, PluginError};
 use crate::tensor::RTensor;
 use abi_stable::{
-    sabi_trait, sabi_trait::TD_Opaque, sabi_types::RRef, std_types::RResult, StableAbi,
+    sabi_trait,
+    sabi_trait::TD_Opaque,
+    sabi_types::RRef,
+    std_types::{ROption, RResult},
+    StableAbi,
 };
 use tch::Tensor;
 
@@ -34,6 +38,22 @@ pub enum Objective {
     /// `Σₖ log softmax(z)ₖ`, the sum of the log-probabilities of every class (the
     /// quantity whose input gradient Right for the Right Reasons penalises).
     LogProbabilitySum,
+    /// The Difference of Logits Ratio loss of Croce & Hein (2020), as AutoAttack computes
+    /// it: untargeted `−(z_y − max_{j≠y} z_j) / (z_π1 − z_π3 + 10⁻¹²)` (at least 3
+    /// classes), or with `targets` `−(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2 + 10⁻¹²)`
+    /// (at least 4 classes), `π` ordering the logits from the largest.
+    Dlr {
+        /// True classes `[N]`, int64.
+        labels: RTensor,
+        /// Target classes `[N]`, int64, for the targeted loss.
+        targets: ROption<RTensor>,
+    },
+    /// `Σₖ w_nk z_nk`, a fixed linear combination of each sample's logits
+    /// (`weights`: `[N, K]`, float32), e.g. `z_t − z_y` for FAB.
+    WeightedLogits {
+        /// Per-sample weights of the logits.
+        weights: RTensor,
+    },
 }
 
 impl Objective {
@@ -64,6 +84,26 @@ impl Objective {
     /// The sum over classes of the log-probabilities.
     pub fn log_probability_sum() -> Self {
         Self::LogProbabilitySum
+    }
+    /// The untargeted DLR loss against `labels`.
+    pub fn dlr(labels: &Tensor) -> Self {
+        Self::Dlr {
+            labels: RTensor::from_ref(labels),
+            targets: ROption::RNone,
+        }
+    }
+    /// The targeted DLR loss against `labels`, towards `targets`.
+    pub fn dlr_targeted(labels: &Tensor, targets: &Tensor) -> Self {
+        Self::Dlr {
+            labels: RTensor::from_ref(labels),
+            targets: ROption::RSome(RTensor::from_ref(targets)),
+        }
+    }
+    /// `Σₖ weights_nk · z_nk`.
+    pub fn weighted_logits(weights: &Tensor) -> Self {
+        Self::WeightedLogits {
+            weights: RTensor::from_ref(weights),
+        }
     }
 }
 
@@ -330,7 +370,62 @@ pub fn objective_value(logits: &Tensor, objective: &Objective) -> Result<Tensor,
         Objective::LogProbabilitySum => logits
             .f_log_softmax(-1, logits.kind())?
             .f_sum_dim_intlist(-1, false, logits.kind())?,
+        Objective::Dlr { labels, targets } => {
+            let labels = labels.view();
+            check(&labels, "labels")?;
+            let targets = targets.as_ref().map(|t| t.view()).into_option();
+            if let Some(t) = &targets {
+                check(t, "targets")?;
+            }
+            dlr(logits, &labels, targets.as_deref())?
+        }
+        Objective::WeightedLogits { weights } => {
+            let weights = weights.view();
+            if weights.size() != logits.size() {
+                return Err(PluginError::invalid_input(format!(
+                    "logit weights must be {:?}, got {:?}",
+                    logits.size(),
+                    weights.size()
+                )));
+            }
+            logits
+                .f_mul(&weights.f_to_kind(logits.kind())?)?
+                .f_sum_dim_intlist(-1, false, logits.kind())?
+        }
     })
+}
+
+/// The DLR loss of [`Objective::Dlr`].
+fn dlr(logits: &Tensor, labels: &Tensor, targets: Option<&Tensor>) -> Result<Tensor, PluginError> {
+    let classes = logits.size().get(1).copied().unwrap_or(0);
+    let needed = if targets.is_some() { 4 } else { 3 };
+    if classes < needed {
+        return Err(PluginError::invalid_input(format!(
+            "the DLR loss needs at least {needed} classes, the model has {classes}"
+        )));
+    }
+    let (sorted, order) = logits.f_sort(1, false)?;
+    let column = |i: i64| sorted.f_select(1, classes - i);
+    let own = logits.f_gather(1, &labels.f_unsqueeze(1)?, false)?.f_squeeze_dim(1)?;
+    let (difference, scale) = match targets {
+        None => {
+            // The largest logit other than the label's.
+            let top_is_label = order
+                .f_select(1, classes - 1)?
+                .f_eq_tensor(labels)?
+                .f_to_kind(logits.kind())?;
+            let other = column(2)?
+                .f_mul(&top_is_label)?
+                .f_add(&column(1)?.f_mul(&top_is_label.f_neg()?.f_add_scalar(1.0)?)?)?;
+            (own.f_sub(&other)?, column(1)?.f_sub(&column(3)?)?)
+        }
+        Some(t) => {
+            let target = logits.f_gather(1, &t.f_unsqueeze(1)?, false)?.f_squeeze_dim(1)?;
+            let third_fourth = column(3)?.f_add(&column(4)?)?.f_mul_scalar(0.5)?;
+            (own.f_sub(&target)?, column(1)?.f_sub(&third_fourth)?)
+        }
+    };
+    Ok(difference.f_div(&scale.f_add_scalar(1e-12)?)?.f_neg()?)
 }
 
 /// The model being trained, as training objectives see it: forward passes in training
@@ -370,5 +465,50 @@ impl<'r, 'o> TrainingModel<'r, 'o> {
     /// Number of classes of the model.
     pub fn num_classes(&self) -> Result<u32, PluginError> {
         self.inner.num_classes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Kind;
+
+    fn values(t: &Tensor) -> Vec<f64> {
+        Vec::<f64>::try_from(&t.to_kind(Kind::Double)).unwrap()
+    }
+
+    #[test]
+    fn dlr_matches_its_closed_form() {
+        // Row 0: label 2 is the top logit (4); the runner-up is 3, the third 1.
+        // Row 1: label 0 (logit 1) is not on top (5): other = 5, scale = 5 − 2.
+        let logits = Tensor::from_slice(&[1.0f32, 3.0, 4.0, 0.0, 1.0, 5.0, 2.0, -1.0])
+            .reshape([2, 4]);
+        let labels = Tensor::from_slice(&[2i64, 0]);
+        let untargeted = objective_value(&logits, &Objective::dlr(&labels)).unwrap();
+        let expected = [-(4.0 - 3.0) / (4.0 - 1.0), -(1.0 - 5.0) / (5.0 - 1.0)];
+        for (got, want) in values(&untargeted).iter().zip(expected) {
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
+        // Targeted towards 3 and 2: −(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2).
+        let targets = Tensor::from_slice(&[3i64, 2]);
+        let targeted =
+            objective_value(&logits, &Objective::dlr_targeted(&labels, &targets)).unwrap();
+        let expected = [-(4.0 - 0.0) / (4.0 - 0.5), -(1.0 - 2.0) / (5.0 - 0.0)];
+        for (got, want) in values(&targeted).iter().zip(expected) {
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
+        let two = Tensor::from_slice(&[1.0f32, 2.0]).reshape([1, 2]);
+        let err = objective_value(&two, &Objective::dlr(&Tensor::from_slice(&[0i64])));
+        assert!(err.unwrap_err().to_string().contains("at least 3 classes"));
+    }
+
+    #[test]
+    fn weighted_logits_are_a_linear_combination() {
+        let logits = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).reshape([2, 2]);
+        let weights = Tensor::from_slice(&[1.0f32, -1.0, 0.5, 0.0]).reshape([2, 2]);
+        let v = objective_value(&logits, &Objective::weighted_logits(&weights)).unwrap();
+        assert_eq!(values(&v), vec![-1.0, 1.5]);
+        let wrong = Tensor::ones([2, 3], (Kind::Float, tch::Device::Cpu));
+        assert!(objective_value(&logits, &Objective::weighted_logits(&wrong)).is_err());
     }
 }
