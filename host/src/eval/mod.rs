@@ -50,7 +50,7 @@ pub struct Sharded {
 
 /// The libtorch seed and the pipeline's draws of evaluation batch `batch`: keyed by the
 /// batch, so a batch is attacked alike whichever rank evaluates it.
-fn batch_seeds(seed: u64, batch: usize) -> (i64, SplitMix) {
+pub fn batch_seeds(seed: u64, batch: usize) -> (i64, SplitMix) {
     let mut rng = SplitMix::new(seed ^ 0x5EED, 0xE7A1_0000 + batch as u64);
     let torch = (rng.next_u64() >> 1) as i64;
     (torch, rng)
