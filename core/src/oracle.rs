@@ -233,6 +233,11 @@ impl<'r, 'o> Oracle<'r, 'o> {
     pub fn new(inner: &'r OracleRef<'o>) -> Self {
         Self { inner }
     }
+    /// The trait object itself, to hand on to another component (an attack that runs
+    /// other attacks, such as AutoAttack).
+    pub fn as_abi(&self) -> &'r OracleRef<'o> {
+        self.inner
+    }
     /// Logits `[N, K]` on `images` (no gradient, eval mode).
     pub fn logits(&self, images: &Tensor) -> Result<Tensor, PluginError> {
         self.inner
