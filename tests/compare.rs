@@ -136,7 +136,7 @@ fn tags_balance(text: &str) -> bool {
         };
         let tag = &rest[start + 1..start + len];
         rest = &rest[start + len + 1..];
-        if tag.matches('"').count() % 2 != 0 {
+        if !tag.matches('"').count().is_multiple_of(2) {
             return false;
         }
         let name = tag
