@@ -2,6 +2,7 @@
 //! they share: the global options, loading the configuration and the plugins, and the
 //! exit code of an error.
 pub mod bench;
+pub mod compare;
 pub mod env;
 pub mod eval;
 pub mod new;
@@ -67,6 +68,10 @@ pub enum Command {
     /// Print what a build outside the sat tree needs (LIBTORCH, versions, sat's source
     /// directory, the plugin directories searched) as shell assignments or JSON.
     Env(env::EnvArgs),
+    /// One table of several run directories (method, clean and robust accuracy,
+    /// alignment, training time, status) as Markdown, CSV or JSON; optionally an SVG
+    /// overlaying their robust-accuracy curves.
+    Compare(compare::CompareArgs),
 }
 
 /// The configuration file and its `--set` overrides.
@@ -90,6 +95,7 @@ pub fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::run(&cli.global, args),
         Command::New(args) => new::run(&cli.global, args),
         Command::Env(args) => env::run(&cli.global, args),
+        Command::Compare(args) => compare::run(&cli.global, args),
     }
 }
 

@@ -2,7 +2,7 @@
 //! checkpoints; every file is written atomically (temporary file, then rename).
 pub mod gallery;
 mod metrics;
-mod plot;
+pub mod plot;
 
 pub use metrics::{
     process_status_mib, resident_mib, EpochMetrics, Metrics, RobustAccuracy, RunStatus,
