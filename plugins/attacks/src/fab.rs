@@ -400,3 +400,188 @@ sat_core::register_attack!(
     name = "fab-t",
     description = "FAB-T (AutoAttack): FAB towards each of the top clean classes in turn, linf or l2",
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sat_core::{parse_config, testing::LinearModel, OracleAdapter, Phase};
+    use tch::Device;
+
+    fn values(t: &Tensor) -> Vec<f64> {
+        Vec::<f64>::try_from(&t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
+    }
+
+    /// A linear binary classifier whose logits vanish at the grey image, and images near
+    /// grey: the box never binds, so the distance to the boundary is the closed form
+    /// `|Δw·x + Δb| / ‖Δw‖_dual`.
+    pub(crate) fn binary_setup() -> (LinearModel, Tensor, Tensor, Tensor) {
+        tch::manual_seed(17);
+        let opts = (Kind::Float, Device::Cpu);
+        let weight = Tensor::randn([2, 48], opts);
+        let bias = -weight.sum_dim_intlist(1, false, Kind::Float) * 0.5;
+        let x = Tensor::rand([8, 3, 4, 4], opts).f_mul_scalar(0.1).unwrap() + 0.45;
+        let model = LinearModel { weight, bias };
+        let y = model.forward(&x).unwrap().argmax(-1, false);
+        let gap = model.forward(&x).unwrap();
+        let gap = (gap.select(1, 0) - gap.select(1, 1)).abs();
+        (model, x, y, gap)
+    }
+
+    /// Closed-form distance of each image to the boundary of [`binary_setup`]'s model.
+    pub(crate) fn boundary_distance(model: &LinearModel, gap: &Tensor, norm: Norm) -> Vec<f64> {
+        let dw = model.weight.get(0) - model.weight.get(1);
+        let dual = match norm {
+            Norm::Linf => dw.abs().sum(Kind::Float),
+            Norm::L2 => dw.norm(),
+        };
+        values(&(gap / dual))
+    }
+
+    fn run(
+        name: &str,
+        text: &str,
+        adapter: &OracleAdapter<LinearModel>,
+        x: &Tensor,
+        y: &Tensor,
+    ) -> Tensor {
+        let oracle_ref = adapter.as_ref();
+        let oracle = Oracle::new(&oracle_ref);
+        let batch = Batch::new(x, y, 0, 1, Phase::Evaluation);
+        let mut attack: Box<dyn Attack> = match name {
+            "fab" => Box::new(Fab::from_config(parse_config(name, text).unwrap()).unwrap()),
+            _ => Box::new(FabTargeted::from_config(parse_config(name, text).unwrap()).unwrap()),
+        };
+        attack.perturb(&batch, oracle).unwrap()
+    }
+
+    fn accuracy(adapter: &OracleAdapter<LinearModel>, x: &Tensor, y: &Tensor) -> f64 {
+        let logits = adapter.0.forward(x).unwrap();
+        logits
+            .argmax(-1, false)
+            .eq_tensor(y)
+            .to_kind(Kind::Float)
+            .mean(Kind::Float)
+            .double_value(&[])
+    }
+
+    #[test]
+    fn finds_the_closed_form_distance_to_a_linear_boundary() {
+        for (norm, name) in [(Norm::Linf, "linf"), (Norm::L2, "l2")] {
+            for attack in ["fab", "fab-t"] {
+                let (model, x, y, gap) = binary_setup();
+                let distance = boundary_distance(&model, &gap, norm);
+                let adapter = model.oracle();
+                let text = format!("norm = \"{name}\"\nepsilon = 1.0\nsteps = 10");
+                let adv = run(attack, &text, &adapter, &x, &y);
+                assert_eq!(accuracy(&adapter, &adv, &y), 0.0, "{attack} {name}: all broken");
+                let found = values(&sample_norm(&(&adv - &x), norm).unwrap());
+                for (got, want) in found.iter().zip(&distance) {
+                    assert!(
+                        *got >= want * (1.0 - 1e-3) && *got <= want * 1.01 + 1e-6,
+                        "{attack} {name}: {got} vs the minimum {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn returns_the_clean_image_when_the_boundary_is_beyond_epsilon() {
+        for (norm, name) in [(Norm::Linf, "linf"), (Norm::L2, "l2")] {
+            let (model, x, y, gap) = binary_setup();
+            let distance = boundary_distance(&model, &gap, norm);
+            let nearest = distance.iter().cloned().fold(f64::INFINITY, f64::min);
+            let farthest = distance.iter().cloned().fold(0.0, f64::max);
+            // Between the nearest and the farthest: exactly those within ε are broken.
+            let eps = 0.5 * (nearest + farthest);
+            let adapter = model.oracle();
+            let text = format!("norm = \"{name}\"\nepsilon = {eps}\nsteps = 10\nrestarts = 2");
+            let adv = run("fab", &text, &adapter, &x, &y);
+            let wrong = values(
+                &adapter
+                    .0
+                    .forward(&adv)
+                    .unwrap()
+                    .argmax(-1, false)
+                    .ne_tensor(&y)
+                    .to_kind(Kind::Float),
+            );
+            let unchanged = values(
+                &(&adv - &x)
+                    .abs()
+                    .flatten(1, -1)
+                    .amax([1i64].as_slice(), false)
+                    .eq(0.0)
+                    .to_kind(Kind::Float),
+            );
+            for i in 0..distance.len() {
+                let within = distance[i] < eps * 0.99;
+                assert_eq!(wrong[i] == 1.0, within, "{name} image {i}: {}", distance[i]);
+                assert_eq!(unchanged[i] == 1.0, !within, "{name} image {i}");
+            }
+        }
+    }
+
+    fn multiclass() -> (OracleAdapter<LinearModel>, Tensor, Tensor) {
+        let adapter = LinearModel::random(5, 48, 23).oracle();
+        tch::manual_seed(6);
+        let x = Tensor::rand([24, 3, 4, 4], (Kind::Float, Device::Cpu));
+        let y = adapter.0.forward(&x).unwrap().argmax(-1, false);
+        (adapter, x, y)
+    }
+
+    #[test]
+    fn stays_in_ball_and_box_is_deterministic_and_lowers_accuracy() {
+        for (norm, name, eps) in [(Norm::Linf, "linf", 0.05), (Norm::L2, "l2", 0.3)] {
+            for attack in ["fab", "fab-t"] {
+                let (adapter, x, y) = multiclass();
+                let before = x.copy();
+                let text = format!(
+                    "norm = \"{name}\"\nepsilon = {eps}\nsteps = 5\nrestarts = 2\n{}",
+                    if attack == "fab-t" { "target_classes = 3" } else { "" }
+                );
+                tch::manual_seed(1);
+                let adv = run(attack, &text, &adapter, &x, &y);
+                tch::manual_seed(1);
+                let again = run(attack, &text, &adapter, &x, &y);
+                assert!(adv.equal(&again), "{attack} {name}: same seed, same result");
+                assert!(x.equal(&before), "input untouched");
+                let size = sample_norm(&(&adv - &x), norm).unwrap().max().double_value(&[]);
+                assert!(size <= eps + 1e-6, "{attack} {name}: {size} > {eps}");
+                assert!(adv.min().double_value(&[]) >= 0.0 && adv.max().double_value(&[]) <= 1.0);
+                let robust = accuracy(&adapter, &adv, &y);
+                assert!(robust < 0.9, "{attack} {name}: accuracy {robust}");
+                assert!(robust > 0.0, "{attack} {name}: ε too large for a meaningful test");
+            }
+        }
+    }
+
+    #[test]
+    fn fab_t_is_at_least_as_strong_as_fab() {
+        for (name, eps) in [("linf", 0.05), ("l2", 0.3)] {
+            let (adapter, x, y) = multiclass();
+            let text = format!("norm = \"{name}\"\nepsilon = {eps}\nsteps = 10");
+            let untargeted = accuracy(&adapter, &run("fab", &text, &adapter, &x, &y), &y);
+            let targeted = accuracy(&adapter, &run("fab-t", &text, &adapter, &x, &y), &y);
+            assert!(targeted <= untargeted, "{name}: fab-t {targeted} vs fab {untargeted}");
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_config_errors() {
+        let bad = |name: &str, text: &str| -> String {
+            let result = match name {
+                "fab" => parse_config::<FabConfig>(name, text).and_then(Fab::from_config).map(|_| ()),
+                _ => parse_config::<FabTargetedConfig>(name, text)
+                    .and_then(FabTargeted::from_config)
+                    .map(|_| ()),
+            };
+            result.unwrap_err().message.to_string()
+        };
+        assert!(bad("fab", "steps = 0").contains("steps"));
+        assert!(bad("fab", "beta = 1.5").contains("beta"));
+        assert!(bad("fab", "target_classes = 3").contains("target_classes"));
+        assert!(bad("fab-t", "target_classes = 0").contains("target_classes"));
+        assert!(bad("fab-t", "norm = \"l1\"").contains("l1"));
+    }
+}

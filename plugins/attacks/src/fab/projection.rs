@@ -230,7 +230,7 @@ mod tests {
             let d = onto_hyperplane(&t, &w, &b, norm).unwrap();
             let x = &t + &d;
             assert!(x.min().double_value(&[]) >= -1e-6 && x.max().double_value(&[]) <= 1.0 + 1e-6);
-            let reached = (&w * &x).sum().double_value(&[]);
+            let reached = (&w * &x).sum(Kind::Float).double_value(&[]);
             assert!((reached - 5.5).abs() < 1e-5, "{norm:?}: {reached}");
             // The two free coordinates share the step: 0.25 each.
             assert!((d.double_value(&[0, 1]) - 0.25).abs() < 1e-5, "{norm:?}: {d:?}");
