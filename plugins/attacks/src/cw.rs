@@ -151,7 +151,11 @@ impl CarliniWagner {
             let tanh = w.f_tanh()?;
             let adv = tanh.f_add_scalar(1.0)?.f_mul_scalar(0.5)?;
             let delta = adv.f_sub(x)?;
-            let squared = delta.f_square()?.f_flatten(1, -1)?.f_sum_dim_intlist(1, false, Kind::Float)?;
+            let squared =
+                delta
+                    .f_square()?
+                    .f_flatten(1, -1)?
+                    .f_sum_dim_intlist(1, false, Kind::Float)?;
             // margin = max_{j≠y} z_j − z_y; f = max(−margin, −κ), active where not clamped.
             let g = oracle.input_gradient(&adv, Objective::margin(labels))?;
             let f = g.value.f_neg()?.f_clamp_min(-cfg.confidence)?;
@@ -160,8 +164,16 @@ impl CarliniWagner {
                 + c.f_mul(&f)?.f_sum(Kind::Double)?.double_value(&[]);
             // d cost / d adv = 2·δ − c·[active]·∇margin; d adv / d w = (1 − tanh²)/2.
             let weight = c_view.f_mul(&per_sample(&active, dims)?)?;
-            let grad_adv = delta.f_mul_scalar(2.0)?.f_sub(&g.gradient.f_mul(&weight)?)?;
-            let grad_w = grad_adv.f_mul(&tanh.f_square()?.f_neg()?.f_add_scalar(1.0)?.f_mul_scalar(0.5)?)?;
+            let grad_adv = delta
+                .f_mul_scalar(2.0)?
+                .f_sub(&g.gradient.f_mul(&weight)?)?;
+            let grad_w = grad_adv.f_mul(
+                &tanh
+                    .f_square()?
+                    .f_neg()?
+                    .f_add_scalar(1.0)?
+                    .f_mul_scalar(0.5)?,
+            )?;
             w = adam.update(&w, &grad_w)?;
 
             // Bookkeeping at the point just evaluated, as torchattacks does.
@@ -214,7 +226,9 @@ impl Attack for CarliniWagner {
             let succeeded = self.optimise(&x, &labels, &w0, &c, &mut best, oracle)?;
             // Success: c is an upper bound; failure: a lower bound, ×10 until bounded.
             upper = upper.f_minimum(&c)?.f_where_self(&succeeded, &upper)?;
-            lower = lower.f_maximum(&c)?.f_where_self(&succeeded.f_logical_not()?, &lower)?;
+            lower = lower
+                .f_maximum(&c)?
+                .f_where_self(&succeeded.f_logical_not()?, &lower)?;
             let bounded = upper.f_lt(1e9)?;
             let middle = lower.f_add(&upper)?.f_mul_scalar(0.5)?;
             c = middle.f_where_self(&bounded, &c.f_mul_scalar(10.0)?)?;
@@ -223,12 +237,173 @@ impl Attack for CarliniWagner {
             .squared
             .f_lt(1e10)?
             .f_logical_and(&best.squared.f_sqrt()?.f_le(self.config.epsilon.0)?)?;
-        Ok(best.examples.f_where_self(&per_sample(&within, dims)?, &x)?)
+        Ok(best
+            .examples
+            .f_where_self(&per_sample(&within, dims)?, &x)?)
     }
 }
 
 sat_core::register_attack!(
     CarliniWagner,
     name = "cw-l2",
-    description = "Carlini-Wagner l2: Adam in tanh space, binary search over c, best example within epsilon",
+    description =
+        "Carlini-Wagner l2: Adam in tanh space, binary search over c, best example within epsilon",
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ball::per_sample_l2;
+    use crate::fab::tests::{binary_setup, boundary_distance};
+    use sat_core::{parse_config, testing::LinearModel, OracleAdapter, Phase};
+    use tch::Device;
+
+    fn values(t: &Tensor) -> Vec<f64> {
+        Vec::<f64>::try_from(&t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
+    }
+
+    fn run(text: &str, adapter: &OracleAdapter<LinearModel>, x: &Tensor, y: &Tensor) -> Tensor {
+        let oracle_ref = adapter.as_ref();
+        let mut cw = CarliniWagner::from_config(parse_config("cw-l2", text).unwrap()).unwrap();
+        cw.perturb(
+            &Batch::new(x, y, 0, 1, Phase::Evaluation),
+            Oracle::new(&oracle_ref),
+        )
+        .unwrap()
+    }
+
+    fn wrong(adapter: &OracleAdapter<LinearModel>, adv: &Tensor, y: &Tensor) -> Vec<bool> {
+        let w = adapter
+            .0
+            .forward(adv)
+            .unwrap()
+            .argmax(-1, false)
+            .ne_tensor(y);
+        Vec::<bool>::try_from(&w).unwrap()
+    }
+
+    #[test]
+    fn adam_matches_its_closed_form_first_step() {
+        // The bias-corrected first step is lr·g/(|g| + ε): lr·sign(g), and 0 where g = 0.
+        let p = Tensor::from_slice(&[1.0f32, -2.0, 0.5]);
+        let g = Tensor::from_slice(&[0.3f32, -4.0, 0.0]);
+        let mut adam = Adam::new(&p, 0.1).unwrap();
+        let next = adam.update(&p, &g).unwrap();
+        let expected = [0.9, -1.9, 0.5];
+        for (got, want) in values(&next).iter().zip(expected) {
+            assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn finds_about_the_closed_form_distance_to_a_linear_boundary() {
+        let (model, x, y, gap) = binary_setup();
+        let distance = boundary_distance(&model, &gap, Norm::L2);
+        let adapter = model.oracle();
+        let adv = run(
+            "epsilon = 10.0\nsteps = 100\ninitial_c = 0.1",
+            &adapter,
+            &x,
+            &y,
+        );
+        assert!(wrong(&adapter, &adv, &y).iter().all(|w| *w), "all broken");
+        let found = values(&per_sample_l2(&(&adv - &x)).unwrap());
+        for (got, want) in found.iter().zip(&distance) {
+            assert!(
+                *got >= want * (1.0 - 1e-3) && *got <= want * 1.02 + 3e-3,
+                "{got} vs the minimum {want}"
+            );
+        }
+    }
+
+    fn multiclass() -> (OracleAdapter<LinearModel>, Tensor, Tensor) {
+        let adapter = LinearModel::random(5, 48, 23).oracle();
+        tch::manual_seed(6);
+        let x = Tensor::rand([24, 3, 4, 4], (Kind::Float, Device::Cpu));
+        let y = adapter.0.forward(&x).unwrap().argmax(-1, false);
+        (adapter, x, y)
+    }
+
+    #[test]
+    fn stays_in_ball_and_box_is_deterministic_and_lowers_accuracy() {
+        let (adapter, x, y) = multiclass();
+        let before = x.copy();
+        let text = "epsilon = 0.3\nsteps = 30\nbinary_search_steps = 3";
+        tch::manual_seed(1);
+        let adv = run(text, &adapter, &x, &y);
+        tch::manual_seed(2);
+        assert!(adv.equal(&run(text, &adapter, &x, &y)), "no randomness");
+        assert!(x.equal(&before), "input untouched");
+        let size = per_sample_l2(&(&adv - &x)).unwrap().max().double_value(&[]);
+        assert!(size <= 0.3, "{size}");
+        assert!(adv.min().double_value(&[]) >= 0.0 && adv.max().double_value(&[]) <= 1.0);
+        let broken = wrong(&adapter, &adv, &y).iter().filter(|w| **w).count();
+        assert!(broken > 3 && broken < 24, "{broken} of 24 broken");
+        // Images not broken are returned exactly.
+        let unchanged = values(
+            &(&adv - &x)
+                .abs()
+                .flatten(1, -1)
+                .amax([1i64].as_slice(), false),
+        );
+        for (w, u) in wrong(&adapter, &adv, &y).iter().zip(unchanged) {
+            assert_eq!(*w, u > 0.0);
+        }
+    }
+
+    #[test]
+    fn a_larger_budget_is_never_less_successful() {
+        let (adapter, x, y) = multiclass();
+        let mut previous = vec![false; 24];
+        for eps in [0.1, 0.3, 1.0] {
+            let text = format!("epsilon = {eps}\nsteps = 30\nbinary_search_steps = 3");
+            let now = wrong(&adapter, &run(&text, &adapter, &x, &y), &y);
+            for (i, (p, n)) in previous.iter().zip(&now).enumerate() {
+                assert!(!p || *n, "image {i} broken below ε = {eps} but not at it");
+            }
+            previous = now;
+        }
+        assert!(previous.iter().any(|w| *w));
+    }
+
+    #[test]
+    fn binary_search_helps_where_the_initial_c_is_too_small() {
+        // c = 10⁻³ is too weak to cross the boundary in one optimisation; the search
+        // multiplies it by 10 after each failure.
+        let (adapter, x, y) = multiclass();
+        let one = run(
+            "epsilon = 1.0\nsteps = 30\ninitial_c = 0.001\nbinary_search_steps = 1",
+            &adapter,
+            &x,
+            &y,
+        );
+        let four = run(
+            "epsilon = 1.0\nsteps = 30\ninitial_c = 0.001\nbinary_search_steps = 4",
+            &adapter,
+            &x,
+            &y,
+        );
+        let count = |adv: &Tensor| wrong(&adapter, adv, &y).iter().filter(|w| **w).count();
+        assert!(
+            count(&four) > count(&one),
+            "{} vs {}",
+            count(&four),
+            count(&one)
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_config_errors() {
+        let bad = |text: &str| {
+            parse_config::<CwConfig>("cw-l2", text)
+                .and_then(CarliniWagner::from_config)
+                .err()
+                .map(|e| e.message.to_string())
+                .unwrap_or_default()
+        };
+        assert!(bad("steps = 0").contains("steps"));
+        assert!(bad("initial_c = 0.0").contains("initial_c"));
+        assert!(bad("confidence = -1.0").contains("confidence"));
+        assert!(bad("norm = \"l2\"").contains("norm"));
+    }
+}

@@ -148,7 +148,9 @@ impl Configurable for FabTargeted {
         };
         config.check("fab-t")?;
         if c.target_classes == 0 {
-            return Err(PluginError::config("[fab-t] target_classes must be at least 1"));
+            return Err(PluginError::config(
+                "[fab-t] target_classes must be at least 1",
+            ));
         }
         Ok(Self {
             config,
@@ -209,11 +211,17 @@ impl Run<'_, '_, '_> {
         let classes = i64::from(self.oracle.num_classes()?);
         let own = self.labels.f_one_hot(classes)?.f_to_kind(Kind::Float)?;
         let difference = |class: &Tensor| -> Result<(Tensor, Tensor), PluginError> {
-            let weights = class.f_one_hot(classes)?.f_to_kind(Kind::Float)?.f_sub(&own)?;
+            let weights = class
+                .f_one_hot(classes)?
+                .f_to_kind(Kind::Float)?
+                .f_sub(&own)?;
             let g = self
                 .oracle
                 .input_gradient(x, Objective::weighted_logits(&weights))?;
-            Ok((g.value.f_to_kind(Kind::Float)?, g.gradient.f_reshape([n, -1])?))
+            Ok((
+                g.value.f_to_kind(Kind::Float)?,
+                g.gradient.f_reshape([n, -1])?,
+            ))
         };
         if let Some(targets) = self.targets {
             return difference(targets);
@@ -240,7 +248,8 @@ impl Run<'_, '_, '_> {
                 }
             });
         }
-        let (_, df, dg) = best.ok_or_else(|| PluginError::invalid_input("the model has no classes"))?;
+        let (_, df, dg) =
+            best.ok_or_else(|| PluginError::invalid_input("the model has no classes"))?;
         Ok((df, dg))
     }
 
@@ -256,7 +265,8 @@ impl Run<'_, '_, '_> {
         };
         let scale = per_sample(&sample_norm(&t, self.norm())?, x.dim())?;
         let half = 0.5 * self.config.epsilon.0;
-        Ok(x.f_add(&t.f_div(&scale)?.f_mul_scalar(half)?)?.f_clamp(0.0, 1.0)?)
+        Ok(x.f_add(&t.f_div(&scale)?.f_mul_scalar(half)?)?
+            .f_clamp(0.0, 1.0)?)
     }
 
     /// `attack_single_run(_targeted)`: the smallest adversarial found per image (any
@@ -272,7 +282,9 @@ impl Run<'_, '_, '_> {
         for _ in 0..c.steps {
             let (df, dg) = self.boundary(&x1)?;
             let flat = x1.f_reshape([bs, -1])?;
-            let b = df.f_neg()?.f_add(&dg.f_mul(&flat)?.f_sum_dim_intlist(1, false, Kind::Float)?)?;
+            let b =
+                df.f_neg()?
+                    .f_add(&dg.f_mul(&flat)?.f_sum_dim_intlist(1, false, Kind::Float)?)?;
             let d3 = projection::onto_hyperplane(
                 &Tensor::f_cat(&[&flat, &x0], 0)?,
                 &Tensor::f_cat(&[&dg, &dg], 0)?,
@@ -398,11 +410,12 @@ sat_core::register_attack!(
 sat_core::register_attack!(
     FabTargeted,
     name = "fab-t",
-    description = "FAB-T (AutoAttack): FAB towards each of the top clean classes in turn, linf or l2",
+    description =
+        "FAB-T (AutoAttack): FAB towards each of the top clean classes in turn, linf or l2",
 );
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use sat_core::{parse_config, testing::LinearModel, OracleAdapter, Phase};
     use tch::Device;
@@ -473,7 +486,11 @@ mod tests {
                 let adapter = model.oracle();
                 let text = format!("norm = \"{name}\"\nepsilon = 1.0\nsteps = 10");
                 let adv = run(attack, &text, &adapter, &x, &y);
-                assert_eq!(accuracy(&adapter, &adv, &y), 0.0, "{attack} {name}: all broken");
+                assert_eq!(
+                    accuracy(&adapter, &adv, &y),
+                    0.0,
+                    "{attack} {name}: all broken"
+                );
                 let found = values(&sample_norm(&(&adv - &x), norm).unwrap());
                 for (got, want) in found.iter().zip(&distance) {
                     assert!(
@@ -538,7 +555,11 @@ mod tests {
                 let before = x.copy();
                 let text = format!(
                     "norm = \"{name}\"\nepsilon = {eps}\nsteps = 5\nrestarts = 2\n{}",
-                    if attack == "fab-t" { "target_classes = 3" } else { "" }
+                    if attack == "fab-t" {
+                        "target_classes = 3"
+                    } else {
+                        ""
+                    }
                 );
                 tch::manual_seed(1);
                 let adv = run(attack, &text, &adapter, &x, &y);
@@ -546,12 +567,18 @@ mod tests {
                 let again = run(attack, &text, &adapter, &x, &y);
                 assert!(adv.equal(&again), "{attack} {name}: same seed, same result");
                 assert!(x.equal(&before), "input untouched");
-                let size = sample_norm(&(&adv - &x), norm).unwrap().max().double_value(&[]);
+                let size = sample_norm(&(&adv - &x), norm)
+                    .unwrap()
+                    .max()
+                    .double_value(&[]);
                 assert!(size <= eps + 1e-6, "{attack} {name}: {size} > {eps}");
                 assert!(adv.min().double_value(&[]) >= 0.0 && adv.max().double_value(&[]) <= 1.0);
                 let robust = accuracy(&adapter, &adv, &y);
                 assert!(robust < 0.9, "{attack} {name}: accuracy {robust}");
-                assert!(robust > 0.0, "{attack} {name}: ε too large for a meaningful test");
+                assert!(
+                    robust > 0.0,
+                    "{attack} {name}: ε too large for a meaningful test"
+                );
             }
         }
     }
@@ -563,7 +590,10 @@ mod tests {
             let text = format!("norm = \"{name}\"\nepsilon = {eps}\nsteps = 10");
             let untargeted = accuracy(&adapter, &run("fab", &text, &adapter, &x, &y), &y);
             let targeted = accuracy(&adapter, &run("fab-t", &text, &adapter, &x, &y), &y);
-            assert!(targeted <= untargeted, "{name}: fab-t {targeted} vs fab {untargeted}");
+            assert!(
+                targeted <= untargeted,
+                "{name}: fab-t {targeted} vs fab {untargeted}"
+            );
         }
     }
 
@@ -571,7 +601,9 @@ mod tests {
     fn bad_settings_are_config_errors() {
         let bad = |name: &str, text: &str| -> String {
             let result = match name {
-                "fab" => parse_config::<FabConfig>(name, text).and_then(Fab::from_config).map(|_| ()),
+                "fab" => parse_config::<FabConfig>(name, text)
+                    .and_then(Fab::from_config)
+                    .map(|_| ()),
                 _ => parse_config::<FabTargetedConfig>(name, text)
                     .and_then(FabTargeted::from_config)
                     .map(|_| ()),

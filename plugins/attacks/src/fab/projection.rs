@@ -83,7 +83,10 @@ fn linf(t: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor, PluginError> {
     let p_smallest = pick(&p, &indp.f_narrow(1, 0, 1)?)?;
     let b2 = sb_last.f_sub(&s_last.f_mul(&p_smallest)?)?;
     let c_l = b.f_sub(&b2)?.f_gt(0.0)?;
-    let c2 = b.f_sub(&b0)?.f_gt(0.0)?.f_logical_and(&c_l.f_logical_not()?)?;
+    let c2 = b
+        .f_sub(&b0)?
+        .f_gt(0.0)?
+        .f_logical_and(&c_l.f_logical_not()?)?;
     let lb = bisect(rows, dim, t.device(), |index| {
         let current = indp.f_gather(1, &index.f_neg()?.f_add_scalar(dim - 1)?, false)?;
         let b2 = pick(&sb, index)?.f_sub(&pick(&s, index)?.f_mul(&pick(&p, &current)?)?)?;
@@ -137,7 +140,10 @@ fn l2(t: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor, PluginError> {
     let w3s = w.f_mul(&w)?.f_gather(1, &indr, false)?;
     let w5 = w3s.f_sum_dim_intlist(1, true, Kind::Float)?;
     let ws = w5.f_sub(&w3s.f_cumsum(1, Kind::Float)?)?;
-    let d = r.f_mul(&w)?.f_neg()?.f_mul(&usable.f_to_kind(Kind::Float)?)?;
+    let d = r
+        .f_mul(&w)?
+        .f_neg()?
+        .f_mul(&usable.f_to_kind(Kind::Float)?)?;
     let first = w5.f_mul(&rs.f_narrow(1, 0, 1)?)?;
     let s = Tensor::f_cat(
         &[
@@ -170,11 +176,9 @@ fn l2(t: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor, PluginError> {
         .f_masked_fill(&ws_lb.f_eq(0.0)?, 0.0)?
         .f_unsqueeze(1)?;
     let c5 = alpha.f_gt_tensor(&r)?.f_to_kind(Kind::Float)?;
-    let d_2 = d.f_mul(&c5)?.f_sub(
-        &alpha
-            .f_mul(&w)?
-            .f_mul(&c5.f_neg()?.f_add_scalar(1.0)?)?,
-    )?;
+    let d_2 = d
+        .f_mul(&c5)?
+        .f_sub(&alpha.f_mul(&w)?.f_mul(&c5.f_neg()?.f_add_scalar(1.0)?)?)?;
     let d = d_4.f_where_self(
         &c4.f_unsqueeze(1)?,
         &d_2.f_where_self(&c2.f_unsqueeze(1)?, &d)?,
@@ -207,7 +211,10 @@ mod tests {
         for norm in [Norm::Linf, Norm::L2] {
             let d = onto_hyperplane(&t, &w, &b, norm).unwrap();
             let reached = (&w * (&t + &d)).sum_dim_intlist(1, false, Kind::Float) - &b;
-            assert!(reached.abs().max().double_value(&[]) < 1e-4, "{norm:?} on the plane");
+            assert!(
+                reached.abs().max().double_value(&[]) < 1e-4,
+                "{norm:?} on the plane"
+            );
             let dual = match norm {
                 Norm::Linf => w.abs().sum_dim_intlist(1, false, Kind::Float),
                 Norm::L2 => w.norm_scalaropt_dim(2, [1i64].as_slice(), false),
@@ -233,7 +240,10 @@ mod tests {
             let reached = (&w * &x).sum(Kind::Float).double_value(&[]);
             assert!((reached - 5.5).abs() < 1e-5, "{norm:?}: {reached}");
             // The two free coordinates share the step: 0.25 each.
-            assert!((d.double_value(&[0, 1]) - 0.25).abs() < 1e-5, "{norm:?}: {d:?}");
+            assert!(
+                (d.double_value(&[0, 1]) - 0.25).abs() < 1e-5,
+                "{norm:?}: {d:?}"
+            );
             assert!(d.double_value(&[0, 0]).abs() < 1e-6);
         }
     }
