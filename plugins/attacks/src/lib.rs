@@ -6,6 +6,8 @@
 
 pub mod apgd;
 pub mod ball;
+pub mod cw;
+pub mod fab;
 pub mod fgsm;
 pub mod noise;
 pub mod pgd;
@@ -18,6 +20,6 @@ sat_core::export_plugin!();
 mod tests {
     #[test]
     fn every_component_builds_from_its_defaults() {
-        assert_eq!(sat_core::check_registrations(), Ok(7));
+        assert_eq!(sat_core::check_registrations(), Ok(10));
     }
 }
