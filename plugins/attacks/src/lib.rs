@@ -18,6 +18,6 @@ sat_core::export_plugin!();
 mod tests {
     #[test]
     fn every_component_builds_from_its_defaults() {
-        assert_eq!(sat_core::check_registrations(), Ok(7));
+        assert_eq!(sat_core::check_registrations(), Ok(9));
     }
 }
