@@ -12,8 +12,8 @@
 use crate::ball::{per_sample_l2, project};
 use crate::pgd::NormName;
 use sat_core::{
-    component::Configurable, Attack, Batch, Epsilon, Norm, Objective, Oracle, PluginError,
-    Target, ThreatModel,
+    component::Configurable, Attack, Batch, Epsilon, Norm, Objective, Oracle, PluginError, Target,
+    ThreatModel,
 };
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -428,7 +428,12 @@ fn with_restarts(
         if index.numel() == 0 {
             break;
         }
-        let again = run(s, &x.f_index_select(0, &index)?, &goal.select(&index)?, oracle)?;
+        let again = run(
+            s,
+            &x.f_index_select(0, &index)?,
+            &goal.select(&index)?,
+            oracle,
+        )?;
         let old_loss = best_loss.f_index_select(0, &index)?;
         let take = again
             .found
@@ -438,7 +443,8 @@ fn with_restarts(
             .result
             .f_where_self(&take_x, &result.f_index_select(0, &index)?)?;
         result = result.f_index_copy(0, &index, &rows)?;
-        best_loss = best_loss.f_index_copy(0, &index, &again.best_loss.f_where_self(&take, &old_loss)?)?;
+        best_loss =
+            best_loss.f_index_copy(0, &index, &again.best_loss.f_where_self(&take, &old_loss)?)?;
         found = found.f_index_copy(0, &index, &again.found)?;
     }
     Ok(result.f_to_kind(Kind::Float)?)
@@ -547,7 +553,14 @@ impl Attack for ApgdDlr {
     fn perturb(&mut self, batch: &Batch, oracle: Oracle<'_, '_>) -> Result<Tensor, PluginError> {
         require_classes("apgd-dlr", oracle, 3, "the DLR loss")?;
         let (x, labels) = (batch.images(), batch.labels());
-        with_restarts(&self.settings, &x, &Goal::Dlr { labels: labels.shallow_clone() }, oracle)
+        with_restarts(
+            &self.settings,
+            &x,
+            &Goal::Dlr {
+                labels: labels.shallow_clone(),
+            },
+            oracle,
+        )
     }
 }
 
@@ -641,7 +654,7 @@ sat_core::register_attack!(
 );
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::pgd::{Pgd, PgdConfig};
     use sat_core::{testing::LinearModel, OracleAdapter, Phase};
@@ -652,7 +665,8 @@ mod tests {
     /// parallel threads; `LinearModel::random` seeds it too).
     pub(crate) fn generator() -> std::sync::MutexGuard<'static, ()> {
         static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        LOCK.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A linear model on `[32, 3, 4, 4]` images, labelled with its own clean predictions
@@ -674,9 +688,15 @@ mod tests {
     /// Builds the attack `name` from TOML text.
     fn build(name: &str, text: &str) -> Box<dyn Attack> {
         match name {
-            "apgd-ce" => Box::new(Apgd::from_config(sat_core::parse_config(name, text).unwrap()).unwrap()),
-            "apgd-dlr" => Box::new(ApgdDlr::from_config(sat_core::parse_config(name, text).unwrap()).unwrap()),
-            "apgd-t" => Box::new(ApgdT::from_config(sat_core::parse_config(name, text).unwrap()).unwrap()),
+            "apgd-ce" => {
+                Box::new(Apgd::from_config(sat_core::parse_config(name, text).unwrap()).unwrap())
+            }
+            "apgd-dlr" => {
+                Box::new(ApgdDlr::from_config(sat_core::parse_config(name, text).unwrap()).unwrap())
+            }
+            "apgd-t" => {
+                Box::new(ApgdT::from_config(sat_core::parse_config(name, text).unwrap()).unwrap())
+            }
             other => panic!("unknown attack {other}"),
         }
     }
@@ -723,7 +743,10 @@ mod tests {
                 let what = format!("{name} {norm}");
                 assert_eq!(adv.size(), x.size(), "{what}");
                 assert_eq!(adv.kind(), Kind::Float, "{what}");
-                assert!(size(&(&adv - &x), norm) <= eps + 1e-5, "{what}: outside the ball");
+                assert!(
+                    size(&(&adv - &x), norm) <= eps + 1e-5,
+                    "{what}: outside the ball"
+                );
                 assert!(
                     adv.min().double_value(&[]) >= 0.0 && adv.max().double_value(&[]) <= 1.0,
                     "{what}: outside the box"
@@ -785,13 +808,20 @@ mod tests {
         tch::manual_seed(1);
         let t = build("apgd-t", text).perturb(&batch, oracle).unwrap();
         let (a_ce, a_t) = (accuracy(oracle, &ce, &y), accuracy(oracle, &t, &y));
-        assert!(a_ce > 0.0 && a_ce < 1.0, "a setup where APGD-CE breaks some points: {a_ce}");
+        assert!(
+            a_ce > 0.0 && a_ce < 1.0,
+            "a setup where APGD-CE breaks some points: {a_ce}"
+        );
         assert!(a_t <= a_ce, "APGD-T {a_t} vs APGD-CE {a_ce}");
         // APGD-T leaves the points it cannot break clean.
         let unbroken = oracle.logits(&t).unwrap().argmax(-1, false).eq_tensor(&y);
         let delta = (&t - &x).flatten(1, -1).abs().amax(1, false);
         let moved_unbroken = delta.gt(0.0).logical_and(&unbroken).sum(Kind::Int64);
-        assert_eq!(moved_unbroken.int64_value(&[]), 0, "unbroken points are clean");
+        assert_eq!(
+            moved_unbroken.int64_value(&[]),
+            0,
+            "unbroken points are clean"
+        );
     }
 
     #[test]
@@ -839,7 +869,10 @@ mod tests {
             let adv = build("apgd-dlr", &text).perturb(&batch, oracle).unwrap();
             accuracies.push(accuracy(oracle, &adv, &y));
         }
-        assert!(accuracies[0] > 0.0, "one restart leaves some points: {accuracies:?}");
+        assert!(
+            accuracies[0] > 0.0,
+            "one restart leaves some points: {accuracies:?}"
+        );
         assert!(accuracies[1] <= accuracies[0], "{accuracies:?}");
     }
 
@@ -881,8 +914,16 @@ mod tests {
             let oracle_ref = adapter.as_ref();
             let text = format!("steps = 6\neot_iter = {eot}");
             tch::manual_seed(9);
-            results.push(build("apgd-ce", &text).perturb(&batch, Oracle::new(&oracle_ref)).unwrap());
-            assert_eq!(adapter.0.queries.get(), eot * 7, "eot {eot}: start + 6 steps");
+            results.push(
+                build("apgd-ce", &text)
+                    .perturb(&batch, Oracle::new(&oracle_ref))
+                    .unwrap(),
+            );
+            assert_eq!(
+                adapter.0.queries.get(),
+                eot * 7,
+                "eot {eot}: start + 6 steps"
+            );
         }
         // A deterministic model: the averaged gradient has the same sign.
         assert!(results[0].allclose(&results[1], 1e-6, 1e-6, false));
@@ -897,7 +938,9 @@ mod tests {
         let batch = Batch::new(&x, &y, 0, 1, Phase::Evaluation);
         let e = build("apgd-t", "").perturb(&batch, oracle).unwrap_err();
         assert!(e.message.contains("at least 4 classes"), "{e}");
-        assert!(build("apgd-dlr", "steps = 2").perturb(&batch, oracle).is_ok());
+        assert!(build("apgd-dlr", "steps = 2")
+            .perturb(&batch, oracle)
+            .is_ok());
         let (adapter2, x2, y2) = setup(2, 1);
         let oracle_ref2 = adapter2.as_ref();
         let batch2 = Batch::new(&x2, &y2, 0, 1, Phase::Evaluation);
@@ -920,7 +963,8 @@ mod tests {
             ("apgd-ce", "rho = 0.0", "rho"),
             ("apgd-t", "momentum = 1.5", "momentum"),
         ] {
-            let e = reject(name, text).unwrap_or_else(|| panic!("{name}: `{text}` must be rejected"));
+            let e =
+                reject(name, text).unwrap_or_else(|| panic!("{name}: `{text}` must be rejected"));
             assert!(e.message.contains(key), "{name}: {e}");
         }
         assert!(reject("apgd-ce", "norm = \"l2\"\ntarget = 2\nrestarts = 2").is_none());

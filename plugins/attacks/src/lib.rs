@@ -10,6 +10,7 @@ pub mod fgsm;
 pub mod noise;
 pub mod pgd;
 pub mod sat;
+pub mod square;
 pub mod trades;
 
 sat_core::export_plugin!();
@@ -18,6 +19,6 @@ sat_core::export_plugin!();
 mod tests {
     #[test]
     fn every_component_builds_from_its_defaults() {
-        assert_eq!(sat_core::check_registrations(), Ok(9));
+        assert_eq!(sat_core::check_registrations(), Ok(10));
     }
 }
