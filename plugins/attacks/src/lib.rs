@@ -12,6 +12,7 @@ pub mod fgsm;
 pub mod noise;
 pub mod pgd;
 pub mod sat;
+pub mod square;
 pub mod trades;
 
 sat_core::export_plugin!();
