@@ -661,14 +661,6 @@ pub(crate) mod tests {
     use std::cell::Cell;
     use tch::Device;
 
-    /// Serialises the tests that seed libtorch's process-wide generator (tests run in
-    /// parallel threads; `LinearModel::random` seeds it too).
-    pub(crate) fn generator() -> std::sync::MutexGuard<'static, ()> {
-        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        LOCK.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// A linear model on `[32, 3, 4, 4]` images, labelled with its own clean predictions
     /// (so that accuracy starts at 1 and can only drop).
     fn setup(classes: i64, seed: i64) -> (OracleAdapter<LinearModel>, Tensor, Tensor) {
@@ -722,13 +714,14 @@ pub(crate) mod tests {
 
     #[test]
     fn checkpoints_follow_the_schedule() {
+        let _generator = crate::tests::generator();
         assert_eq!(checkpoints(100), vec![22, 41, 57, 70, 80, 87, 93, 99]);
         assert_eq!(checkpoints(5), vec![1, 2, 3, 4, 5]);
     }
 
     #[test]
     fn every_variant_and_norm_stays_in_ball_and_box_is_deterministic_and_lowers_accuracy() {
-        let _seeded = generator();
+        let _generator = crate::tests::generator();
         let (adapter, x, y) = setup(5, 21);
         let oracle_ref = adapter.as_ref();
         let oracle = Oracle::new(&oracle_ref);
@@ -765,7 +758,7 @@ pub(crate) mod tests {
 
     #[test]
     fn stays_in_the_ball_and_is_at_least_as_strong_as_pgd() {
-        let _seeded = generator();
+        let _generator = crate::tests::generator();
         let (adapter, x, y) = setup(5, 21);
         let oracle_ref = adapter.as_ref();
         let oracle = Oracle::new(&oracle_ref);
@@ -797,7 +790,7 @@ pub(crate) mod tests {
 
     #[test]
     fn apgd_t_is_at_least_as_strong_as_apgd_ce() {
-        let _seeded = generator();
+        let _generator = crate::tests::generator();
         let (adapter, x, y) = setup(10, 4);
         let oracle_ref = adapter.as_ref();
         let oracle = Oracle::new(&oracle_ref);
@@ -826,7 +819,7 @@ pub(crate) mod tests {
 
     #[test]
     fn targeted_apgd_ce_reaches_its_targets_more_often_and_reports_them() {
-        let _seeded = generator();
+        let _generator = crate::tests::generator();
         let (adapter, x, y) = setup(5, 8);
         let oracle_ref = adapter.as_ref();
         let oracle = Oracle::new(&oracle_ref);
@@ -857,7 +850,7 @@ pub(crate) mod tests {
 
     #[test]
     fn more_restarts_are_never_weaker() {
-        let _seeded = generator();
+        let _generator = crate::tests::generator();
         let (adapter, x, y) = setup(5, 21);
         let oracle_ref = adapter.as_ref();
         let oracle = Oracle::new(&oracle_ref);
@@ -901,7 +894,7 @@ pub(crate) mod tests {
 
     #[test]
     fn eot_averages_that_many_gradients_per_step() {
-        let _seeded = generator();
+        let _generator = crate::tests::generator();
         let x = Tensor::rand([4, 3, 4, 4], (Kind::Float, Device::Cpu));
         let y = Tensor::from_slice(&[0i64, 1, 2, 3]);
         let batch = Batch::new(&x, &y, 0, 1, Phase::Evaluation);
@@ -931,7 +924,7 @@ pub(crate) mod tests {
 
     #[test]
     fn too_few_classes_and_bad_keys_are_config_errors() {
-        let _seeded = generator();
+        let _generator = crate::tests::generator();
         let (adapter, x, y) = setup(3, 1);
         let oracle_ref = adapter.as_ref();
         let oracle = Oracle::new(&oracle_ref);

@@ -72,6 +72,7 @@ mod tests {
 
     #[test]
     fn projection_respects_ball_and_box() {
+        let _generator = crate::tests::generator();
         tch::manual_seed(1);
         let origin = Tensor::rand([4, 3, 5, 5], (Kind::Float, Device::Cpu));
         let far = &origin + Tensor::randn([4, 3, 5, 5], (Kind::Float, Device::Cpu));

@@ -284,6 +284,7 @@ mod tests {
 
     #[test]
     fn adam_matches_its_closed_form_first_step() {
+        let _generator = crate::tests::generator();
         // The bias-corrected first step is lr·g/(|g| + ε): lr·sign(g), and 0 where g = 0.
         let p = Tensor::from_slice(&[1.0f32, -2.0, 0.5]);
         let g = Tensor::from_slice(&[0.3f32, -4.0, 0.0]);
@@ -297,6 +298,7 @@ mod tests {
 
     #[test]
     fn finds_about_the_closed_form_distance_to_a_linear_boundary() {
+        let _generator = crate::tests::generator();
         let (model, x, y, gap) = binary_setup();
         let distance = boundary_distance(&model, &gap, Norm::L2);
         let adapter = model.oracle();
@@ -326,6 +328,7 @@ mod tests {
 
     #[test]
     fn stays_in_ball_and_box_is_deterministic_and_lowers_accuracy() {
+        let _generator = crate::tests::generator();
         let (adapter, x, y) = multiclass();
         let before = x.copy();
         let text = "epsilon = 0.3\nsteps = 30\nbinary_search_steps = 3";
@@ -353,6 +356,7 @@ mod tests {
 
     #[test]
     fn a_larger_budget_is_never_less_successful() {
+        let _generator = crate::tests::generator();
         let (adapter, x, y) = multiclass();
         let mut previous = vec![false; 24];
         for eps in [0.1, 0.3, 1.0] {
@@ -368,6 +372,7 @@ mod tests {
 
     #[test]
     fn binary_search_helps_where_the_initial_c_is_too_small() {
+        let _generator = crate::tests::generator();
         // c = 10⁻³ is too weak to cross the boundary in one optimisation; the search
         // multiplies it by 10 after each failure.
         let (adapter, x, y) = multiclass();
@@ -394,6 +399,7 @@ mod tests {
 
     #[test]
     fn bad_settings_are_config_errors() {
+        let _generator = crate::tests::generator();
         let bad = |text: &str| {
             parse_config::<CwConfig>("cw-l2", text)
                 .and_then(CarliniWagner::from_config)

@@ -479,6 +479,7 @@ pub(crate) mod tests {
 
     #[test]
     fn finds_the_closed_form_distance_to_a_linear_boundary() {
+        let _generator = crate::tests::generator();
         for (norm, name) in [(Norm::Linf, "linf"), (Norm::L2, "l2")] {
             for attack in ["fab", "fab-t"] {
                 let (model, x, y, gap) = binary_setup();
@@ -504,6 +505,7 @@ pub(crate) mod tests {
 
     #[test]
     fn returns_the_clean_image_when_the_boundary_is_beyond_epsilon() {
+        let _generator = crate::tests::generator();
         for (norm, name) in [(Norm::Linf, "linf"), (Norm::L2, "l2")] {
             let (model, x, y, gap) = binary_setup();
             let distance = boundary_distance(&model, &gap, norm);
@@ -549,6 +551,7 @@ pub(crate) mod tests {
 
     #[test]
     fn stays_in_ball_and_box_is_deterministic_and_lowers_accuracy() {
+        let _generator = crate::tests::generator();
         for (norm, name, eps) in [(Norm::Linf, "linf", 0.05), (Norm::L2, "l2", 0.3)] {
             for attack in ["fab", "fab-t"] {
                 let (adapter, x, y) = multiclass();
@@ -585,6 +588,7 @@ pub(crate) mod tests {
 
     #[test]
     fn fab_t_is_at_least_as_strong_as_fab() {
+        let _generator = crate::tests::generator();
         for (name, eps) in [("linf", 0.05), ("l2", 0.3)] {
             let (adapter, x, y) = multiclass();
             let text = format!("norm = \"{name}\"\nepsilon = {eps}\nsteps = 10");
@@ -599,6 +603,7 @@ pub(crate) mod tests {
 
     #[test]
     fn bad_settings_are_config_errors() {
+        let _generator = crate::tests::generator();
         let bad = |name: &str, text: &str| -> String {
             let result = match name {
                 "fab" => parse_config::<FabConfig>(name, text)

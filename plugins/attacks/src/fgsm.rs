@@ -123,6 +123,7 @@ mod tests {
 
     #[test]
     fn fgsm_on_a_linear_model_is_the_closed_form() {
+        let _generator = crate::tests::generator();
         // For a 2-class linear model, CE of class 0 grows along w1 - w0.
         let model = LinearModel::random(2, 12, 3);
         let direction = (model.weight.get(1) - model.weight.get(0))
@@ -143,6 +144,7 @@ mod tests {
 
     #[test]
     fn fgsm_rs_stays_in_the_ball_and_box() {
+        let _generator = crate::tests::generator();
         let adapter = LinearModel::random(4, 48, 5).oracle();
         let oracle_ref = adapter.as_ref();
         let x = Tensor::rand([8, 3, 4, 4], (Kind::Float, Device::Cpu));

@@ -1,10 +1,13 @@
 //! The standard attacks of `sat`, as one plugin library.
 //!
-//! All attacks work in `[0, 1]` pixel space, never modify their input, and project onto
-//! the ε-ball and clamp to `[0, 1]` after every step. Randomness comes from libtorch's
+//! All attacks work in `[0, 1]` pixel space, never modify their input, and return points
+//! inside the ε-ball and `[0, 1]` (the iterative ones project after every step; the
+//! minimum-norm ones, FAB and CW-L2, return the clean image where they found nothing
+//! within ε). Randomness comes from libtorch's
 //! global generator, which the host seeds from the run's seed.
 
 pub mod apgd;
+pub mod autoattack;
 pub mod ball;
 pub mod cw;
 pub mod fab;
@@ -19,8 +22,16 @@ sat_core::export_plugin!();
 
 #[cfg(test)]
 mod tests {
+    /// Serialises the tests: they seed libtorch's process-wide generator (directly or
+    /// through `LinearModel::random`), and tests run in parallel threads.
+    pub(crate) fn generator() -> std::sync::MutexGuard<'static, ()> {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        LOCK.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     #[test]
     fn every_component_builds_from_its_defaults() {
-        assert_eq!(sat_core::check_registrations(), Ok(10));
+        assert_eq!(sat_core::check_registrations(), Ok(14));
     }
 }

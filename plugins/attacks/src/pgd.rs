@@ -157,6 +157,7 @@ mod tests {
 
     #[test]
     fn linf_and_l2_stay_in_ball_and_box_and_raise_the_loss() {
+        let _generator = crate::tests::generator();
         for (norm, eps) in [("linf", 8.0 / 255.0), ("l2", 0.5)] {
             let (adapter, x, y) = setup();
             let oracle_ref = adapter.as_ref();
@@ -195,6 +196,7 @@ mod tests {
 
     #[test]
     fn batched_result_equals_per_sample_result_without_random_start() {
+        let _generator = crate::tests::generator();
         let (adapter, x, y) = setup();
         let oracle_ref = adapter.as_ref();
         let oracle = Oracle::new(&oracle_ref);
@@ -260,6 +262,7 @@ mod tests {
 
     #[test]
     fn every_iterate_is_in_the_ball_and_the_box() {
+        let _generator = crate::tests::generator();
         for (norm, name, eps) in [(Norm::Linf, "linf", 8.0 / 255.0), (Norm::L2, "l2", 0.5)] {
             let x = Tensor::rand([6, 3, 4, 4], (Kind::Float, Device::Cpu));
             let y = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 0]);
@@ -294,6 +297,7 @@ mod tests {
 
     #[test]
     fn zero_restarts_is_a_config_error() {
+        let _generator = crate::tests::generator();
         let e = Pgd::from_config(PgdConfig {
             restarts: 0,
             ..PgdConfig::default()

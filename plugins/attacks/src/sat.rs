@@ -129,6 +129,7 @@ mod tests {
 
     #[test]
     fn p0_is_pure_random_signs_and_p1_is_minus_eps_saliency() {
+        let _generator = crate::tests::generator();
         let eps = 8.0 / 255.0;
         // Mid-grey images so clamping never bites.
         let x = Tensor::full([4, 3, 8, 8], 0.5, (Kind::Float, Device::Cpu));
@@ -147,6 +148,7 @@ mod tests {
 
     #[test]
     fn output_is_clamped_to_the_image_box() {
+        let _generator = crate::tests::generator();
         let x = Tensor::ones([2, 3, 8, 8], (Kind::Float, Device::Cpu));
         let s = -Tensor::ones([2, 1, 8, 8], (Kind::Float, Device::Cpu));
         let adv = run(1.0, &x, &s);
@@ -155,6 +157,7 @@ mod tests {
 
     #[test]
     fn curriculum_follows_the_formula() {
+        let _generator = crate::tests::generator();
         let sat = Sat::from_config(SatConfig::default()).unwrap();
         assert_eq!(sat.probability(0), 0.0);
         assert!((sat.probability(10) - 0.4).abs() < 1e-12);
@@ -164,6 +167,7 @@ mod tests {
 
     #[test]
     fn missing_saliency_and_bad_config_are_errors() {
+        let _generator = crate::tests::generator();
         let adapter = LinearModel::random(2, 12, 1).oracle();
         let oracle_ref = adapter.as_ref();
         let x = Tensor::rand([1, 3, 2, 2], (Kind::Float, Device::Cpu));

@@ -362,7 +362,6 @@ sat_core::register_attack!(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apgd::tests::generator;
     use sat_core::{testing::LinearModel, OracleAdapter, Phase};
 
     /// A linear model on `[24, 3, side, side]` images labelled with its clean predictions.
@@ -393,6 +392,7 @@ mod tests {
 
     #[test]
     fn the_p_schedule_is_rescaled_to_the_budget() {
+        let _generator = crate::tests::generator();
         assert_eq!(p_selection(0.8, 0, 5000), 0.8);
         assert_eq!(p_selection(0.8, 5, 5000), 0.8, "iteration 10 of 10 000");
         assert_eq!(p_selection(0.8, 6, 5000), 0.4);
@@ -403,7 +403,7 @@ mod tests {
 
     #[test]
     fn eta_has_unit_norm_and_opposite_halves() {
-        let _seeded = generator();
+        let _generator = crate::tests::generator();
         for s in [1usize, 3, 4, 6] {
             let e = eta(s, Device::Cpu).unwrap();
             assert_eq!(e.size(), vec![s as i64, s as i64]);
@@ -421,7 +421,7 @@ mod tests {
 
     #[test]
     fn linf_and_l2_stay_in_ball_and_box_are_deterministic_and_lower_accuracy() {
-        let _seeded = generator();
+        let _generator = crate::tests::generator();
         for (norm, eps, side) in [("linf", 0.05, 4), ("l2", 1.0, 8)] {
             let (adapter, x, y) = setup(side, 17);
             let oracle_ref = adapter.as_ref();
@@ -455,7 +455,7 @@ mod tests {
 
     #[test]
     fn misclassified_points_are_left_alone_and_more_queries_do_not_hurt() {
-        let _seeded = generator();
+        let _generator = crate::tests::generator();
         let (adapter, x, y) = setup(4, 5);
         let oracle_ref = adapter.as_ref();
         let oracle = Oracle::new(&oracle_ref);
@@ -489,6 +489,7 @@ mod tests {
 
     #[test]
     fn bad_keys_are_config_errors() {
+        let _generator = crate::tests::generator();
         for (text, key) in [
             ("queries = 0", "queries"),
             ("restarts = 0", "restarts"),

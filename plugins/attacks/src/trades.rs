@@ -84,6 +84,7 @@ mod tests {
 
     #[test]
     fn raises_the_kl_and_stays_in_the_ball() {
+        let _generator = crate::tests::generator();
         let adapter = LinearModel::random(4, 48, 2).oracle();
         let oracle_ref = adapter.as_ref();
         let oracle = Oracle::new(&oracle_ref);

@@ -201,6 +201,7 @@ mod tests {
 
     #[test]
     fn reaches_the_hyperplane_with_the_closed_form_step_inside_the_box() {
+        let _generator = crate::tests::generator();
         tch::manual_seed(4);
         let opts = (Kind::Float, Device::Cpu);
         // Points in the middle of the box, small offsets: the box is not binding.
@@ -228,6 +229,7 @@ mod tests {
 
     #[test]
     fn respects_the_box_when_it_binds() {
+        let _generator = crate::tests::generator();
         // One coordinate at the upper edge with the largest weight: the unconstrained
         // step would push it above 1, so the others must move instead.
         let t = Tensor::from_slice(&[1.0f32, 0.5, 0.5]).reshape([1, 3]);
