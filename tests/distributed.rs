@@ -303,6 +303,13 @@ fn two_ranks_train_and_evaluate_as_one_process_with_the_global_batch() {
     assert_eq!(e["clean_accuracy"], m["clean_accuracy"]);
     assert_eq!(e["robust_accuracy"], m["robust_accuracy"]);
     assert_eq!(m["robust_accuracy"].as_array().unwrap().len(), 2);
+    // The breakdown is compared too: counts summed, norms gathered over the ranks.
+    for r in m["robust_accuracy"].as_array().unwrap() {
+        assert_eq!(r["per_class"].as_array().unwrap().len(), 4, "{r}");
+        assert_eq!(r["confusion"].as_array().unwrap().len(), 4, "{r}");
+        assert!(r["misclassified"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["median_l2"].as_f64().unwrap() > 0.0, "{r}");
+    }
     let (x, y) = (
         e["alignment"].as_f64().unwrap(),
         m["alignment"].as_f64().unwrap(),

@@ -387,6 +387,58 @@ fn eval_writes_the_schema_and_attack_strengths_are_ordered() {
     assert!(std::fs::read_to_string(dir.join("robust_curve.svg"))
         .unwrap()
         .contains("apgd-ce (linf)"));
+    // The breakdown: per class, confusion matrix, norms; the worst class in the summary.
+    assert_eq!(m["class_names"].as_array().unwrap().len(), 3);
+    assert_eq!(m["clean_per_class"].as_array().unwrap().len(), 3);
+    for r in m["robust_accuracy"].as_array().unwrap() {
+        check_breakdown(r, 3);
+        assert!(r.get("targeted").is_none(), "untargeted: no success rate");
+    }
+    assert_eq!(out.stdout.matches("worst class").count(), 3, "{}", out.stdout);
+    targeted_pgd_reaches_the_least_likely_class(cwd.path(), &dir);
+}
+
+/// Targeted PGD towards the least likely class (never the label, and not what the model
+/// predicts on its own: the hits are the attack's doing) on the trained run `dir`.
+fn targeted_pgd_reaches_the_least_likely_class(cwd: &Path, dir: &Path) {
+    let out = sat_tests::sat(
+        cwd,
+        &[
+            "eval",
+            "--run",
+            dir.to_str().unwrap(),
+            "--attack",
+            "pgd",
+            "--eps",
+            "8/255",
+            "--set",
+            "eval.components.pgd.target=\"least-likely\"",
+        ],
+        &[],
+    )
+    .success();
+    assert!(out.stdout.contains("targeted success"), "{}", out.stdout);
+    let m = metrics(dir);
+    let r = &m["robust_accuracy"][0];
+    check_breakdown(r, 3);
+    let t = &r["targeted"];
+    let (rate, successes, evaluated) = (
+        t["rate"].as_f64().unwrap(),
+        t["successes"].as_u64().unwrap(),
+        t["evaluated"].as_u64().unwrap(),
+    );
+    assert_eq!(
+        evaluated,
+        r["samples"].as_u64().unwrap(),
+        "least-likely targets are never the label"
+    );
+    assert!(successes <= evaluated);
+    assert!(rate > 0.0 && rate <= 1.0, "{t}");
+    assert!((rate - successes as f64 / evaluated as f64).abs() < 1e-12);
+    let curve = std::fs::read_to_string(dir.join("robust_curve.csv")).unwrap();
+    let row: Vec<&str> = curve.lines().nth(1).unwrap().split(',').collect();
+    assert_eq!(row.len(), 8, "{curve}");
+    assert_eq!(row[7].parse::<f64>().unwrap(), rate);
 }
 
 /// Data order and augmentation have random streams of their own: with one seed,
@@ -441,4 +493,68 @@ fn one_seed_gives_the_same_data_whatever_the_training_mode() {
     let other = digests("other-seed", &["--set", "seed=1"]);
     assert_ne!(standard[0], other[0]);
     assert_ne!(standard[1], other[1]);
+}
+
+/// The figures of one `robust_accuracy` record agree with each other: the per-class
+/// accuracies weighted by the class counts give the accuracy, the confusion matrix's rows
+/// sum to the class counts and its diagonal over its total is the accuracy, and the
+/// misclassified images are the off-diagonal ones.
+fn check_breakdown(r: &serde_json::Value, classes: usize) {
+    let what = format!("{} at {}", r["attack"], r["epsilon"]);
+    let accuracy = r["accuracy"].as_f64().unwrap();
+    let samples = r["samples"].as_u64().unwrap();
+    let counts: Vec<u64> = r["class_counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_u64().unwrap())
+        .collect();
+    assert_eq!(counts.len(), classes, "{what}");
+    assert_eq!(counts.iter().sum::<u64>(), samples, "{what}");
+    let per_class = r["per_class"].as_array().unwrap();
+    assert_eq!(per_class.len(), classes, "{what}");
+    let weighted: f64 = per_class
+        .iter()
+        .zip(&counts)
+        .map(|(a, &n)| a.as_f64().unwrap_or(0.0) * n as f64)
+        .sum::<f64>()
+        / samples as f64;
+    assert!(
+        (weighted - accuracy).abs() < 1e-9,
+        "{what}: {weighted} vs {accuracy}"
+    );
+    let rows = r["confusion"].as_array().unwrap();
+    assert_eq!(rows.len(), classes, "{what}");
+    let mut diagonal = 0;
+    for (c, row) in rows.iter().enumerate() {
+        let row: Vec<u64> = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(row.len(), classes, "{what}");
+        assert_eq!(row.iter().sum::<u64>(), counts[c], "{what}: row {c}");
+        diagonal += row[c];
+    }
+    assert!(
+        (diagonal as f64 / samples as f64 - accuracy).abs() < 1e-12,
+        "{what}"
+    );
+    let misclassified = r["misclassified"].as_u64().unwrap_or(0);
+    assert_eq!(misclassified, samples - diagonal, "{what}");
+    let clean = r["clean_per_class"].as_array().unwrap();
+    assert_eq!(clean.len(), classes, "{what}");
+    assert!(clean
+        .iter()
+        .all(|a| a.is_null() || (0.0..=1.0).contains(&a.as_f64().unwrap())));
+    if misclassified > 0 {
+        let linf = r["median_linf"].as_f64().unwrap();
+        let eps = r["epsilon"].as_f64().unwrap();
+        assert!(
+            linf > 0.0 && linf <= eps + 1e-6,
+            "{what}: median linf {linf}"
+        );
+        assert!(r["median_l2"].as_f64().unwrap() >= linf, "{what}");
+    }
 }

@@ -159,9 +159,7 @@ pub fn run(global: &GlobalArgs, args: &EvalArgs) -> anyhow::Result<ExitCode> {
             status: RunStatus::Evaluated,
             ..Default::default()
         });
-    metrics.clean_accuracy = Some(evaluation.clean);
-    metrics.robust_accuracy = evaluation.robust;
-    metrics.alignment = evaluation.alignment;
+    evaluation.record(&mut metrics);
     out.write_metrics(&metrics)?;
     print_summary(&metrics, &out.path);
     Ok(ExitCode::SUCCESS)

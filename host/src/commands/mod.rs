@@ -210,7 +210,9 @@ fn check_names(
     Ok(())
 }
 
-/// Prints the evaluation figures of `metrics` and where they are.
+/// Prints the evaluation figures of `metrics` and where they are: per attack and budget
+/// the robust accuracy, the worst class, and where recorded the targeted success rate
+/// and the median perturbation norms.
 fn print_summary(metrics: &crate::report::Metrics, dir: &std::path::Path) {
     println!("results in {}", dir.display());
     if let Some(clean) = metrics.clean_accuracy {
@@ -221,11 +223,35 @@ fn print_summary(metrics: &crate::report::Metrics, dir: &std::path::Path) {
     }
     for r in &metrics.robust_accuracy {
         println!(
-            "  {:<8} {:<4} eps {:<7} {:.4}",
+            "  {:<8} {:<4} eps {:<7} {:.4}{}",
             r.attack,
             r.norm,
             sat_core::Epsilon(r.epsilon).to_string(),
-            r.accuracy
+            r.accuracy,
+            breakdown(r, &metrics.class_names)
         );
     }
+}
+
+/// The summary's tail for one robust figure: `  worst class NAME 0.1234`, then the
+/// targeted success and the median norms where recorded (empty for old metrics).
+fn breakdown(r: &crate::report::RobustAccuracy, class_names: &[String]) -> String {
+    let mut text = String::new();
+    if let Some((class, accuracy)) = r.worst_class() {
+        let name = class_names
+            .get(class)
+            .cloned()
+            .unwrap_or_else(|| format!("class {class}"));
+        text += &format!("  worst class {name} {accuracy:.4}");
+    }
+    if let Some(t) = r.targeted {
+        text += &format!(
+            "  targeted success {:.4} ({}/{})",
+            t.rate, t.successes, t.evaluated
+        );
+    }
+    if let (Some(l2), Some(linf)) = (r.median_l2, r.median_linf) {
+        text += &format!("  median norm l2 {l2:.4} linf {linf:.4}");
+    }
+    text
 }

@@ -219,6 +219,26 @@ impl Ranks {
         Ok(Vec::<f64>::try_from(&t.to_device(Device::Cpu))?)
     }
 
+    /// Every rank's `values`, concatenated in rank order, on every rank (through two
+    /// [`sum`](Self::sum)s: the lengths, then each rank's values in its own slot of a
+    /// zeroed buffer, so they come back exactly).
+    pub fn gather(&self, values: &[f64], device: Device) -> anyhow::Result<Vec<f64>> {
+        if self.group.is_none() {
+            return Ok(values.to_vec());
+        }
+        let mut lengths = vec![0.0; self.world_size];
+        lengths[self.rank] = values.len() as f64;
+        let lengths = self.sum(&lengths, device)?;
+        let offset = lengths[..self.rank].iter().sum::<f64>() as usize;
+        let total = lengths.iter().sum::<f64>() as usize;
+        if total == 0 {
+            return Ok(Vec::new());
+        }
+        let mut all = vec![0.0; total];
+        all[offset..offset + values.len()].copy_from_slice(values);
+        self.sum(&all, device)
+    }
+
     /// Makes every rank's model, optimiser and loss scale rank 0's (broadcast: every
     /// variable of `vs` by name, the optimiser's state, the loss scale) and returns rank
     /// 0's `epochs_done`. Called at the start and after a resume, so only rank 0 needs to
@@ -503,6 +523,7 @@ mod tests {
         let r = Ranks::single();
         assert!(r.is_writer() && !r.is_distributed());
         assert_eq!(r.sum(&[1.0, 2.0], Device::Cpu).unwrap(), vec![1.0, 2.0]);
+        assert_eq!(r.gather(&[3.0, 0.5], Device::Cpu).unwrap(), vec![3.0, 0.5]);
         assert!(r.take_sync_time().is_none());
         use crate::data::rng::Purpose;
         assert_eq!(

@@ -1,18 +1,24 @@
-//! Clean and robust accuracy of a trained model.
+//! Clean and robust accuracy of a trained model, with their breakdown: per class, the
+//! confusion matrix, a targeted attack's success rate and the median perturbation norms
+//! of the successful adversarial examples (see [`Tally`]).
 //!
 //! With several ranks (a data-parallel run) each rank evaluates every `W`-th batch and
-//! the counts are summed, so the figures are those of one process: the batches are the
-//! same, and libtorch's generator and the pipeline's draws are seeded per batch (by its
-//! index), not per process.
+//! the counts are summed (the norms gathered), so the figures are those of one process:
+//! the batches are the same, and libtorch's generator and the pipeline's draws are
+//! seeded per batch (by its index), not per process.
+mod tally;
+
+pub use tally::{median, TargetCounts, Tally};
+
 use crate::config::RunConfig;
 use crate::data::{rng::SplitMix, Dataset};
 use crate::distributed::Ranks;
 use crate::plugins::oracle::ModelOracle;
 use crate::plugins::pipeline::{create_eval_attack, Pipeline};
 use crate::plugins::registry::Registry;
-use crate::report::RobustAccuracy;
+use crate::report::{Metrics, RobustAccuracy, TargetedSuccess, CONFUSION_LIMIT};
 use anyhow::Context;
-use sat_core::{OracleAdapter, Phase};
+use sat_core::{OracleAdapter, Phase, ThreatModel};
 use tch::{nn::ModuleT, Device, Kind, Tensor};
 
 /// Accuracy of `model` on `limit` samples of `data` spread evenly over it (all if 0,
@@ -62,59 +68,123 @@ pub fn sharded_accuracy(
     model: &dyn ModuleT,
     data: &Dataset,
     spec: &Sharded,
-    mut pipeline: Option<&mut Pipeline>,
+    pipeline: Option<&mut Pipeline>,
     ranks: &Ranks,
 ) -> anyhow::Result<f64> {
+    Ok(sharded_tally(model, data, spec, pipeline, ranks)?.accuracy())
+}
+
+/// The model's predicted classes for `images`, checking its logits (shape, finiteness).
+fn predict(model: &dyn ModuleT, images: &Tensor, classes: i64) -> anyhow::Result<Tensor> {
+    let logits = tch::no_grad(|| model.forward_t(images, false));
+    sat_models::check_logits(&logits, images.size()[0], classes, false)
+        .map_err(anyhow::Error::msg)?;
+    if !sat_models::finite(&logits) {
+        anyhow::bail!(
+            "the model's logits are not finite (NaN or infinite) on a test batch; evaluation stops rather than report a meaningless accuracy"
+        );
+    }
+    Ok(logits.argmax(-1, false))
+}
+
+/// The [`Tally`] of the model's predictions, as [`sharded_accuracy`] reads the test set:
+/// on the clean images, or on the inputs `pipeline` makes (then also the clean
+/// predictions per class, the targets' hits and the perturbation norms). Summed over
+/// the ranks.
+pub fn sharded_tally(
+    model: &dyn ModuleT,
+    data: &Dataset,
+    spec: &Sharded,
+    mut pipeline: Option<&mut Pipeline>,
+    ranks: &Ranks,
+) -> anyhow::Result<Tally> {
     let adapter = OracleAdapter(ModelOracle {
         model,
         classes: data.num_classes() as u32,
     });
     let oracle = adapter.as_ref();
-    let (mut correct, mut n) = (0i64, 0i64);
+    let classes = data.num_classes();
+    let mut tally = Tally::new(classes.max(0) as usize);
     let batches = data.spread_batches(spec.limit, spec.batch_size);
     for (b, index) in batches.iter().enumerate() {
         if b % ranks.world_size() != ranks.rank() {
             continue;
         }
         crate::interrupt::check()?;
-        n += index.size()[0];
         let samples = data.select(index).to(spec.device);
-        let inputs = match pipeline.as_deref_mut() {
-            Some(p) => {
-                let (torch_seed, mut rng) = batch_seeds(spec.seed, b);
-                tch::manual_seed(torch_seed);
-                p.inputs(&samples, 0, 1, Phase::Evaluation, &oracle, &mut rng)?
-                    .images
-            }
-            None => samples.images.shallow_clone(),
+        let labels = &samples.labels;
+        let Some(p) = pipeline.as_deref_mut() else {
+            let predicted = predict(model, &samples.images, classes)?;
+            tally.add_predictions(labels, &predicted)?;
+            continue;
         };
-        let logits = tch::no_grad(|| model.forward_t(&inputs, false));
-        let batch = index.size()[0];
-        sat_models::check_logits(&logits, batch, data.num_classes(), false)
-            .map_err(anyhow::Error::msg)?;
-        if !sat_models::finite(&logits) {
-            anyhow::bail!(
-                "the model's logits are not finite (NaN or infinite) on a test batch; evaluation stops rather than report a meaningless accuracy"
-            );
+        let (torch_seed, mut rng) = batch_seeds(spec.seed, b);
+        tch::manual_seed(torch_seed);
+        let inputs = p.inputs(&samples, 0, 1, Phase::Evaluation, &oracle, &mut rng)?;
+        let predicted = predict(model, &inputs.images, classes)?;
+        tally.add_predictions(labels, &predicted)?;
+        tally.add_clean(labels, &predict(model, &samples.images, classes)?)?;
+        if let Some(targets) = &inputs.targets {
+            tally.add_targets(labels, &predicted, targets)?;
         }
-        let predicted = logits.argmax(-1, false);
-        correct += predicted
-            .eq_tensor(&samples.labels)
-            .sum(Kind::Int64)
-            .int64_value(&[]);
+        tally.add_norms(&samples.images, &inputs.images, labels, &predicted)?;
     }
-    let all = ranks.sum(&[correct as f64, n as f64], spec.device)?;
-    Ok(all[0] / all[1].max(1.0))
+    tally.reduce(ranks, spec.device)
+}
+
+/// The [`RobustAccuracy`] record of attack `attack` in `threat` from its tally.
+pub fn robust_record(attack: &str, threat: &ThreatModel, tally: &Tally) -> RobustAccuracy {
+    let (median_l2, median_linf) = tally.median_norms();
+    let counts = |v: Vec<i64>| v.into_iter().map(|c| c.max(0) as u64).collect();
+    RobustAccuracy {
+        attack: attack.to_owned(),
+        norm: threat.norm.as_str().into(),
+        epsilon: threat.epsilon,
+        steps: threat.steps,
+        accuracy: tally.accuracy(),
+        samples: tally.total().max(0) as u64,
+        class_counts: counts(tally.class_counts()),
+        per_class: tally.per_class(),
+        clean_per_class: tally.clean_per_class().unwrap_or_default(),
+        confusion: if tally.classes <= CONFUSION_LIMIT {
+            tally.confusion_rows()
+        } else {
+            Vec::new()
+        },
+        targeted: tally.targeted.map(|t| TargetedSuccess {
+            rate: t.hits as f64 / t.evaluated.max(1) as f64,
+            successes: t.hits.max(0) as u64,
+            evaluated: t.evaluated.max(0) as u64,
+        }),
+        misclassified: tally.norms.len() as u64,
+        median_l2,
+        median_linf,
+    }
 }
 
 /// What [`evaluate`] measures.
 pub struct Evaluation {
     /// Clean accuracy on the whole test set.
     pub clean: f64,
+    /// Clean accuracy on each class of the whole test set (`None`: no images).
+    pub clean_per_class: Vec<Option<f64>>,
+    /// The test set's class names.
+    pub class_names: Vec<String>,
     /// Robust accuracy per attack and budget.
     pub robust: Vec<RobustAccuracy>,
     /// Mean Etmann alignment, when `[eval] alignment` is on.
     pub alignment: Option<f64>,
+}
+
+impl Evaluation {
+    /// Records the figures in `metrics` (clean, robust, alignment, per-class breakdown).
+    pub fn record(self, metrics: &mut Metrics) {
+        metrics.clean_accuracy = Some(self.clean);
+        metrics.clean_per_class = self.clean_per_class;
+        metrics.class_names = self.class_names;
+        metrics.robust_accuracy = self.robust;
+        metrics.alignment = self.alignment;
+    }
 }
 
 /// The mean Etmann et al. (2019) alignment `|⟨x, ∇ₓΨ_ŷ(x)⟩| / ‖∇ₓΨ_ŷ(x)‖` over `limit`
@@ -186,7 +256,8 @@ pub fn evaluate(
         device,
         seed: config.seed,
     };
-    let clean = sharded_accuracy(model, test, &spec(0), None, ranks)?;
+    let clean_tally = sharded_tally(model, test, &spec(0), None, ranks)?;
+    let clean = clean_tally.accuracy();
     log::info!("clean accuracy {:.4} on {} test images", clean, test.len());
     let alignment = if eval.alignment {
         let (total, n) = alignment_sums(
@@ -213,7 +284,7 @@ pub fn evaluate(
             let mut pipeline = Pipeline::new(registry, config, Some(attack))?;
             // The same per-batch seeds for every attack: evaluations are reproducible,
             // comparable, and the same whatever the number of ranks.
-            let acc = sharded_accuracy(
+            let tally = sharded_tally(
                 model,
                 test,
                 &spec(eval.max_samples),
@@ -221,22 +292,20 @@ pub fn evaluate(
                 ranks,
             )
             .with_context(|| format!("evaluating {name} at epsilon {eps}"))?;
+            let record = robust_record(name, &threat, &tally);
             log::info!(
-                "{name} ({}, eps {eps}, {} steps): robust accuracy {acc:.4}",
+                "{name} ({}, eps {eps}, {} steps): robust accuracy {:.4}",
                 threat.norm.as_str(),
-                threat.steps
+                threat.steps,
+                record.accuracy
             );
-            robust.push(RobustAccuracy {
-                attack: name.clone(),
-                norm: threat.norm.as_str().into(),
-                epsilon: threat.epsilon,
-                steps: threat.steps,
-                accuracy: acc,
-            });
+            robust.push(record);
         }
     }
     Ok(Evaluation {
         clean,
+        clean_per_class: clean_tally.per_class(),
+        class_names: test.class_names.clone(),
         robust,
         alignment,
     })

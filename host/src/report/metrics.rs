@@ -64,8 +64,13 @@ pub fn process_status_mib(field: &str) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// Robust accuracy under one attack at one budget.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// The most classes for which `metrics.json` records confusion matrices (`K²` counts
+/// each); the per-class figures are recorded for any number.
+pub const CONFUSION_LIMIT: usize = 100;
+
+/// Robust accuracy under one attack at one budget, with its breakdown. Every field after
+/// `accuracy` is absent from files written before it was recorded (and reads as empty).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct RobustAccuracy {
     /// Attack component.
     pub attack: String,
@@ -77,6 +82,66 @@ pub struct RobustAccuracy {
     pub steps: u32,
     /// Accuracy on the attacked test images.
     pub accuracy: f64,
+    /// The test images attacked.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub samples: u64,
+    /// The attacked images of each class (indexed as [`Metrics::class_names`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class_counts: Vec<u64>,
+    /// Robust accuracy on each class (`null` for a class without images).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_class: Vec<Option<f64>>,
+    /// Clean accuracy on each class, on the same images.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clean_per_class: Vec<Option<f64>>,
+    /// Under the attack, `confusion[true class][predicted class]` image counts (up to
+    /// [`CONFUSION_LIMIT`] classes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub confusion: Vec<Vec<u64>>,
+    /// How often a targeted attack reached its targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targeted: Option<TargetedSuccess>,
+    /// Images misclassified under the attack (prediction ≠ label): the successful
+    /// adversarial examples the median norms are taken over.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub misclassified: u64,
+    /// Median ℓ2 norm of the perturbation of the misclassified images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub median_l2: Option<f64>,
+    /// Median ℓ∞ norm of the perturbation of the misclassified images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub median_linf: Option<f64>,
+}
+
+impl RobustAccuracy {
+    /// The class with the lowest robust accuracy and that accuracy (the first of equals);
+    /// `None` without per-class figures.
+    pub fn worst_class(&self) -> Option<(usize, f64)> {
+        self.per_class
+            .iter()
+            .enumerate()
+            .filter_map(|(c, a)| a.map(|a| (c, a)))
+            .fold(None, |worst, (c, a)| match worst {
+                Some((_, w)) if w <= a => worst,
+                _ => Some((c, a)),
+            })
+    }
+}
+
+/// The success of a targeted attack: the share of images predicted as their target,
+/// among those whose label is not their target.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct TargetedSuccess {
+    /// `successes / evaluated` (0 when nothing was evaluated).
+    pub rate: f64,
+    /// Images predicted as their target.
+    pub successes: u64,
+    /// Images whose label is not their target.
+    pub evaluated: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn one() -> usize {
@@ -93,6 +158,13 @@ pub struct Metrics {
     pub clean_accuracy: Option<f64>,
     /// Robust accuracies.
     pub robust_accuracy: Vec<RobustAccuracy>,
+    /// The test set's class names, indexing the per-class figures.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class_names: Vec<String>,
+    /// Clean accuracy on each class of the whole test set (`null` for a class without
+    /// images).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clean_per_class: Vec<Option<f64>>,
     /// Mean Etmann alignment on the test set, when computed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alignment: Option<f64>,
@@ -113,6 +185,8 @@ impl Default for Metrics {
             status: RunStatus::default(),
             clean_accuracy: None,
             robust_accuracy: Vec::new(),
+            class_names: Vec::new(),
+            clean_per_class: Vec::new(),
             alignment: None,
             epochs: Vec::new(),
             world_size: 1,
@@ -123,7 +197,36 @@ impl Default for Metrics {
 
 #[cfg(test)]
 mod tests {
-    use super::RunStatus;
+    use super::{Metrics, RobustAccuracy, RunStatus, TargetedSuccess};
+
+    #[test]
+    fn metrics_written_before_the_breakdown_still_parse() {
+        let old = r#"{"status": "completed", "clean_accuracy": 0.5,
+            "robust_accuracy": [{"attack": "pgd", "norm": "linf", "epsilon": 0.03,
+            "steps": 10, "accuracy": 0.25}], "epochs": []}"#;
+        let m: Metrics = serde_json::from_str(old).unwrap();
+        let r = &m.robust_accuracy[0];
+        assert_eq!(r.accuracy, 0.25);
+        assert!(r.per_class.is_empty() && r.confusion.is_empty() && r.targeted.is_none());
+        assert_eq!(r.worst_class(), None);
+        assert!(m.class_names.is_empty());
+        // And the breakdown survives a round trip, absent classes as null.
+        let full = RobustAccuracy {
+            per_class: vec![Some(0.5), None, Some(0.25), Some(0.25)],
+            confusion: vec![vec![1, 1], vec![0, 2]],
+            targeted: Some(TargetedSuccess {
+                rate: 0.5,
+                successes: 1,
+                evaluated: 2,
+            }),
+            median_l2: Some(0.1),
+            ..r.clone()
+        };
+        let json = serde_json::to_string(&full).unwrap();
+        assert!(json.contains("[0.5,null,0.25,0.25]"), "{json}");
+        assert_eq!(serde_json::from_str::<RobustAccuracy>(&json).unwrap(), full);
+        assert_eq!(full.worst_class(), Some((2, 0.25)), "the first of equals");
+    }
 
     #[test]
     fn the_status_is_written_as_the_lowercase_word() {

@@ -6,6 +6,7 @@ pub mod plot;
 
 pub use metrics::{
     process_status_mib, resident_mib, EpochMetrics, Metrics, RobustAccuracy, RunStatus,
+    TargetedSuccess, CONFUSION_LIMIT,
 };
 use std::fs::File;
 use std::io::Write;
@@ -225,8 +226,9 @@ impl RunDir {
         self.path.join(name)
     }
 
-    /// Writes `metrics.json`, `metrics.csv` (epochs), `robust_curve.csv` and, once there
-    /// are robust accuracies, `robust_curve.svg`.
+    /// Writes `metrics.json`, `metrics.csv` (epochs), `robust_curve.csv` (with the
+    /// median perturbation norms and the targeted success rate where recorded, else
+    /// empty) and, once there are robust accuracies, `robust_curve.svg`.
     pub fn write_metrics(&self, metrics: &Metrics) -> std::io::Result<()> {
         let json = serde_json::to_string_pretty(metrics).map_err(std::io::Error::other)?;
         write_atomic(&self.file("metrics.json"), json.as_bytes())?;
@@ -239,11 +241,21 @@ impl RunDir {
             );
         }
         write_atomic(&self.file("metrics.csv"), csv.as_bytes())?;
-        let mut curve = String::from("attack,norm,epsilon,steps,accuracy\n");
+        let mut curve = String::from(
+            "attack,norm,epsilon,steps,accuracy,median_l2,median_linf,targeted_success\n",
+        );
+        let or_empty = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
         for r in &metrics.robust_accuracy {
             curve += &format!(
-                "{},{},{},{},{}\n",
-                r.attack, r.norm, r.epsilon, r.steps, r.accuracy
+                "{},{},{},{},{},{},{},{}\n",
+                r.attack,
+                r.norm,
+                r.epsilon,
+                r.steps,
+                r.accuracy,
+                or_empty(r.median_l2),
+                or_empty(r.median_linf),
+                or_empty(r.targeted.map(|t| t.rate)),
             );
         }
         write_atomic(&self.file("robust_curve.csv"), curve.as_bytes())?;
@@ -281,7 +293,11 @@ mod tests {
                 epsilon: 0.1,
                 steps: 3,
                 accuracy: 0.25,
+                median_l2: Some(0.5),
+                ..Default::default()
             }],
+            class_names: vec!["cat".into(), "dog".into()],
+            clean_per_class: vec![Some(1.0), None],
             alignment: None,
             epochs: vec![EpochMetrics {
                 epoch: 1,
@@ -302,7 +318,7 @@ mod tests {
                 .unwrap();
         assert_eq!(back, m);
         let csv = std::fs::read_to_string(a.file("robust_curve.csv")).unwrap();
-        assert_eq!(csv.lines().nth(1), Some("pgd,linf,0.1,3,0.25"));
+        assert_eq!(csv.lines().nth(1), Some("pgd,linf,0.1,3,0.25,0.5,,"));
         assert!(std::fs::read_dir(&a.path).unwrap().all(|e| !e
             .unwrap()
             .file_name()

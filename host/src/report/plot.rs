@@ -264,6 +264,7 @@ mod tests {
             epsilon: eps / 255.0,
             steps: 10,
             accuracy: acc,
+            ..Default::default()
         };
         let svg = robust_curve_svg(
             "run <a>",
@@ -350,6 +351,7 @@ mod tests {
                 epsilon: eps,
                 steps: 1,
                 accuracy: 0.5,
+                ..Default::default()
             };
             let svg = robust_curve_svg("t", Some(0.9), &[r]);
             assert!(svg.len() < 20_000, "{eps}: {} bytes", svg.len());

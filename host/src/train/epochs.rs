@@ -308,9 +308,7 @@ impl Session<'_> {
             self.device,
             self.ranks,
         )?;
-        self.metrics.clean_accuracy = Some(evaluation.clean);
-        self.metrics.robust_accuracy = evaluation.robust;
-        self.metrics.alignment = evaluation.alignment;
+        evaluation.record(self.metrics);
         self.metrics.status = RunStatus::Completed;
         if self.ranks.is_writer() {
             self.run.write_metrics(self.metrics)?;
