@@ -1,9 +1,11 @@
 //! The subcommands of `sat-host`, one module each, each owning its arguments; and what
 //! they share: the global options, loading the configuration and the plugins, and the
 //! exit code of an error.
+pub mod attack;
 pub mod bench;
 pub mod env;
 pub mod eval;
+pub mod export;
 pub mod new;
 pub mod plugins;
 pub mod run;
@@ -67,6 +69,12 @@ pub enum Command {
     /// Print what a build outside the sat tree needs (LIBTORCH, versions, sat's source
     /// directory, the plugin directories searched) as shell assignments or JSON.
     Env(env::EnvArgs),
+    /// Write a trained run's model as a TorchScript file for PyTorch (images in [0, 1]
+    /// to logits, normalisation inside) with a sidecar JSON.
+    Export(export::ExportArgs),
+    /// Run one attack at one budget on test images as eval does, and save the
+    /// adversarial examples (safetensors) and optionally a PNG gallery.
+    Attack(attack::AttackArgs),
 }
 
 /// The configuration file and its `--set` overrides.
@@ -90,6 +98,8 @@ pub fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::run(&cli.global, args),
         Command::New(args) => new::run(&cli.global, args),
         Command::Env(args) => env::run(&cli.global, args),
+        Command::Export(args) => export::run(&cli.global, args),
+        Command::Attack(args) => attack::run(&cli.global, args),
     }
 }
 
