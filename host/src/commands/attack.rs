@@ -4,7 +4,7 @@
 //! and adversarial images, labels, predictions and logits, and optionally a PNG gallery.
 mod file;
 
-use super::{prepare_from, set_list, ConfigArgs, GlobalArgs};
+use super::{prepare_from, ConfigArgs, GlobalArgs};
 use crate::config::RunConfig;
 use crate::data::Dataset;
 use crate::plugins::oracle::ModelOracle;
@@ -14,7 +14,7 @@ use crate::train::{build_network, checkpoint, load_datasets};
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use sat_core::{Epsilon, OracleAdapter, Phase, ThreatModel};
+use sat_core::{ComponentKind, Epsilon, OracleAdapter, Phase, ThreatModel};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -63,7 +63,12 @@ struct Source {
 
 impl AttackArgs {
     fn source(&self) -> anyhow::Result<Source> {
-        let show = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf()).display().to_string();
+        let show = |p: &Path| {
+            p.canonicalize()
+                .unwrap_or_else(|_| p.to_path_buf())
+                .display()
+                .to_string()
+        };
         Ok(match (&self.run, &self.config.config) {
             (Some(dir), _) => Source {
                 config: ConfigArgs {
@@ -90,10 +95,16 @@ impl AttackArgs {
     /// Refuses outputs that would replace something, unless --force.
     fn check_outputs(&self) -> anyhow::Result<()> {
         if self.out.is_dir() {
-            bail!("--out {} is a directory; it names the safetensors file to write", self.out.display());
+            bail!(
+                "--out {} is a directory; it names the safetensors file to write",
+                self.out.display()
+            );
         }
         if !self.force && std::fs::symlink_metadata(&self.out).is_ok() {
-            bail!("--out {} exists; pass --force to replace it", self.out.display());
+            bail!(
+                "--out {} exists; pass --force to replace it",
+                self.out.display()
+            );
         }
         if let Some(dir) = &self.png {
             let busy = std::fs::read_dir(dir).is_ok_and(|mut e| e.next().is_some());
@@ -112,10 +123,12 @@ impl AttackArgs {
 pub fn run(global: &GlobalArgs, args: &AttackArgs) -> anyhow::Result<ExitCode> {
     let source = args.source()?;
     args.check_outputs()?;
-    let extra: Vec<_> = set_list("eval.attacks", std::slice::from_ref(&args.attack))
-        .into_iter()
-        .collect();
-    let (config, registry) = prepare_from(global, &source.config, &extra, args.run.is_some())?;
+    let (mut config, registry) = prepare_from(global, &source.config, &[], args.run.is_some())?;
+    registry
+        .find(&args.attack, ComponentKind::Attack)
+        .map_err(|e| anyhow::anyhow!("--attack: {e}"))?;
+    // The model is checked for gradients as for an evaluation with this attack.
+    config.eval.attacks = vec![args.attack.clone()];
     let device = crate::device::open(&config)?;
     let (_, test) = load_datasets(&config)?;
     let mut net = build_network(&config, test.num_classes(), device)?;
@@ -135,13 +148,21 @@ pub fn run(global: &GlobalArgs, args: &AttackArgs) -> anyhow::Result<ExitCode> {
     let mut pipeline = Pipeline::new(&registry, &config, Some(attack))?;
     crate::interrupt::install().context("installing the SIGINT/SIGTERM handler")?;
     let samples = args.samples.unwrap_or(config.eval.max_samples);
-    let attacked = attack_batches(net.model.as_ref(), &test, &config, &mut pipeline, samples, device);
+    let attacked = attack_batches(
+        net.model.as_ref(),
+        &test,
+        &config,
+        &mut pipeline,
+        samples,
+        device,
+    );
     let result = match attacked {
         Err(e) if crate::interrupt::is_interrupted(&e) => {
             eprintln!("attack {e}; nothing written");
             return Ok(ExitCode::from(crate::interrupt::exit_code()));
         }
-        other => other.with_context(|| format!("attacking with {} at epsilon {}", args.attack, args.eps))?,
+        other => other
+            .with_context(|| format!("attacking with {} at epsilon {}", args.attack, args.eps))?,
     };
     let meta = metadata(args, &threat, &source, &config, &result, &test.class_names)?;
     file::write(&args.out, &result.tensors(), &meta)?;
@@ -184,9 +205,15 @@ impl Attacked {
             ("clean", self.clean.shallow_clone()),
             ("labels", self.labels.shallow_clone()),
             ("predicted_clean", self.predicted_clean.shallow_clone()),
-            ("predicted_adversarial", self.predicted_adversarial.shallow_clone()),
+            (
+                "predicted_adversarial",
+                self.predicted_adversarial.shallow_clone(),
+            ),
             ("logits_clean", self.logits_clean.shallow_clone()),
-            ("logits_adversarial", self.logits_adversarial.shallow_clone()),
+            (
+                "logits_adversarial",
+                self.logits_adversarial.shallow_clone(),
+            ),
         ];
         if let Some(t) = &self.targets {
             named.push(("targets", t.shallow_clone()));
@@ -197,14 +224,27 @@ impl Attacked {
     /// The share of `predicted` equal to the labels.
     fn accuracy(&self, predicted: &Tensor) -> f64 {
         let n = self.labels.size()[0].max(1) as f64;
-        predicted.eq_tensor(&self.labels).sum(Kind::Int64).int64_value(&[]) as f64 / n
+        predicted
+            .eq_tensor(&self.labels)
+            .sum(Kind::Int64)
+            .int64_value(&[]) as f64
+            / n
     }
 
     /// The class names shown in the gallery.
     fn captions(&self, names: &[String]) -> anyhow::Result<Vec<AttackCaption>> {
-        let name = |k: i64| names.get(k as usize).cloned().unwrap_or_else(|| format!("class {k}"));
+        let name = |k: i64| {
+            names
+                .get(k as usize)
+                .cloned()
+                .unwrap_or_else(|| format!("class {k}"))
+        };
         let list = |t: &Tensor| Vec::<i64>::try_from(t).context("reading classes");
-        let (labels, clean, adv) = (list(&self.labels)?, list(&self.predicted_clean)?, list(&self.predicted_adversarial)?);
+        let (labels, clean, adv) = (
+            list(&self.labels)?,
+            list(&self.predicted_clean)?,
+            list(&self.predicted_adversarial)?,
+        );
         let targets = self.targets.as_ref().map(list).transpose()?;
         Ok((0..labels.len())
             .map(|i| AttackCaption {
@@ -246,7 +286,11 @@ fn attack_batches(
         let clean = logits(model, &s.images, classes)?;
         let adversarial = logits(model, &inputs.images, classes)?;
         let cpu = |t: &Tensor| t.detach().to_device(Device::Cpu);
-        for (part, t) in parts.iter_mut().zip([&s.images, &inputs.images, &s.labels, &clean, &adversarial]) {
+        for (part, t) in
+            parts
+                .iter_mut()
+                .zip([&s.images, &inputs.images, &s.labels, &clean, &adversarial])
+        {
             part.push(cpu(t));
         }
         if let Some(t) = &inputs.targets {
@@ -258,7 +302,8 @@ fn attack_batches(
     if parts[0].is_empty() {
         bail!("the test set is empty: nothing to attack");
     }
-    let [clean, adversarial, labels, logits_clean, logits_adversarial] = parts.map(|p| Tensor::cat(&p, 0));
+    let [clean, adversarial, labels, logits_clean, logits_adversarial] =
+        parts.map(|p| Tensor::cat(&p, 0));
     Ok(Attacked {
         predicted_clean: logits_clean.argmax(-1, false),
         predicted_adversarial: logits_adversarial.argmax(-1, false),
@@ -310,11 +355,20 @@ fn metadata(
         ("run", source.described.clone()),
         ("seed", config.seed.to_string()),
         ("samples", result.labels.size()[0].to_string()),
-        ("clean_accuracy", result.accuracy(&result.predicted_clean).to_string()),
-        ("robust_accuracy", result.accuracy(&result.predicted_adversarial).to_string()),
+        (
+            "clean_accuracy",
+            result.accuracy(&result.predicted_clean).to_string(),
+        ),
+        (
+            "robust_accuracy",
+            result.accuracy(&result.predicted_adversarial).to_string(),
+        ),
         ("targeted", result.targets.is_some().to_string()),
         ("class_names", serde_json::to_string(class_names)?),
         ("sat_version", env!("CARGO_PKG_VERSION").to_owned()),
     ];
-    Ok(entries.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+    Ok(entries
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect())
 }

@@ -36,10 +36,7 @@ pub fn run(_global: &GlobalArgs, args: &ExportArgs) -> anyhow::Result<ExitCode> 
     let sidecar = sidecar_path(&args.out)?;
     for file in [&args.out, &sidecar] {
         if !args.force && std::fs::symlink_metadata(file).is_ok() {
-            bail!(
-                "{} exists; pass --force to replace it",
-                file.display()
-            );
+            bail!("{} exists; pass --force to replace it", file.display());
         }
         if file.is_dir() {
             bail!("{} is a directory; --out names a file", file.display());
@@ -105,25 +102,17 @@ fn trace_run(config: &RunConfig, ckpt: &Path) -> anyhow::Result<Exported> {
     // The tracer bakes the variables in as constants, which must not require a gradient.
     net.vs.freeze();
     let channels = test.images.size()[1];
-    let module = sat_models::export::trace(
-        net.model.as_ref(),
-        channels,
-        config.data.image_size,
-        device,
-    )
-    .context("exporting the model to TorchScript")?;
+    let module =
+        sat_models::export::trace(net.model.as_ref(), channels, config.data.image_size, device)
+            .context("exporting the model to TorchScript")?;
     // At a batch size other than the traced one: a batch size baked into the graph
     // shows here.
     let n = test.len().clamp(1, 5);
     let index = tch::Tensor::arange(n, (Kind::Int64, Device::Cpu));
     let images = test.select(&index).images;
-    let max_difference = sat_models::export::check_traced(
-        &module,
-        net.model.as_ref(),
-        &images,
-        TOLERANCE,
-    )
-    .context("checking the exported model")?;
+    let max_difference =
+        sat_models::export::check_traced(&module, net.model.as_ref(), &images, TOLERANCE)
+            .context("checking the exported model")?;
     Ok(Exported {
         module,
         class_names: test.class_names.clone(),
@@ -140,9 +129,8 @@ fn describe(
 ) -> anyhow::Result<serde_json::Value> {
     let m = &config.model;
     let size = config.data.image_size;
-    let normalisation = (!m.mean.is_empty() || !m.std.is_empty()).then(|| {
-        serde_json::json!({ "mean": m.mean, "std": m.std, "inside_model": true })
-    });
+    let normalisation = (!m.mean.is_empty() || !m.std.is_empty())
+        .then(|| serde_json::json!({ "mean": m.mean, "std": m.std, "inside_model": true }));
     let source = run.canonicalize().unwrap_or_else(|_| run.to_path_buf());
     Ok(serde_json::json!({
         "format": "torchscript (traced, evaluation mode, weights as constants)",

@@ -179,8 +179,8 @@ fn caption_lines(caption: &AttackCaption, factor: f64, linf: f64) -> [[(String, 
         ],
         [
             ("perturbation".into(), false),
-            (format!("0.5 + {factor:.1} * d"), false),
-            (format!("max |d| {linf:.4}"), false),
+            (format!("0.5 + {factor:.1} * delta"), false),
+            (format!("max |delta| {linf:.4}"), false),
         ],
         [
             ("adversarial".into(), false),
@@ -202,7 +202,12 @@ fn caption_lines(caption: &AttackCaption, factor: f64, linf: f64) -> [[(String, 
 
 /// One attack picture: captions over the clean image `[C, H, W]`, the perturbation
 /// amplified by `factor` and the adversarial image.
-fn render_attack(clean: &Tensor, adversarial: &Tensor, caption: &AttackCaption, factor: f64) -> RgbImage {
+fn render_attack(
+    clean: &Tensor,
+    adversarial: &Tensor,
+    caption: &AttackCaption,
+    factor: f64,
+) -> RgbImage {
     let (c, h, w) = {
         let s = clean.size();
         (s[0] as usize, s[1] as usize, s[2] as usize)
@@ -227,15 +232,29 @@ fn render_attack(clean: &Tensor, adversarial: &Tensor, caption: &AttackCaption, 
     for (col, values) in shown.iter().enumerate() {
         let x_cell = GAP + col as u32 * (cell_w + GAP);
         for (k, (text, red)) in lines[col].iter().enumerate() {
-            let colour = if *red { Rgb([200, 0, 0]) } else { Rgb([0, 0, 0]) };
+            let colour = if *red {
+                Rgb([200, 0, 0])
+            } else {
+                Rgb([0, 0, 0])
+            };
             let max_chars = (cell_w / font::ADVANCE) as usize;
-            font::draw_text(&mut out, x_cell, GAP + k as u32 * LINE_H, text, max_chars, colour);
+            font::draw_text(
+                &mut out,
+                x_cell,
+                GAP + k as u32 * LINE_H,
+                text,
+                max_chars,
+                colour,
+            );
         }
         for p in 0..plane {
             // One channel is shown as grey; otherwise the first three are RGB.
             let rgb = [0, 1, 2].map(|ch| values[ch.min(c - 1) * plane + p].clamp(0.0, 1.0));
             let px = Rgb(rgb.map(|v| (v * 255.0).round() as u8));
-            let (x0, y0) = (x_cell + (p % w) as u32 * zoom, GAP + caption_h + (p / w) as u32 * zoom);
+            let (x0, y0) = (
+                x_cell + (p % w) as u32 * zoom,
+                GAP + caption_h + (p / w) as u32 * zoom,
+            );
             for dy in 0..zoom {
                 for dx in 0..zoom {
                     out.put_pixel(x0 + dx, y0 + dy, px);
@@ -281,7 +300,11 @@ pub fn write_attack_gallery(
         files.push(file);
     }
     let mut index = header;
-    index["columns"] = serde_json::json!(["clean", "perturbation 0.5 + amplification * (adversarial - clean)", "adversarial"]);
+    index["columns"] = serde_json::json!([
+        "clean",
+        "perturbation 0.5 + amplification * (adversarial - clean)",
+        "adversarial"
+    ]);
     index["images"] = serde_json::Value::Array(entries);
     let listing = dir.join("gallery.json");
     super::write_atomic(&listing, serde_json::to_string_pretty(&index)?.as_bytes())
@@ -311,7 +334,6 @@ mod tests {
         let px = picture.get_pixel(GAP + 8 * ZOOM + GAP + 1, GAP + 1);
         assert_eq!(px.0, [255, 0, 0]);
     }
-
 
     #[test]
     fn an_attack_picture_shows_clean_perturbation_and_adversarial_under_captions() {
@@ -343,7 +365,10 @@ mod tests {
             .map(|(x, _)| x)
             .collect::<Vec<_>>();
         assert!(!red.is_empty());
-        assert!(red.iter().all(|&x| x >= GAP + 2 * (128 + GAP)), "only in the adversarial column");
+        assert!(
+            red.iter().all(|&x| x >= GAP + 2 * (128 + GAP)),
+            "only in the adversarial column"
+        );
     }
 
     #[test]

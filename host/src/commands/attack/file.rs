@@ -32,7 +32,10 @@ fn bytes(t: &Tensor) -> anyhow::Result<(&'static str, Vec<u8>)> {
 }
 
 /// The whole file: header and data of `tensors` (in order) with `metadata`.
-fn encode(tensors: &[(&str, Tensor)], metadata: &BTreeMap<String, String>) -> anyhow::Result<Vec<u8>> {
+fn encode(
+    tensors: &[(&str, Tensor)],
+    metadata: &BTreeMap<String, String>,
+) -> anyhow::Result<Vec<u8>> {
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), serde_json::to_value(metadata)?);
     let mut data = Vec::new();
@@ -83,8 +86,16 @@ mod tests {
         let y = Tensor::from_slice(&[3i64, -1]);
         let odd = Tensor::from_slice(&[1.5f32]);
         let meta = BTreeMap::from([("attack".to_owned(), "pgd".to_owned())]);
-        write(&file, &[("x", x.copy()), ("odd", odd), ("y", y.copy())], &meta).unwrap();
-        let read: BTreeMap<String, Tensor> = Tensor::read_safetensors(&file).unwrap().into_iter().collect();
+        write(
+            &file,
+            &[("x", x.copy()), ("odd", odd), ("y", y.copy())],
+            &meta,
+        )
+        .unwrap();
+        let read: BTreeMap<String, Tensor> = Tensor::read_safetensors(&file)
+            .unwrap()
+            .into_iter()
+            .collect();
         assert!(read["x"].equal(&x));
         assert!(read["y"].equal(&y));
         assert_eq!(read["odd"].double_value(&[0]), 1.5);

@@ -71,7 +71,14 @@ fn glyph(c: char) -> [u8; 7] {
 
 /// Draws `text` in `colour` with its top-left corner at `(x, y)`, at most `max_chars`
 /// characters (a longer text ends in `.`); pixels outside `image` are skipped.
-pub fn draw_text(image: &mut RgbImage, x: u32, y: u32, text: &str, max_chars: usize, colour: Rgb<u8>) {
+pub fn draw_text(
+    image: &mut RgbImage,
+    x: u32,
+    y: u32,
+    text: &str,
+    max_chars: usize,
+    colour: Rgb<u8>,
+) {
     let chars: Vec<char> = text.chars().collect();
     let shown: Vec<char> = if chars.len() > max_chars {
         let mut s: Vec<char> = chars[..max_chars.saturating_sub(1)].to_vec();
@@ -101,7 +108,13 @@ mod tests {
         (0..image.height())
             .map(|y| {
                 (0..image.width())
-                    .map(|x| if image.get_pixel(x, y).0[0] == 0 { '#' } else { '.' })
+                    .map(|x| {
+                        if image.get_pixel(x, y).0[0] == 0 {
+                            '#'
+                        } else {
+                            '.'
+                        }
+                    })
                     .collect()
             })
             .collect()
