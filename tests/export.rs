@@ -137,6 +137,45 @@ fn an_exported_model_gives_sats_logits_in_pytorch() {
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["samples"], 32);
     assert_eq!(summary["clean_accuracy"], metrics(&dir)["clean_accuracy"]);
+    // Back in sat as a [model] torchscript (normalisation inside it): the same
+    // function, gradients included, so the same adversarial examples.
+    std::fs::write(
+        cwd.path().join("ts.toml"),
+        "name = \"ts\"\n[data]\ntrain_size = 64\ntest_size = 32\n[model]\ntorchscript = \"model.pt\"\n",
+    )
+    .unwrap();
+    sat(
+        cwd.path(),
+        &[
+            "attack",
+            "--config",
+            "ts.toml",
+            "--attack",
+            "fgsm",
+            "--eps",
+            "8/255",
+            "--samples",
+            "0",
+            "--out",
+            "ts.safetensors",
+        ],
+        &[],
+    )
+    .success();
+    let (native, _) = read_safetensors(&cwd.path().join("all.safetensors"));
+    let (traced, meta) = read_safetensors(&cwd.path().join("ts.safetensors"));
+    assert!(meta["run"].as_str().unwrap().ends_with("ts.toml"));
+    let most = native["adversarial"]
+        .values
+        .iter()
+        .zip(&traced["adversarial"].values)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(most <= 1e-6, "{most}");
+    assert_eq!(
+        native["predicted_adversarial"].values,
+        traced["predicted_adversarial"].values
+    );
 }
 
 #[test]

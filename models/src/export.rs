@@ -55,7 +55,7 @@ pub fn check_traced(
         .and_then(|d| d.f_max())
         .and_then(|d| d.f_double_value(&[]))
         .map_err(invalid("comparing the traced model's logits"))?;
-    if !(difference <= tolerance) {
+    if difference.is_nan() || difference > tolerance {
         return Err(ModelError::Invalid(format!(
             "the traced model's logits differ from the model's by {difference:e} (tolerance {tolerance:e}) on a batch of {:?}",
             images.size()
