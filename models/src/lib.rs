@@ -2,6 +2,7 @@
 //! belongs inside the model. Every ReLU goes through [`activation::relu`], so saliency
 //! methods can run their own backward rule through the activations.
 pub mod activation;
+pub mod export;
 mod preact;
 pub mod relu_backprop;
 mod resnet;

@@ -1,10 +1,12 @@
 //! The subcommands of `sat-host`, one module each, each owning its arguments; and what
 //! they share: the global options, loading the configuration and the plugins, and the
 //! exit code of an error.
+pub mod attack;
 pub mod bench;
 pub mod compare;
 pub mod env;
 pub mod eval;
+pub mod export;
 pub mod new;
 pub mod plugins;
 pub mod run;
@@ -72,6 +74,12 @@ pub enum Command {
     /// alignment, training time, status) as Markdown, CSV or JSON; optionally an SVG
     /// overlaying their robust-accuracy curves.
     Compare(compare::CompareArgs),
+    /// Write a trained run's model as a TorchScript file for PyTorch (images in [0, 1]
+    /// to logits, normalisation inside) with a sidecar JSON.
+    Export(export::ExportArgs),
+    /// Run one attack at one budget on test images as eval does, and save the
+    /// adversarial examples (safetensors) and optionally a PNG gallery.
+    Attack(attack::AttackArgs),
 }
 
 /// The configuration file and its `--set` overrides.
@@ -96,6 +104,8 @@ pub fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::New(args) => new::run(&cli.global, args),
         Command::Env(args) => env::run(&cli.global, args),
         Command::Compare(args) => compare::run(&cli.global, args),
+        Command::Export(args) => export::run(&cli.global, args),
+        Command::Attack(args) => attack::run(&cli.global, args),
     }
 }
 
