@@ -51,6 +51,9 @@ MEAN = [0.5, 0.5, 0.5]
 STD = [0.25, 0.25, 0.25]
 LINF_EPS = 8 / 255
 L2_EPS = 0.5
+# Square is random search: at 8/255 a few points fall at query 4000 for one seed and not
+# another (seed-to-seed spread 0.012 on 500 images); at 4/255 the spread is 0.004.
+SQUARE_EPS = 4 / 255
 
 # Every case: torchattacks' class and arguments, and what sat's config must say to
 # match them (the sat component and its TOML keys). `steps` 10 everywhere is
@@ -79,7 +82,7 @@ CASES = {
         "sat": ("fab-t", {"steps": 10, "target_classes": CLASSES - 1}),
     },
     "square-linf": {
-        "norm": "linf", "epsilon": LINF_EPS,
+        "norm": "linf", "epsilon": SQUARE_EPS,
         "torchattacks": ("Square", {"norm": "Linf", "n_queries": 5000, "n_restarts": 1,
                                     "p_init": 0.8, "loss": "margin"}),
         "sat": ("square", {"queries": 5000}),
