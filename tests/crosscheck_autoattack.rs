@@ -130,7 +130,9 @@ fn registered_attacks(cwd: &Path) -> BTreeMap<String, Vec<String>> {
             let keys = e["keys"].as_array().expect("keys");
             attacks.insert(
                 e["name"].as_str().expect("name").to_string(),
-                keys.iter().filter_map(|k| k.as_str().map(String::from)).collect(),
+                keys.iter()
+                    .filter_map(|k| k.as_str().map(String::from))
+                    .collect(),
             );
         }
     }
@@ -142,20 +144,45 @@ fn missing(case: &Case, attacks: &BTreeMap<String, Vec<String>>) -> Option<Strin
     let Some(keys) = attacks.get(case.component) else {
         return Some(format!("attack `{}` is not registered", case.component));
     };
-    let absent: Vec<String> = case_keys(case).into_iter().filter(|k| !keys.contains(k)).collect();
-    (!absent.is_empty()).then(|| format!("attack `{}` has no key {}", case.component, absent.join(", ")))
+    let absent: Vec<String> = case_keys(case)
+        .into_iter()
+        .filter(|k| !keys.contains(k))
+        .collect();
+    (!absent.is_empty()).then(|| {
+        format!(
+            "attack `{}` has no key {}",
+            case.component,
+            absent.join(", ")
+        )
+    })
 }
 
 /// A path as a TOML basic string.
 fn toml_path(p: &Path) -> String {
-    format!("\"{}\"", p.display().to_string().replace('\\', "\\\\").replace('"', "\\\""))
+    format!(
+        "\"{}\"",
+        p.display()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+    )
 }
 
 /// The sat config of `case` at `epsilon` over the script's data and model in `dir`.
-fn config(dir: &Path, case: &Case, epsilon: f64, batch_size: u64, attacks: &BTreeMap<String, Vec<String>>) -> String {
+fn config(
+    dir: &Path,
+    case: &Case,
+    epsilon: f64,
+    batch_size: u64,
+    attacks: &BTreeMap<String, Vec<String>>,
+) -> String {
     // `norm` only where the component has the key: ℓ∞ is every attack's default.
     let has_norm = attacks[case.component].iter().any(|k| k == "norm");
-    let norm = if has_norm { format!("norm = \"{}\"\n", case.norm) } else { String::new() };
+    let norm = if has_norm {
+        format!("norm = \"{}\"\n", case.norm)
+    } else {
+        String::new()
+    };
     format!(
         r#"# {name}: sat's `{component}` set to torchattacks 3.5.1's settings
 # (torchattacks' AutoAttack runs 10 steps, targets classes - 1 = 9 classes, Square 5000 queries).
@@ -188,9 +215,15 @@ alignment = false
 
 /// Runs the reference script into `dir` for `cases`; returns `reference.json`.
 fn reference(dir: &Path, cases: &[&Case], samples: &str, seeds: &str) -> serde_json::Value {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
     let python = root.join(".venv/bin/python");
-    assert!(python.exists(), "{} missing: run scripts/setup-libtorch", python.display());
+    assert!(
+        python.exists(),
+        "{} missing: run scripts/setup-libtorch",
+        python.display()
+    );
     let mut cmd = Command::new(&python);
     cmd.arg(root.join("tests/pytorch/autoattack_reference.py"))
         .arg(dir)
@@ -216,7 +249,12 @@ fn sat_accuracy(dir: &Path, case: &Case, config_text: &str) -> (f64, f64) {
     let out_dir = dir.join(format!("sat-{}", case.name));
     let _ = std::fs::remove_dir_all(&out_dir);
     let (file_arg, out_arg) = (file.display().to_string(), out_dir.display().to_string());
-    sat(dir, &["eval", "--config", &file_arg, "--out", &out_arg], &[]).success();
+    sat(
+        dir,
+        &["eval", "--config", &file_arg, "--out", &out_arg],
+        &[],
+    )
+    .success();
     let m = metrics(&out_dir);
     let robust = m["robust_accuracy"].as_array().expect("robust_accuracy");
     assert_eq!(robust.len(), 1, "{m}");
@@ -229,13 +267,19 @@ fn sat_accuracy(dir: &Path, case: &Case, config_text: &str) -> (f64, f64) {
 /// A markdown table row.
 fn row(what: &str, torchattacks: f64, sat: f64, spread: Option<f64>) -> String {
     let spread = spread.map_or("–".into(), |s| format!("{s:.3}"));
-    format!("| {what} | {torchattacks:.3} | {sat:.3} | {:+.3} | {spread} |", sat - torchattacks)
+    format!(
+        "| {what} | {torchattacks:.3} | {sat:.3} | {:+.3} | {spread} |",
+        sat - torchattacks
+    )
 }
 
 #[test]
 fn sat_matches_torchattacks_on_the_autoattack_family() {
     let env = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.into());
-    let (samples, seeds) = (env("SAT_XCHECK_SAMPLES", "500"), env("SAT_XCHECK_SEEDS", "0"));
+    let (samples, seeds) = (
+        env("SAT_XCHECK_SAMPLES", "500"),
+        env("SAT_XCHECK_SEEDS", "0"),
+    );
     let temp = tempfile::tempdir().expect("temp dir");
     let dir: PathBuf = std::env::var_os("SAT_XCHECK_OUT").map_or(temp.path().into(), PathBuf::from);
     std::fs::create_dir_all(&dir).expect("output directory");
@@ -255,7 +299,9 @@ fn sat_matches_torchattacks_on_the_autoattack_family() {
     assert!(!runnable.is_empty(), "no case can run: {failures:?}");
     let reference = reference(&dir, &runnable, &samples, &seeds);
     let batch_size = reference["batch_size"].as_u64().expect("batch_size");
-    let ta_clean = reference["clean_accuracy"].as_f64().expect("clean_accuracy");
+    let ta_clean = reference["clean_accuracy"]
+        .as_f64()
+        .expect("clean_accuracy");
 
     let mut table = vec![
         format!("| attack ({samples} images) | torchattacks 3.5.1 | sat | difference | torchattacks seed spread ({seeds}) |"),
@@ -273,20 +319,29 @@ fn sat_matches_torchattacks_on_the_autoattack_family() {
         let label = format!("{} ({}, ε = {})", case.name, case.norm, epsilon_text(eps));
         table.push(row(&label, ta, robust, r["seed_spread"].as_f64()));
         if (robust - ta).abs() > TOLERANCE {
-            failures.push(format!("{}: sat {robust:.4}, torchattacks {ta:.4}", case.name));
+            failures.push(format!(
+                "{}: sat {robust:.4}, torchattacks {ta:.4}",
+                case.name
+            ));
         }
     }
     let sat_clean = sat_clean.expect("at least one case ran");
     table.insert(2, row("clean", ta_clean, sat_clean, None));
     if (sat_clean - ta_clean).abs() > TOLERANCE {
-        failures.push(format!("clean: sat {sat_clean:.4}, torchattacks {ta_clean:.4}"));
+        failures.push(format!(
+            "clean: sat {sat_clean:.4}, torchattacks {ta_clean:.4}"
+        ));
     }
     let table = table.join("\n") + "\n";
     println!("{table}");
     if let Some(path) = std::env::var_os("SAT_XCHECK_TABLE") {
         std::fs::write(path, &table).expect("write the table");
     }
-    assert!(failures.is_empty(), "beyond {TOLERANCE}:\n{}\n{table}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "beyond {TOLERANCE}:\n{}\n{table}",
+        failures.join("\n")
+    );
 }
 
 /// ε as `k/255` when it is one, else as a decimal.
