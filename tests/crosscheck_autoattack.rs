@@ -63,10 +63,12 @@ const CASES: &[Case] = &[
         keys: "steps = 10\ntarget_classes = 9",
     },
     Case {
+        // `seed` reseeds libtorch's generator per call as torchattacks' does: with the
+        // reference's seed the random search draws the same squares.
         name: "square-linf",
         component: "square",
         norm: "linf",
-        keys: "queries = 5000",
+        keys: "queries = 5000\nseed = {seed}",
     },
     Case {
         // torchattacks' CW: c = 1 without binary search, κ = 0, 50 Adam steps of 0.01;
@@ -91,14 +93,6 @@ const CASES: &[Case] = &[
     },
 ];
 
-// ════════════════════════════════════════════════════════════════════════════════════
-// PENDING — the one list to shrink: cases whose sat attack is still being written. While
-// its component is not registered (or lacks a key the case sets, e.g. `norm` for ℓ2) such
-// a case is reported as skipped, naming it; a case NOT in this list must run. Remove each
-// entry when its plugin lands, and the list (with `pending`'s use) when it is empty.
-// ════════════════════════════════════════════════════════════════════════════════════
-const PENDING: &[&str] = &[];
-
 /// The keys a case's sat table sets (besides `epsilon`).
 fn case_keys(case: &Case) -> Vec<String> {
     let mut keys: Vec<String> = case
@@ -106,7 +100,8 @@ fn case_keys(case: &Case) -> Vec<String> {
         .lines()
         .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim().to_string()))
         .collect();
-    if case.norm != "linf" {
+    // CW-L2 has no `norm` key: it is ℓ2 only.
+    if case.norm != "linf" && case.component != "cw-l2" {
         keys.push("norm".into());
     }
     keys
@@ -165,7 +160,7 @@ fn config(
     dir: &Path,
     case: &Case,
     epsilon: f64,
-    batch_size: u64,
+    (batch_size, seed): (u64, u64),
     attacks: &BTreeMap<String, Vec<String>>,
 ) -> String {
     // `norm` only where the component has the key: ℓ∞ is every attack's default.
@@ -201,7 +196,7 @@ alignment = false
         component = case.component,
         root = toml_path(&dir.join("cifar10")),
         model = toml_path(&dir.join("model.pt")),
-        keys = case.keys,
+        keys = case.keys.replace("{seed}", &seed.to_string()),
     )
 }
 
@@ -282,9 +277,6 @@ fn sat_matches_torchattacks_on_the_autoattack_family() {
     for case in CASES {
         match missing(case, &attacks) {
             None => runnable.push(case),
-            Some(why) if PENDING.contains(&case.name) => {
-                eprintln!("SKIPPED {} (not yet in sat: {why})", case.name)
-            }
             Some(why) => failures.push(format!("{}: {why}", case.name)),
         }
     }
@@ -304,7 +296,12 @@ fn sat_matches_torchattacks_on_the_autoattack_family() {
         let r = &reference["attacks"][case.name];
         let eps = r["epsilon"].as_f64().expect("epsilon");
         assert_eq!(r["norm"], case.norm, "{}: the script's norm", case.name);
-        let text = config(&dir, case, eps, batch_size, &attacks);
+        let first_seed: u64 = seeds
+            .split_whitespace()
+            .next()
+            .and_then(|s| s.parse().ok())
+            .expect("SAT_XCHECK_SEEDS starts with an integer seed");
+        let text = config(&dir, case, eps, (batch_size, first_seed), &attacks);
         let (clean, robust) = sat_accuracy(&dir, case, &text);
         sat_clean.get_or_insert(clean);
         let ta = r["robust_accuracy"].as_f64().expect("robust_accuracy");

@@ -203,6 +203,20 @@ def accuracy(model, x, y):
         return (model(x).argmax(1) == y).float().mean().item()
 
 
+CW_SHIFT = 100.0
+
+
+class Shifted(torch.nn.Module):
+    """`model` with `shift` added to every logit."""
+
+    def __init__(self, model, shift):
+        super().__init__()
+        self.model, self.shift = model, shift
+
+    def forward(self, x):
+        return self.model(x) + self.shift
+
+
 def robust_accuracy(model, case, x, y, seed, batch_size):
     """torchattacks' robust accuracy of one case at one seed, batch by batch."""
     cls, kwargs = case["torchattacks"]
@@ -212,7 +226,14 @@ def robust_accuracy(model, case, x, y, seed, batch_size):
         kwargs["seed"] = seed
     else:
         torch.manual_seed(seed)  # CW draws nothing; seeded for uniformity.
-    attack = getattr(torchattacks, cls)(model, **kwargs)
+    # torchattacks' CW takes its margin's maxima over `(1 - onehot) * logits` and
+    # `onehot * logits`, which is the margin only when every logit is positive (a
+    # negative true logit reads as 0, and so does the best other one when all are
+    # negative). Shifting every logit by a constant changes neither predictions nor
+    # the true margin, and makes its formula the true one: sat's `cw-l2` uses the true
+    # margin on the unshifted model.
+    target = Shifted(model, CW_SHIFT) if cls == "CW" else model
+    attack = getattr(torchattacks, cls)(target, **kwargs)
     correct = 0
     for start in range(0, x.shape[0], batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]

@@ -25,6 +25,10 @@ pub struct SquareConfig {
     pub p_init: f64,
     /// Runs; each restart attacks only the points no earlier run broke.
     pub restarts: u32,
+    /// When set, libtorch's generator is reseeded with it at the start of every call,
+    /// as torchattacks' and AutoAttack's `seed` do (to reproduce their draws exactly);
+    /// unset, the draws come from the host's per-batch stream.
+    pub seed: Option<u64>,
 }
 
 impl Default for SquareConfig {
@@ -35,6 +39,7 @@ impl Default for SquareConfig {
             queries: 5000,
             p_init: 0.8,
             restarts: 1,
+            seed: None,
         }
     }
 }
@@ -326,6 +331,9 @@ impl Attack for Square {
     /// Points misclassified on the clean input are returned unchanged; each run attacks
     /// the points no earlier run broke; per sample the lowest-margin point is kept.
     fn perturb(&mut self, batch: &Batch, oracle: Oracle<'_, '_>) -> Result<Tensor, PluginError> {
+        if let Some(seed) = self.config.seed {
+            tch::manual_seed(seed as i64);
+        }
         let (x, labels) = (batch.images(), batch.labels());
         let x = x.f_to_kind(Kind::Float)?;
         let mut result = x.f_detach_copy()?;
