@@ -33,7 +33,8 @@ pub struct BenchArgs {
         default_value = "small-cnn,preact-resnet18"
     )]
     pub models: Vec<String>,
-    /// Rows, comma-separated (default: all).
+    /// Rows, comma-separated (default: the training rows, eval-pgd-20 and eval-apgd-ce;
+    /// the other evaluation rows of [`ROWS`] on request).
     #[arg(
         long,
         value_delimiter = ',',
@@ -116,7 +117,7 @@ pub struct Plan {
 }
 
 /// The rows `sat-host bench` knows: `(name, saliency, attack, objective, attack settings)`.
-pub const ROWS: [RowSpec; 11] = [
+pub const ROWS: [RowSpec; 19] = [
     ("standard", "", "", "ce", ""),
     ("sat-masks", "masks", "sat", "ce", ""),
     ("sat-gradient", "guided-backprop", "sat", "ce", ""),
@@ -128,6 +129,14 @@ pub const ROWS: [RowSpec; 11] = [
     ("fgsm-gradalign", "", "fgsm", "gradalign", ""),
     ("eval-pgd-20", "", "pgd", "ce", "steps = 20"),
     ("eval-apgd-ce", "", "apgd-ce", "ce", "steps = 20"),
+    ("eval-pgd-20-targeted", "", "pgd", "ce", "steps = 20\ntarget = \"random\""),
+    ("eval-apgd-dlr", "", "apgd-dlr", "ce", "steps = 20"),
+    ("eval-apgd-t", "", "apgd-t", "ce", "steps = 20"),
+    ("eval-fab", "", "fab", "ce", "steps = 20"),
+    ("eval-fab-t", "", "fab-t", "ce", "steps = 20"),
+    ("eval-square", "", "square", "ce", "queries = 100"),
+    ("eval-cw-l2", "", "cw-l2", "ce", "steps = 20\nbinary_search_steps = 1"),
+    ("eval-autoattack", "", "autoattack", "ce", "steps = 20\nqueries = 100"),
 ];
 
 /// Resets the kernel's peak-RSS counter of this process (Linux `clear_refs` 5).

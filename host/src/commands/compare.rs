@@ -475,6 +475,7 @@ mod tests {
             epsilon: eps255 / 255.0,
             steps: 10,
             accuracy,
+            ..Default::default()
         }
     }
 

@@ -297,6 +297,7 @@ mod tests {
             epsilon: eps / 255.0,
             steps: 10,
             accuracy: acc,
+            ..Default::default()
         };
         let a = [r("pgd", 2.0, 0.5), r("pgd", 8.0, 0.1), r("fgsm", 8.0, 0.3)];
         let b = [r("pgd", 4.0, 0.7)];
