@@ -2,8 +2,6 @@
 //! wrappers of their components ([`component`]), the host's answer to their model
 //! queries ([`oracle`]), and how a run combines them into the model's inputs
 //! ([`pipeline`]).
-#[cfg(test)]
-mod attack_contract;
 pub mod component;
 pub mod oracle;
 pub mod pipeline;

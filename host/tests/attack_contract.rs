@@ -4,11 +4,14 @@
 //! input batch is untouched, the result is the same under the same seed, the model's
 //! batch-norm statistics and parameters are untouched (attacks see the model in eval
 //! mode only), and the attack moves at least one image.
-use super::oracle::ModelOracle;
-use super::pipeline::{create_eval_attack, Pipeline};
-use super::registry::{Registry, SearchPaths};
-use crate::config::RunConfig;
-use crate::data::{rng::SplitMix, shapes};
+//!
+//! Its own test binary (one process, one test): attacks draw from libtorch's
+//! process-wide generator, which tests running in parallel threads would share.
+use sat_host::config::RunConfig;
+use sat_host::data::{rng::SplitMix, shapes};
+use sat_host::plugins::oracle::ModelOracle;
+use sat_host::plugins::pipeline::{create_eval_attack, Pipeline};
+use sat_host::plugins::registry::{Registry, SearchPaths};
 use sat_core::{ComponentKind, Epsilon, OracleAdapter, Phase};
 use tch::{nn, Device, Kind, Tensor};
 
