@@ -196,6 +196,58 @@ sat_core::register_attack!(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sat_core::{testing::LinearModel, Phase};
+    use tch::Device;
+
+    fn ensemble(text: &str) -> Result<AutoAttack, PluginError> {
+        AutoAttack::from_config(sat_core::parse_config("autoattack", text)?)
+    }
+
+    #[test]
+    fn is_at_least_as_strong_as_its_first_member_and_stays_in_the_ball() {
+        let _generator = crate::tests::generator();
+        let adapter = LinearModel::random(5, 48, 8).oracle();
+        let oracle_ref = adapter.as_ref();
+        let oracle = Oracle::new(&oracle_ref);
+        tch::manual_seed(3);
+        let x = Tensor::rand([32, 3, 4, 4], (Kind::Float, Device::Cpu));
+        // Labelled with the model's predictions: every image starts correct, so the
+        // first member sees the whole batch, exactly as when run alone.
+        let y = oracle.logits(&x).unwrap().argmax(-1, false);
+        let batch = Batch::new(&x, &y, 0, 1, Phase::Evaluation);
+        let accuracy = |t: &Tensor| {
+            let right = oracle.logits(t).unwrap().argmax(-1, false).eq_tensor(&y);
+            right.to_kind(Kind::Float).mean(Kind::Float).double_value(&[])
+        };
+        let eps = 0.05;
+        let settings = format!("epsilon = {eps}\nsteps = 5");
+        let mut alone = crate::apgd::Apgd::from_config(
+            sat_core::parse_config("apgd-ce", &settings).unwrap(),
+        )
+        .unwrap();
+        tch::manual_seed(9);
+        let first = alone.perturb(&batch, oracle).unwrap();
+        let list = format!("version = [\"apgd-ce\", \"square\"]\nqueries = 50\n{settings}");
+        let mut aa = ensemble(&list).unwrap();
+        tch::manual_seed(9);
+        let adv = aa.perturb(&batch, oracle).unwrap();
+        let (a_first, a_all) = (accuracy(&first), accuracy(&adv));
+        assert!(a_first < 1.0 && a_all <= a_first, "ensemble {a_all} vs apgd-ce {a_first}");
+        assert!((&adv - &x).abs().max().double_value(&[]) <= eps + 1e-6);
+        // Robust images come back clean; broken ones are misclassified.
+        let robust = oracle.logits(&adv).unwrap().argmax(-1, false).eq_tensor(&y);
+        let unchanged = (&adv - &x).abs().flatten(1, -1).amax([1i64].as_slice(), false).eq(0.0);
+        assert!(robust.equal(&unchanged), "robust images must be returned clean");
+        assert_eq!(aa.threat_model().steps, 5 + 50);
+    }
+
+    #[test]
+    fn refuses_members_outside_autoattack() {
+        let _generator = crate::tests::generator();
+        let err = ensemble("version = [\"apgd-ce\", \"pgd\"]").err().unwrap();
+        assert!(err.message.contains("`pgd` is not an AutoAttack member"), "{err}");
+        assert!(ensemble("version = []").is_err());
+    }
 
     #[test]
     fn versions_expand_to_their_members_in_order() {
