@@ -693,16 +693,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn accuracy(oracle: Oracle<'_, '_>, x: &Tensor, y: &Tensor) -> f64 {
-        oracle
-            .logits(x)
-            .unwrap()
-            .argmax(-1, false)
-            .eq_tensor(y)
-            .to_kind(Kind::Float)
-            .mean(Kind::Float)
-            .double_value(&[])
-    }
+    use crate::tests::accuracy;
 
     fn size(delta: &Tensor, norm: &str) -> f64 {
         if norm == "linf" {

@@ -256,7 +256,6 @@ mod tests {
     use crate::ball::per_sample_l2;
     use crate::fab::tests::{binary_setup, boundary_distance};
     use sat_core::{parse_config, testing::LinearModel, OracleAdapter, Phase};
-    use tch::Device;
 
     fn values(t: &Tensor) -> Vec<f64> {
         Vec::<f64>::try_from(&t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
@@ -318,13 +317,7 @@ mod tests {
         }
     }
 
-    fn multiclass() -> (OracleAdapter<LinearModel>, Tensor, Tensor) {
-        let adapter = LinearModel::random(5, 48, 23).oracle();
-        tch::manual_seed(6);
-        let x = Tensor::rand([24, 3, 4, 4], (Kind::Float, Device::Cpu));
-        let y = adapter.0.forward(&x).unwrap().argmax(-1, false);
-        (adapter, x, y)
-    }
+    use crate::tests::multiclass;
 
     #[test]
     fn stays_in_ball_and_box_is_deterministic_and_lowers_accuracy() {

@@ -541,13 +541,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn multiclass() -> (OracleAdapter<LinearModel>, Tensor, Tensor) {
-        let adapter = LinearModel::random(5, 48, 23).oracle();
-        tch::manual_seed(6);
-        let x = Tensor::rand([24, 3, 4, 4], (Kind::Float, Device::Cpu));
-        let y = adapter.0.forward(&x).unwrap().argmax(-1, false);
-        (adapter, x, y)
-    }
+    use crate::tests::multiclass;
 
     #[test]
     fn stays_in_ball_and_box_is_deterministic_and_lowers_accuracy() {

@@ -387,16 +387,7 @@ mod tests {
         (adapter, x, y)
     }
 
-    fn accuracy(oracle: Oracle<'_, '_>, x: &Tensor, y: &Tensor) -> f64 {
-        oracle
-            .logits(x)
-            .unwrap()
-            .argmax(-1, false)
-            .eq_tensor(y)
-            .to_kind(Kind::Float)
-            .mean(Kind::Float)
-            .double_value(&[])
-    }
+    use crate::tests::accuracy;
 
     #[test]
     fn the_p_schedule_is_rescaled_to_the_budget() {
