@@ -7,14 +7,14 @@ mod file;
 use super::{prepare_from, ConfigArgs, GlobalArgs};
 use crate::config::RunConfig;
 use crate::data::Dataset;
+use crate::eval::{checked_logits, seeded_inputs};
 use crate::plugins::oracle::ModelOracle;
 use crate::plugins::pipeline::{create_eval_attack, Pipeline};
 use crate::report::gallery::{self, AttackCaption};
 use crate::train::{build_network, checkpoint, load_datasets};
 use anyhow::{bail, Context};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
-use sat_core::{ComponentKind, Epsilon, OracleAdapter, Phase, ThreatModel};
+use sat_core::{ComponentKind, Epsilon, OracleAdapter, ThreatModel};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -273,18 +273,19 @@ fn attack_batches(
     });
     let oracle = adapter.as_ref();
     let batches = test.spread_batches(samples, config.eval.batch_size);
-    let bar = progress_bar(batches.len() as u64);
+    let bar = crate::logging::progress_bar(
+        batches.len() as u64,
+        "attack [{bar:30}] {pos}/{len} batches ({elapsed}<{eta})",
+    );
     let mut parts: [Vec<Tensor>; 5] = Default::default();
     let mut targets = Vec::new();
     for (b, index) in batches.iter().enumerate() {
         crate::interrupt::check()?;
         let s = test.select(index).to(device);
-        let (torch_seed, mut rng) = crate::eval::batch_seeds(config.seed, b);
-        tch::manual_seed(torch_seed);
-        let inputs = pipeline.inputs(&s, 0, 1, Phase::Evaluation, &oracle, &mut rng)?;
+        let inputs = seeded_inputs(pipeline, &s, config.seed, b, &oracle)?;
         let classes = test.num_classes();
-        let clean = logits(model, &s.images, classes)?;
-        let adversarial = logits(model, &inputs.images, classes)?;
+        let clean = checked_logits(model, &s.images, classes)?;
+        let adversarial = checked_logits(model, &inputs.images, classes)?;
         let cpu = |t: &Tensor| t.detach().to_device(Device::Cpu);
         for (part, t) in
             parts
@@ -314,27 +315,6 @@ fn attack_batches(
         logits_clean: logits_clean.to_kind(Kind::Float),
         logits_adversarial: logits_adversarial.to_kind(Kind::Float),
     })
-}
-
-/// The model's logits on `images`, checked as eval checks them.
-fn logits(model: &dyn ModuleT, images: &Tensor, classes: i64) -> anyhow::Result<Tensor> {
-    let out = tch::no_grad(|| model.forward_t(images, false));
-    sat_models::check_logits(&out, images.size()[0], classes, false).map_err(anyhow::Error::msg)?;
-    if !sat_models::finite(&out) {
-        bail!("the model's logits are not finite (NaN or infinite) on a test batch");
-    }
-    Ok(out)
-}
-
-/// The progress bar over `len` batches.
-fn progress_bar(len: u64) -> ProgressBar {
-    let bar = crate::logging::bars().add(ProgressBar::new(len));
-    bar.set_style(
-        ProgressStyle::with_template("attack [{bar:30}] {pos}/{len} batches ({elapsed}<{eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar
 }
 
 /// The file's metadata (strings): attack, budget, source, figures, class names.

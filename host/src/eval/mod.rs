@@ -11,14 +11,14 @@ mod tally;
 pub use tally::{median, TargetCounts, Tally};
 
 use crate::config::RunConfig;
-use crate::data::{rng::SplitMix, Dataset};
+use crate::data::{rng::SplitMix, Dataset, Samples};
 use crate::distributed::Ranks;
 use crate::plugins::oracle::ModelOracle;
-use crate::plugins::pipeline::{create_eval_attack, Pipeline};
+use crate::plugins::pipeline::{create_eval_attack, Inputs, Pipeline};
 use crate::plugins::registry::Registry;
 use crate::report::{Metrics, RobustAccuracy, TargetedSuccess, CONFUSION_LIMIT};
 use anyhow::Context;
-use sat_core::{OracleAdapter, Phase, ThreatModel};
+use sat_core::{OracleAdapter, OracleRef, Phase, ThreatModel};
 use tch::{nn::ModuleT, Device, Kind, Tensor};
 
 /// Accuracy of `model` on `limit` samples of `data` spread evenly over it (all if 0,
@@ -56,7 +56,7 @@ pub struct Sharded {
 
 /// The libtorch seed and the pipeline's draws of evaluation batch `batch`: keyed by the
 /// batch, so a batch is attacked alike whichever rank evaluates it.
-pub fn batch_seeds(seed: u64, batch: usize) -> (i64, SplitMix) {
+fn batch_seeds(seed: u64, batch: usize) -> (i64, SplitMix) {
     let mut rng = SplitMix::new(seed ^ 0x5EED, 0xE7A1_0000 + batch as u64);
     let torch = (rng.next_u64() >> 1) as i64;
     (torch, rng)
@@ -74,8 +74,13 @@ pub fn sharded_accuracy(
     Ok(sharded_tally(model, data, spec, pipeline, ranks)?.accuracy())
 }
 
-/// The model's predicted classes for `images`, checking its logits (shape, finiteness).
-fn predict(model: &dyn ModuleT, images: &Tensor, classes: i64) -> anyhow::Result<Tensor> {
+/// The model's logits on `images` (eval mode, no gradient), checked: shape
+/// `[N, classes]` and finite.
+pub fn checked_logits(
+    model: &dyn ModuleT,
+    images: &Tensor,
+    classes: i64,
+) -> anyhow::Result<Tensor> {
     let logits = tch::no_grad(|| model.forward_t(images, false));
     sat_models::check_logits(&logits, images.size()[0], classes, false)
         .map_err(anyhow::Error::msg)?;
@@ -84,7 +89,28 @@ fn predict(model: &dyn ModuleT, images: &Tensor, classes: i64) -> anyhow::Result
             "the model's logits are not finite (NaN or infinite) on a test batch; evaluation stops rather than report a meaningless accuracy"
         );
     }
-    Ok(logits.argmax(-1, false))
+    Ok(logits)
+}
+
+/// The model's predicted classes for `images`, from [`checked_logits`].
+fn predict(model: &dyn ModuleT, images: &Tensor, classes: i64) -> anyhow::Result<Tensor> {
+    Ok(checked_logits(model, images, classes)?.argmax(-1, false))
+}
+
+/// The pipeline's inputs for evaluation batch `batch` (its index in
+/// [`Dataset::spread_batches`]), with libtorch's generator and the pipeline's draws
+/// seeded by [`batch_seeds`]: what every evaluation of that batch sees, whichever rank
+/// or command (`eval`, `attack`) runs it.
+pub fn seeded_inputs(
+    pipeline: &mut Pipeline,
+    samples: &Samples,
+    seed: u64,
+    batch: usize,
+    oracle: &OracleRef<'_>,
+) -> anyhow::Result<Inputs> {
+    let (torch_seed, mut rng) = batch_seeds(seed, batch);
+    tch::manual_seed(torch_seed);
+    Ok(pipeline.inputs(samples, 0, 1, Phase::Evaluation, oracle, &mut rng)?)
 }
 
 /// The [`Tally`] of the model's predictions, as [`sharded_accuracy`] reads the test set:
@@ -118,9 +144,7 @@ pub fn sharded_tally(
             tally.add_predictions(labels, &predicted)?;
             continue;
         };
-        let (torch_seed, mut rng) = batch_seeds(spec.seed, b);
-        tch::manual_seed(torch_seed);
-        let inputs = p.inputs(&samples, 0, 1, Phase::Evaluation, &oracle, &mut rng)?;
+        let inputs = seeded_inputs(p, &samples, spec.seed, b, &oracle)?;
         let predicted = predict(model, &inputs.images, classes)?;
         tally.add_predictions(labels, &predicted)?;
         tally.add_clean(labels, &predict(model, &samples.images, classes)?)?;
