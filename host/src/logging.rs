@@ -45,6 +45,18 @@ pub fn bars() -> &'static MultiProgress {
     BARS.get_or_init(MultiProgress::new)
 }
 
+/// A progress bar of `len` steps drawn with `template` (indicatif's syntax; a constant
+/// of the caller), added to [`bars`] so that log lines print above it.
+pub fn progress_bar(len: u64, template: &'static str) -> indicatif::ProgressBar {
+    let bar = bars().add(indicatif::ProgressBar::new(len));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata) -> bool {
         metadata.level() <= self.level

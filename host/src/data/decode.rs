@@ -1,7 +1,6 @@
 //! Image files (JPEG, PNG) to fixed-size `u8` pixel arrays, decoded in parallel.
 use super::error::DataError;
 use image::imageops::FilterType;
-use indicatif::{ProgressBar, ProgressStyle};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -89,11 +88,9 @@ pub fn parallel_map<T: Sync, R: Send>(
         .map(|n| n.get())
         .unwrap_or(1)
         .min(items.len().max(1));
-    let bar = crate::logging::bars().add(ProgressBar::new(items.len() as u64));
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} ({elapsed}<{eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
+    let bar = crate::logging::progress_bar(
+        items.len() as u64,
+        "{prefix} [{bar:30}] {pos}/{len} ({elapsed}<{eta})",
     );
     bar.set_prefix(what.to_string());
     let next = AtomicUsize::new(0);

@@ -17,7 +17,7 @@ use crate::plugins::pipeline::Pipeline;
 use crate::plugins::registry::Registry;
 use crate::report::{EpochMetrics, Metrics, RunDir, RunStatus};
 use anyhow::bail;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use sat_core::{OracleAdapter, OracleRef};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -348,13 +348,9 @@ fn log_epoch(e: &EpochMetrics, epochs: u32) {
 
 /// The progress bar of epoch `index` (0-based) of `epochs`, `len` batches long.
 fn progress_bar(len: u64, index: u32, epochs: u32) -> ProgressBar {
-    let bar = crate::logging::bars().add(ProgressBar::new(len));
-    bar.set_style(
-        ProgressStyle::with_template(
-            "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+    let bar = crate::logging::progress_bar(
+        len,
+        "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})",
     );
     bar.set_prefix(format!("{}/{}", index + 1, epochs));
     bar
