@@ -141,6 +141,26 @@ struct Settings {
     eot_iter: u32,
 }
 
+/// `Settings` from any of the three configurations (they share these keys).
+macro_rules! settings_from {
+    ($($config:ty),*) => {$(
+        impl From<&$config> for Settings {
+            fn from(c: &$config) -> Self {
+                Settings {
+                    norm: c.norm.into(),
+                    epsilon: c.epsilon.0,
+                    steps: c.steps,
+                    rho: c.rho,
+                    momentum: c.momentum,
+                    restarts: c.restarts,
+                    eot_iter: c.eot_iter,
+                }
+            }
+        }
+    )*};
+}
+settings_from!(ApgdConfig, ApgdDlrConfig, ApgdTConfig);
+
 impl Settings {
     /// Checks the shared keys of the attack `name`.
     fn checked(self, name: &str) -> Result<Self, PluginError> {
@@ -476,16 +496,7 @@ pub struct Apgd {
 impl Configurable for Apgd {
     type Config = ApgdConfig;
     fn from_config(c: ApgdConfig) -> Result<Self, PluginError> {
-        let settings = Settings {
-            norm: c.norm.into(),
-            epsilon: c.epsilon.0,
-            steps: c.steps,
-            rho: c.rho,
-            momentum: c.momentum,
-            restarts: c.restarts,
-            eot_iter: c.eot_iter,
-        }
-        .checked("apgd-ce")?;
+        let settings = Settings::from(&c).checked("apgd-ce")?;
         Ok(Self {
             settings,
             target: c.target,
@@ -531,16 +542,7 @@ pub struct ApgdDlr {
 impl Configurable for ApgdDlr {
     type Config = ApgdDlrConfig;
     fn from_config(c: ApgdDlrConfig) -> Result<Self, PluginError> {
-        let settings = Settings {
-            norm: c.norm.into(),
-            epsilon: c.epsilon.0,
-            steps: c.steps,
-            rho: c.rho,
-            momentum: c.momentum,
-            restarts: c.restarts,
-            eot_iter: c.eot_iter,
-        }
-        .checked("apgd-dlr")?;
+        let settings = Settings::from(&c).checked("apgd-dlr")?;
         Ok(Self { settings })
     }
 }
@@ -578,16 +580,7 @@ impl Configurable for ApgdT {
                 "[apgd-t] target_classes must be at least 1",
             ));
         }
-        let settings = Settings {
-            norm: c.norm.into(),
-            epsilon: c.epsilon.0,
-            steps: c.steps,
-            rho: c.rho,
-            momentum: c.momentum,
-            restarts: c.restarts,
-            eot_iter: c.eot_iter,
-        }
-        .checked("apgd-t")?;
+        let settings = Settings::from(&c).checked("apgd-t")?;
         Ok(Self {
             settings,
             target_classes: c.target_classes,
