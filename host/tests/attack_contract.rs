@@ -11,27 +11,13 @@ use sat_host::config::RunConfig;
 use sat_host::data::{rng::SplitMix, shapes};
 use sat_host::plugins::oracle::ModelOracle;
 use sat_host::plugins::pipeline::{create_eval_attack, Pipeline};
-use sat_host::plugins::registry::{Registry, SearchPaths};
+use sat_host::plugins::registry::Registry;
 use sat_core::{ComponentKind, Epsilon, OracleAdapter, Phase};
 use tch::{nn, Device, Kind, Tensor};
 
-/// The workspace's plugin libraries, built next to this test executable's directory.
+/// The workspace's plugin libraries.
 fn registry() -> Registry {
-    let exe = std::env::current_exe().expect("test executable");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>");
-    assert!(
-        dir.join("libsat_plugin_attacks.so").exists(),
-        "{} has no plugin libraries: run `cargo build --workspace` first (scripts/test does)",
-        dir.display()
-    );
-    Registry::discover(&SearchPaths {
-        standard: vec![dir.to_path_buf()],
-        ..Default::default()
-    })
-    .expect("the workspace's plugins load")
+    Registry::of_test_profile().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Small settings for the keys an attack has, so that every attack runs in well under

@@ -178,6 +178,33 @@ impl SearchPaths {
     }
 }
 
+impl Registry {
+    /// The workspace's plugin libraries as tests of the host see them: those `cargo
+    /// build --workspace` put in the profile directory (`target/<profile>`) above the
+    /// running test executable (`target/<profile>/deps/<test>`). An error names the
+    /// directory when they are not built.
+    pub fn of_test_profile() -> Result<Self, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("test executable: {e}"))?;
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .ok_or_else(|| format!("{} has no target/<profile> above it", exe.display()))?;
+        for library in ["libsat_plugin_attacks.so", "libsat_plugin_objectives.so"] {
+            if !dir.join(library).exists() {
+                return Err(format!(
+                    "{} has no {library}: run `cargo build --workspace` first (scripts/test does)",
+                    dir.display()
+                ));
+            }
+        }
+        Registry::discover(&SearchPaths {
+            standard: vec![dir.to_path_buf()],
+            ..Default::default()
+        })
+        .map_err(|e| format!("the workspace's plugins do not load: {e}"))
+    }
+}
+
 impl std::fmt::Debug for Library {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Library")

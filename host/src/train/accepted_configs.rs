@@ -7,30 +7,15 @@ use crate::data::epoch::EpochBatches;
 use crate::data::rng::{Purpose, SplitMix};
 use crate::plugins::oracle::ModelOracle;
 use crate::plugins::pipeline::Pipeline;
-use crate::plugins::registry::{Registry, SearchPaths};
+use crate::plugins::registry::Registry;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use sat_core::OracleAdapter;
 use tch::Device;
 
-/// The workspace's plugin libraries (`ce` lives in the objectives library), built by
-/// `cargo build --workspace` next to this test executable's directory.
+/// The workspace's plugin libraries.
 fn registry() -> Registry {
-    let exe = std::env::current_exe().expect("test executable");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>");
-    assert!(
-        dir.join("libsat_plugin_objectives.so").exists(),
-        "{} has no plugin libraries: run `cargo build --workspace` first (scripts/test does)",
-        dir.display()
-    );
-    Registry::discover(&SearchPaths {
-        standard: vec![dir.to_path_buf()],
-        ..Default::default()
-    })
-    .expect("the workspace's plugins load")
+    Registry::of_test_profile().unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn pick<T: Clone + std::fmt::Debug + 'static>(values: &[T]) -> impl Strategy<Value = T> {
