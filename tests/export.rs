@@ -333,6 +333,20 @@ fn attack_names_an_unknown_attack_and_keeps_an_existing_output() {
         "did you mean `pgd`",
     ]);
     assert!(!cwd.path().join("a.safetensors").exists());
+    // Budgets are checked against the attack's own norm: 2 is no ℓ∞ budget, and an ℓ2
+    // budget beyond the image box's diameter is refused too.
+    for (attack, eps, needle) in [
+        ("pgd", "2", "did you mean 2/255?"),
+        ("cw-l2", "1000", "the largest ℓ2 distance"),
+    ] {
+        sat(
+            cwd.path(),
+            &["attack", "--run", run, "--attack", attack, "--eps", eps, "--out", "a.safetensors"],
+            &[],
+        )
+        .fails_with(&["--eps", needle]);
+        assert!(!cwd.path().join("a.safetensors").exists());
+    }
     std::fs::write(cwd.path().join("a.safetensors"), b"keep").unwrap();
     sat(
         cwd.path(),

@@ -145,6 +145,12 @@ pub fn run(global: &GlobalArgs, args: &AttackArgs) -> anyhow::Result<ExitCode> {
     }
     let attack = create_eval_attack(&registry, &config, &args.attack, args.eps)?;
     let threat = attack.threat;
+    crate::config::validate::budget_in_range(
+        threat.norm.as_str(),
+        args.eps.0,
+        config.data.image_size,
+    )
+    .map_err(|why| anyhow::anyhow!("--eps: {why} ({} is a {} attack)", args.attack, threat.norm.as_str()))?;
     let mut pipeline = Pipeline::new(&registry, &config, Some(attack))?;
     crate::interrupt::install().context("installing the SIGINT/SIGTERM handler")?;
     let samples = args.samples.unwrap_or(config.eval.max_samples);

@@ -260,7 +260,6 @@ pub fn validate(c: &RunConfig, source: &ConfigSource) -> Result<(), ConfigError>
     }
     let l2 = e.attacks.iter().any(|a| attack_norm(c, a) == Some("l2"));
     let linf = e.attacks.iter().any(|a| attack_norm(c, a) != Some("l2"));
-    let l2_max = (3.0 * (d.image_size as f64).powi(2)).sqrt();
     for eps in &e.epsilons {
         let v = eps.0;
         if !v.is_finite() || v < 0.0 {
@@ -269,23 +268,37 @@ pub fn validate(c: &RunConfig, source: &ConfigSource) -> Result<(), ConfigError>
                 format!("eval.epsilons: {v} is outside [0, 1]"),
             );
         }
-        if linf && v > 1.0 {
-            let hint = if v <= 255.0 {
-                format!("; did you mean {v}/255?")
-            } else {
-                String::new()
-            };
-            return err(
-                &["eval", "epsilons"],
-                format!("eval.epsilons: {v} is outside [0, 1], the range of an ℓ∞ budget on images in [0, 1]{hint}"),
-            );
+        for (norm, used) in [("linf", linf), ("l2", l2)] {
+            match budget_in_range(norm, v, d.image_size) {
+                Err(why) if used => {
+                    return err(&["eval", "epsilons"], format!("eval.epsilons: {why}"))
+                }
+                _ => {}
+            }
         }
-        if l2 && v > l2_max {
-            return err(
-                &["eval", "epsilons"],
-                format!("eval.epsilons: {v} is outside [0, {l2_max:.2}], the largest ℓ2 distance between two {0}×{0} images in [0, 1]", d.image_size),
-            );
-        }
+    }
+    Ok(())
+}
+
+/// Checks an attack budget `v` of `norm` (`"linf"` or `"l2"`) on `image_size`² RGB
+/// images in `[0, 1]`: finite, non-negative, at most 1 (ℓ∞) or the box's diameter (ℓ2).
+pub fn budget_in_range(norm: &str, v: f64, image_size: i64) -> Result<(), String> {
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("{v} is outside [0, 1]"));
+    }
+    let l2_max = (3.0 * (image_size as f64).powi(2)).sqrt();
+    if norm != "l2" && v > 1.0 {
+        let hint = if v <= 255.0 {
+            format!("; did you mean {v}/255?")
+        } else {
+            String::new()
+        };
+        return Err(format!(
+            "{v} is outside [0, 1], the range of an ℓ∞ budget on images in [0, 1]{hint}"
+        ));
+    }
+    if norm == "l2" && v > l2_max {
+        return Err(format!("{v} is outside [0, {l2_max:.2}], the largest ℓ2 distance between two {image_size}×{image_size} images in [0, 1]"));
     }
     Ok(())
 }
