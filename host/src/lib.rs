@@ -9,7 +9,6 @@
 
 pub mod commands;
 pub mod config;
-pub mod data;
 pub mod device;
 pub mod distributed;
 pub mod eval;
@@ -18,6 +17,9 @@ pub mod logging;
 pub mod plugins;
 pub mod report;
 pub mod train;
+
+/// The datasets, their order and augmentation: the `sat-data` crate.
+pub use sat_data as data;
 
 /// Cases per property test of the readers and the config parser: `default`, or
 /// `SAT_FUZZ_CASES` for a long fuzzing run (see docs/RELIABILITY.md).

@@ -42,19 +42,18 @@ pub fn rank_prefix() -> String {
 
 /// The progress-bar container that log lines print above.
 pub fn bars() -> &'static MultiProgress {
-    BARS.get_or_init(MultiProgress::new)
+    BARS.get_or_init(|| {
+        let bars = MultiProgress::new();
+        sat_data::progress::attach(&bars);
+        bars
+    })
 }
 
 /// A progress bar of `len` steps drawn with `template` (indicatif's syntax; a constant
 /// of the caller), added to [`bars`] so that log lines print above it.
 pub fn progress_bar(len: u64, template: &'static str) -> indicatif::ProgressBar {
-    let bar = bars().add(indicatif::ProgressBar::new(len));
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(template)
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar
+    bars();
+    sat_data::progress::bar(len, template)
 }
 
 impl Log for Logger {

@@ -6,7 +6,7 @@ mod file;
 
 use super::{prepare_from, ConfigArgs, GlobalArgs};
 use crate::config::RunConfig;
-use crate::data::Dataset;
+use crate::data::Data;
 use crate::eval::{checked_logits, seeded_inputs};
 use crate::plugins::oracle::ModelOracle;
 use crate::plugins::pipeline::{create_eval_attack, Pipeline};
@@ -150,7 +150,13 @@ pub fn run(global: &GlobalArgs, args: &AttackArgs) -> anyhow::Result<ExitCode> {
         args.eps.0,
         config.data.image_size,
     )
-    .map_err(|why| anyhow::anyhow!("--eps: {why} ({} is a {} attack)", args.attack, threat.norm.as_str()))?;
+    .map_err(|why| {
+        anyhow::anyhow!(
+            "--eps: {why} ({} is a {} attack)",
+            args.attack,
+            threat.norm.as_str()
+        )
+    })?;
     let mut pipeline = Pipeline::new(&registry, &config, Some(attack))?;
     crate::interrupt::install().context("installing the SIGINT/SIGTERM handler")?;
     let samples = args.samples.unwrap_or(config.eval.max_samples);
@@ -170,11 +176,11 @@ pub fn run(global: &GlobalArgs, args: &AttackArgs) -> anyhow::Result<ExitCode> {
         other => other
             .with_context(|| format!("attacking with {} at epsilon {}", args.attack, args.eps))?,
     };
-    let meta = metadata(args, &threat, &source, &config, &result, &test.class_names)?;
+    let meta = metadata(args, &threat, &source, &config, &result, test.class_names())?;
     file::write(&args.out, &result.tensors(), &meta)?;
     println!("{}", args.out.display());
     if let Some(dir) = &args.png {
-        let captions = result.captions(&test.class_names)?;
+        let captions = result.captions(test.class_names())?;
         let header = serde_json::json!({ "attack": args.attack, "norm": threat.norm.as_str(), "epsilon": threat.epsilon, "source": source.described });
         gallery::write_attack_gallery(dir, &result.clean, &result.adversarial, &captions, header)?;
         println!("{}", dir.display());
@@ -267,7 +273,7 @@ impl Attacked {
 /// eval does, and gathers images, logits and predictions.
 fn attack_batches(
     model: &dyn ModuleT,
-    test: &Dataset,
+    test: &Data,
     config: &RunConfig,
     pipeline: &mut Pipeline,
     samples: usize,
@@ -285,9 +291,10 @@ fn attack_batches(
     );
     let mut parts: [Vec<Tensor>; 5] = Default::default();
     let mut targets = Vec::new();
-    for (b, index) in batches.iter().enumerate() {
+    let count = batches.len();
+    for (b, s) in test.batches(batches).enumerate() {
         crate::interrupt::check()?;
-        let s = test.select(index).to(device);
+        let s = s?.to(device);
         let inputs = seeded_inputs(pipeline, &s, config.seed, b, &oracle)?;
         let classes = test.num_classes();
         let clean = checked_logits(model, &s.images, classes)?;
@@ -314,7 +321,7 @@ fn attack_batches(
     Ok(Attacked {
         predicted_clean: logits_clean.argmax(-1, false),
         predicted_adversarial: logits_adversarial.argmax(-1, false),
-        targets: (targets.len() == batches.len()).then(|| Tensor::cat(&targets, 0)),
+        targets: (targets.len() == count).then(|| Tensor::cat(&targets, 0)),
         clean: clean.to_kind(Kind::Float),
         adversarial: adversarial.to_kind(Kind::Float),
         labels,

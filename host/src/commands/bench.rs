@@ -129,14 +129,32 @@ pub const ROWS: [RowSpec; 19] = [
     ("fgsm-gradalign", "", "fgsm", "gradalign", ""),
     ("eval-pgd-20", "", "pgd", "ce", "steps = 20"),
     ("eval-apgd-ce", "", "apgd-ce", "ce", "steps = 20"),
-    ("eval-pgd-20-targeted", "", "pgd", "ce", "steps = 20\ntarget = \"random\""),
+    (
+        "eval-pgd-20-targeted",
+        "",
+        "pgd",
+        "ce",
+        "steps = 20\ntarget = \"random\"",
+    ),
     ("eval-apgd-dlr", "", "apgd-dlr", "ce", "steps = 20"),
     ("eval-apgd-t", "", "apgd-t", "ce", "steps = 20"),
     ("eval-fab", "", "fab", "ce", "steps = 20"),
     ("eval-fab-t", "", "fab-t", "ce", "steps = 20"),
     ("eval-square", "", "square", "ce", "queries = 100"),
-    ("eval-cw-l2", "", "cw-l2", "ce", "steps = 20\nbinary_search_steps = 1"),
-    ("eval-autoattack", "", "autoattack", "ce", "steps = 20\nqueries = 100"),
+    (
+        "eval-cw-l2",
+        "",
+        "cw-l2",
+        "ce",
+        "steps = 20\nbinary_search_steps = 1",
+    ),
+    (
+        "eval-autoattack",
+        "",
+        "autoattack",
+        "ce",
+        "steps = 20\nqueries = 100",
+    ),
 ];
 
 /// Resets the kernel's peak-RSS counter of this process (Linux `clear_refs` 5).

@@ -101,7 +101,8 @@ fn trace_run(config: &RunConfig, ckpt: &Path) -> anyhow::Result<Exported> {
     checkpoint::load_weights(&mut net.vs, ckpt)?;
     // The tracer bakes the variables in as constants, which must not require a gradient.
     net.vs.freeze();
-    let channels = test.images.size()[1];
+    // Every dataset sat reads is RGB.
+    let channels = 3;
     let module =
         sat_models::export::trace(net.model.as_ref(), channels, config.data.image_size, device)
             .context("exporting the model to TorchScript")?;
@@ -109,13 +110,13 @@ fn trace_run(config: &RunConfig, ckpt: &Path) -> anyhow::Result<Exported> {
     // shows here.
     let n = test.len().clamp(1, 5);
     let index = tch::Tensor::arange(n, (Kind::Int64, Device::Cpu));
-    let images = test.select(&index).images;
+    let images = test.select(&index)?.images;
     let max_difference =
         sat_models::export::check_traced(&module, net.model.as_ref(), &images, TOLERANCE)
             .context("checking the exported model")?;
     Ok(Exported {
         module,
-        class_names: test.class_names.clone(),
+        class_names: test.class_names().to_vec(),
         channels,
         max_difference,
     })

@@ -4,6 +4,7 @@
 pub mod attack;
 pub mod bench;
 pub mod compare;
+pub mod data;
 pub mod env;
 pub mod eval;
 pub mod export;
@@ -80,6 +81,8 @@ pub enum Command {
     /// Run one attack at one budget on test images as eval does, and save the
     /// adversarial examples (safetensors) and optionally a PNG gallery.
     Attack(attack::AttackArgs),
+    /// Pack datasets into tar shards, inspect them, and measure how fast they stream.
+    Data(data::DataArgs),
 }
 
 /// The configuration file and its `--set` overrides.
@@ -106,6 +109,7 @@ pub fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Compare(args) => compare::run(&cli.global, args),
         Command::Export(args) => export::run(&cli.global, args),
         Command::Attack(args) => attack::run(&cli.global, args),
+        Command::Data(args) => data::run(&cli.global, args),
     }
 }
 

@@ -99,7 +99,9 @@ fn describe(registry: &Registry, name: &str, as_json: bool) -> anyhow::Result<Ex
         // (the `trades` attack and objective).
         let value = match entries.as_slice() {
             [one] => json(registry, name, one),
-            many => serde_json::Value::Array(many.iter().map(|e| json(registry, name, e)).collect()),
+            many => {
+                serde_json::Value::Array(many.iter().map(|e| json(registry, name, e)).collect())
+            }
         };
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(ExitCode::SUCCESS);

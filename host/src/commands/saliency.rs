@@ -2,7 +2,7 @@
 //! images, and `gallery.json` listing the pictures.
 use super::{prepare, set_list, ConfigArgs, GlobalArgs};
 use crate::config::RunConfig;
-use crate::data::Dataset;
+use crate::data::Data;
 use crate::plugins::oracle::ModelOracle;
 use crate::plugins::pipeline::create_saliency;
 use crate::plugins::registry::Registry;
@@ -75,7 +75,7 @@ pub fn run(global: &GlobalArgs, args: &SaliencyArgs) -> anyhow::Result<ExitCode>
 struct Shown<'a> {
     config: &'a RunConfig,
     registry: &'a Registry,
-    test: &'a Dataset,
+    test: &'a Data,
     samples: i64,
     epsilon: f64,
     device: Device,
@@ -89,7 +89,7 @@ impl Shown<'_> {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         let n = self.samples.clamp(1, self.test.len());
         let index = self.test.spread_batches(n as usize, n as usize).remove(0);
-        let data = self.test.select(&index).to(self.device);
+        let data = self.test.select(&index)?.to(self.device);
         let adapter = OracleAdapter(ModelOracle {
             model,
             classes: self.test.num_classes() as u32,

@@ -8,6 +8,7 @@ pub mod validate;
 
 pub use load::{load, ConfigError, ConfigSource, Location, Override};
 use sat_core::Epsilon;
+pub use sat_data::config::{Cifar100Labels, DataConfig, MissingMasks};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -70,77 +71,6 @@ impl Default for RunConfig {
 pub struct PluginsConfig {
     /// Plugin libraries or directories of them, relative to the config file.
     pub paths: Vec<PathBuf>,
-}
-
-/// `[data]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DataConfig {
-    /// Dataset: `"shapes"` (generated, with boxes and masks), `"cifar10"`, `"cifar100"`,
-    /// `"tiny-imagenet"`, `"flowers17"` or `"image-folder"`.
-    pub dataset: String,
-    /// Directory of a dataset read from files (relative to the working directory).
-    pub root: Option<PathBuf>,
-    /// Training images: how many `shapes` generates (default 4000), or a seeded subset
-    /// of a real dataset (default: all).
-    pub train_size: Option<usize>,
-    /// Test images, as `train_size` (`shapes` default 1000).
-    pub test_size: Option<usize>,
-    /// Side of the square images; files of another size are resized.
-    pub image_size: i64,
-    /// Number of classes of `shapes` (2 to 6).
-    pub classes: i64,
-    /// CIFAR-100 labels: `"fine"` (100 classes) or `"coarse"` (20).
-    pub cifar100_labels: Cifar100Labels,
-    /// Samples without a mask in a format with masks: `"keep"` (the `masks` plugin's
-    /// `fallback` applies) or `"skip"`.
-    pub missing_masks: MissingMasks,
-    /// Resize a mask whose size differs from its image's to the image size (default
-    /// `false`: such a mask is an error naming the file, since it was most likely made
-    /// for another picture or crop).
-    pub resize_masks: bool,
-    /// Random crop (with this zero padding) and horizontal flip during training.
-    pub crop_padding: i64,
-    /// Random horizontal flips during training.
-    pub flip: bool,
-}
-
-impl Default for DataConfig {
-    fn default() -> Self {
-        Self {
-            dataset: "shapes".into(),
-            root: None,
-            train_size: None,
-            test_size: None,
-            image_size: 32,
-            classes: 6,
-            cifar100_labels: Cifar100Labels::Fine,
-            missing_masks: MissingMasks::Keep,
-            resize_masks: false,
-            crop_padding: 2,
-            flip: true,
-        }
-    }
-}
-
-/// Which CIFAR-100 label a sample gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Cifar100Labels {
-    /// The 100 fine classes.
-    Fine,
-    /// The 20 superclasses.
-    Coarse,
-}
-
-/// What to do with a sample whose format has masks but which has none.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MissingMasks {
-    /// Keep it without a mask: the `masks` plugin's `fallback` decides its map.
-    Keep,
-    /// Leave it out of the split.
-    Skip,
 }
 
 /// `[model]`.

@@ -8,10 +8,10 @@
 //! seeded per batch (by its index), not per process.
 mod tally;
 
-pub use tally::{median, TargetCounts, Tally};
+pub use tally::{median, Tally, TargetCounts};
 
 use crate::config::RunConfig;
-use crate::data::{rng::SplitMix, Dataset, Samples};
+use crate::data::{rng::SplitMix, Data, Samples};
 use crate::distributed::Ranks;
 use crate::plugins::oracle::ModelOracle;
 use crate::plugins::pipeline::{create_eval_attack, Inputs, Pipeline};
@@ -26,7 +26,7 @@ use tch::{nn::ModuleT, Device, Kind, Tensor};
 /// makes. In one process.
 pub fn accuracy(
     model: &dyn ModuleT,
-    data: &Dataset,
+    data: &Data,
     limit: usize,
     batch_size: usize,
     device: Device,
@@ -66,7 +66,7 @@ fn batch_seeds(seed: u64, batch: usize) -> (i64, SplitMix) {
 /// are summed over the ranks (every rank returns the same figure).
 pub fn sharded_accuracy(
     model: &dyn ModuleT,
-    data: &Dataset,
+    data: &Data,
     spec: &Sharded,
     pipeline: Option<&mut Pipeline>,
     ranks: &Ranks,
@@ -98,7 +98,7 @@ fn predict(model: &dyn ModuleT, images: &Tensor, classes: i64) -> anyhow::Result
 }
 
 /// The pipeline's inputs for evaluation batch `batch` (its index in
-/// [`Dataset::spread_batches`]), with libtorch's generator and the pipeline's draws
+/// [`Data::spread_batches`]), with libtorch's generator and the pipeline's draws
 /// seeded by [`batch_seeds`]: what every evaluation of that batch sees, whichever rank
 /// or command (`eval`, `attack`) runs it.
 pub fn seeded_inputs(
@@ -119,7 +119,7 @@ pub fn seeded_inputs(
 /// the ranks.
 pub fn sharded_tally(
     model: &dyn ModuleT,
-    data: &Dataset,
+    data: &Data,
     spec: &Sharded,
     mut pipeline: Option<&mut Pipeline>,
     ranks: &Ranks,
@@ -131,13 +131,9 @@ pub fn sharded_tally(
     let oracle = adapter.as_ref();
     let classes = data.num_classes();
     let mut tally = Tally::new(classes.max(0) as usize);
-    let batches = data.spread_batches(spec.limit, spec.batch_size);
-    for (b, index) in batches.iter().enumerate() {
-        if b % ranks.world_size() != ranks.rank() {
-            continue;
-        }
+    for (b, samples) in rank_batches(data, spec.limit, spec.batch_size, ranks) {
         crate::interrupt::check()?;
-        let samples = data.select(index).to(spec.device);
+        let samples = samples?.to(spec.device);
         let labels = &samples.labels;
         let Some(p) = pipeline.as_deref_mut() else {
             let predicted = predict(model, &samples.images, classes)?;
@@ -154,6 +150,27 @@ pub fn sharded_tally(
         tally.add_norms(&samples.images, &inputs.images, labels, &predicted)?;
     }
     tally.reduce(ranks, spec.device)
+}
+
+/// This rank's evaluation batches (`r, r + W, …`) of `limit` samples spread over
+/// `data` (all if 0), with their index among all batches; read ahead when streamed.
+pub fn rank_batches<'a>(
+    data: &'a Data,
+    limit: usize,
+    batch_size: usize,
+    ranks: &Ranks,
+) -> impl Iterator<Item = (usize, Result<Samples, crate::data::DataError>)> + 'a {
+    let (rank, world) = (ranks.rank(), ranks.world_size());
+    let mine: Vec<(usize, Tensor)> = data
+        .spread_batches(limit, batch_size)
+        .into_iter()
+        .enumerate()
+        .filter(|(b, _)| b % world == rank)
+        .collect();
+    let numbers: Vec<usize> = mine.iter().map(|(b, _)| *b).collect();
+    numbers
+        .into_iter()
+        .zip(data.batches(mine.into_iter().map(|(_, t)| t).collect()))
 }
 
 /// The [`RobustAccuracy`] record of attack `attack` in `threat` from its tally.
@@ -216,37 +233,29 @@ impl Evaluation {
 /// class; samples with a zero gradient count as 0.
 pub fn alignment(
     model: &dyn ModuleT,
-    data: &Dataset,
+    data: &Data,
     limit: usize,
     batch_size: usize,
     device: Device,
-) -> f64 {
-    let (total, n) = alignment_sums(model, data, limit, batch_size, device, &Ranks::single());
-    total / n.max(1) as f64
+) -> anyhow::Result<f64> {
+    let (total, n) = alignment_sums(model, data, limit, batch_size, device, &Ranks::single())?;
+    Ok(total / n.max(1) as f64)
 }
 
 /// This rank's share of [`alignment`]: the sum over its batches (`r, r + W, …`) and
 /// their sample count.
 fn alignment_sums(
     model: &dyn ModuleT,
-    data: &Dataset,
+    data: &Data,
     limit: usize,
     batch_size: usize,
     device: Device,
     ranks: &Ranks,
-) -> (f64, i64) {
+) -> anyhow::Result<(f64, i64)> {
     let (mut total, mut n) = (0f64, 0i64);
-    for (b, index) in data.spread_batches(limit, batch_size).iter().enumerate() {
-        if b % ranks.world_size() != ranks.rank() {
-            continue;
-        }
-        n += index.size()[0];
-        let x = data
-            .select(index)
-            .to(device)
-            .images
-            .detach()
-            .set_requires_grad(true);
+    for (_, samples) in rank_batches(data, limit, batch_size, ranks) {
+        let x = samples?.to(device).images.detach().set_requires_grad(true);
+        n += x.size()[0];
         let logits = tch::with_grad(|| model.forward_t(&x, false));
         let predicted = logits.argmax(-1, false).unsqueeze(1);
         let score = logits.gather(1, &predicted, false).sum(Kind::Float);
@@ -259,14 +268,14 @@ fn alignment_sums(
         let per = dot.abs() / norm.clamp_min(1e-30);
         total += per.sum(Kind::Double).double_value(&[]);
     }
-    (total, n)
+    Ok((total, n))
 }
 
 /// Clean accuracy on the whole test set and robust accuracy for every attack and budget
 /// of `[eval]`, sharded over `ranks` (see the module's documentation).
 pub fn evaluate(
     model: &dyn ModuleT,
-    test: &Dataset,
+    test: &Data,
     config: &RunConfig,
     registry: &Registry,
     device: Device,
@@ -291,7 +300,7 @@ pub fn evaluate(
             eval.batch_size,
             device,
             ranks,
-        );
+        )?;
         let sums = ranks.sum(&[total, n as f64], device)?;
         let a = sums[0] / sums[1].max(1.0);
         log::info!("mean Etmann alignment {a:.4}");
@@ -329,7 +338,7 @@ pub fn evaluate(
     Ok(Evaluation {
         clean,
         clean_per_class: clean_tally.per_class(),
-        class_names: test.class_names.clone(),
+        class_names: test.class_names().to_vec(),
         robust,
         alignment,
     })
@@ -355,14 +364,14 @@ mod tests {
         );
         let model = nn::seq_t().add_fn(|x| x.flatten(1, -1)).add(lin);
         let images = Tensor::rand([5, 3, 2, 2], (Kind::Float, Device::Cpu));
-        let data = Dataset {
+        let data = Data::Memory(crate::data::Dataset {
             images: images.copy(),
             labels: Tensor::zeros([5], (Kind::Int64, Device::Cpu)),
             boxes: None,
             masks: None,
             class_names: vec!["a".into(), "b".into()],
-        };
-        let got = alignment(&model, &data, 0, 2, Device::Cpu);
+        });
+        let got = alignment(&model, &data, 0, 2, Device::Cpu).unwrap();
         let w = vs.variables()["l.weight"].copy();
         let flat = images.flatten(1, -1);
         let logits = flat.matmul(&w.tr());

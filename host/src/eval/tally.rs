@@ -73,8 +73,13 @@ impl Tally {
         let (labels, k) = (to_cpu(labels), self.classes as i64);
         let right = labels.masked_select(&labels.eq_tensor(&to_cpu(clean_predicted)));
         let counts = to_vec(&right.f_bincount(None::<Tensor>, k)?)?;
-        let total = self.clean_correct.get_or_insert_with(|| vec![0; k as usize]);
-        anyhow::ensure!(counts.len() == total.len(), "a label is outside the {k} classes");
+        let total = self
+            .clean_correct
+            .get_or_insert_with(|| vec![0; k as usize]);
+        anyhow::ensure!(
+            counts.len() == total.len(),
+            "a label is outside the {k} classes"
+        );
         for (c, n) in total.iter_mut().zip(counts) {
             *c += n;
         }
@@ -239,8 +244,10 @@ mod tests {
     fn the_confusion_matrix_and_per_class_figures_are_the_hand_counts() {
         // 3 classes; labels 0 0 0 1 1 2, predictions 0 1 0 1 2 1.
         let mut t = Tally::new(3);
-        t.add_predictions(&ints(&[0, 0, 0]), &ints(&[0, 1, 0])).unwrap();
-        t.add_predictions(&ints(&[1, 1, 2]), &ints(&[1, 2, 1])).unwrap();
+        t.add_predictions(&ints(&[0, 0, 0]), &ints(&[0, 1, 0]))
+            .unwrap();
+        t.add_predictions(&ints(&[1, 1, 2]), &ints(&[1, 2, 1]))
+            .unwrap();
         assert_eq!(t.confusion, vec![2, 1, 0, 0, 1, 1, 0, 1, 0]);
         assert_eq!(
             t.confusion_rows(),
@@ -282,8 +289,12 @@ mod tests {
         let mut t = Tally::new(3);
         // Labels 0 1 2 2, targets 1 1 0 0, predicted 1 1 0 2: image 1 is the target
         // already (skipped); of the other 3, images 0 and 2 hit.
-        t.add_targets(&ints(&[0, 1, 2, 2]), &ints(&[1, 1, 0, 2]), &ints(&[1, 1, 0, 0]))
-            .unwrap();
+        t.add_targets(
+            &ints(&[0, 1, 2, 2]),
+            &ints(&[1, 1, 0, 2]),
+            &ints(&[1, 1, 0, 0]),
+        )
+        .unwrap();
         assert_eq!(
             t.targeted,
             Some(TargetCounts {

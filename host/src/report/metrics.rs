@@ -44,6 +44,14 @@ pub struct EpochMetrics {
     /// a data-parallel run; absent in one process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allreduce_seconds: Option<f64>,
+    /// The share of the epoch's time the training step waited for its next batch
+    /// (this rank; rank 0 in a data-parallel run). Absent in older files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_wait_share: Option<f64>,
+    /// Samples left out as unreadable during the epoch (`[data] on_corrupt = "skip"`,
+    /// this rank). Absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped_samples: Option<u64>,
 }
 
 /// The process's resident set size in MiB (0 if unavailable).

@@ -206,16 +206,14 @@ impl RunDir {
         let file = open_append_no_follow(&path)?;
         match file.try_lock() {
             Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::WouldBlock,
-                    format!(
-                        "{} is in use by another sat-host process (it holds {}); wait for it to end",
-                        self.path.display(),
-                        path.display()
-                    ),
-                ))
-            }
+            Err(std::fs::TryLockError::WouldBlock) => return Err(std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!(
+                    "{} is in use by another sat-host process (it holds {}); wait for it to end",
+                    self.path.display(),
+                    path.display()
+                ),
+            )),
             Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
         Ok(RunLock { _file: file })
@@ -308,6 +306,8 @@ mod tests {
                 rss_mib: 100.0,
                 data_digest: Some("00112233445566ff".into()),
                 allreduce_seconds: Some(0.25),
+                data_wait_share: Some(0.01),
+                skipped_samples: None,
             }],
             world_size: 2,
             error: None,

@@ -3,8 +3,8 @@
 use super::step::{StepAt, TrainingStep};
 use super::{build_network, load_datasets};
 use crate::config::{validate, ConfigSource, OptimizerKind, RunConfig, ScheduleKind};
-use crate::data::epoch::EpochBatches;
 use crate::data::rng::{Purpose, SplitMix};
+use crate::data::stream::EpochPlan;
 use crate::plugins::oracle::ModelOracle;
 use crate::plugins::pipeline::Pipeline;
 use crate::plugins::registry::Registry;
@@ -105,9 +105,8 @@ proptest! {
             let adapter = OracleAdapter(ModelOracle { model: net.model.as_ref(), classes: train.num_classes() as u32 });
             let oracle = adapter.as_ref();
             let mut draws = SplitMix::stream(config.seed, Purpose::Draws, 0);
-            let samples = EpochBatches::new(&train, &config.data, t.batch_size, config.seed, 0)
-                .next()
-                .expect("one batch");
+            let plan = EpochPlan { batch_size: t.batch_size, seed: config.seed, epoch: 0, rank: 0, world: 1, start_batch: 0 };
+            let samples = train.epoch(&config.data, plan).next().expect("one batch")?;
             let at = StepAt { epoch: 0, epochs: t.epochs, global_step: 0, lr: schedule.rate(0) };
             step.run(net.model.as_ref(), &mut pipeline, &samples, at, &oracle, &mut draws)
         });

@@ -7,16 +7,16 @@ use super::schedule::Schedule;
 use super::step::{NonFiniteLoss, StepAt, StepOutput, TrainingStep};
 use super::{build_network, load_datasets, mixed_precision, Network, Outcome};
 use crate::config::{RunConfig, TrainConfig};
-use crate::data::epoch::EpochBatches;
 use crate::data::rng::{Purpose, SplitMix};
-use crate::data::Dataset;
+use crate::data::stream::EpochPlan;
+use crate::data::{Data, Epoch as EpochBatches};
 use crate::distributed::Ranks;
 use crate::eval;
 use crate::plugins::oracle::ModelOracle;
 use crate::plugins::pipeline::Pipeline;
 use crate::plugins::registry::Registry;
 use crate::report::{EpochMetrics, Metrics, RunDir, RunStatus};
-use anyhow::bail;
+use anyhow::{bail, Context};
 use indicatif::ProgressBar;
 use sat_core::{OracleAdapter, OracleRef};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,7 +37,7 @@ pub(super) struct Session<'a> {
 
 /// What one epoch needs besides the session.
 struct Epoch<'a, 'o> {
-    data: &'a Dataset,
+    data: &'a Data,
     net: &'a Network,
     step: &'a mut TrainingStep,
     pipeline: &'a mut Pipeline,
@@ -175,14 +175,15 @@ impl Session<'_> {
     fn train_epoch(&mut self, e: &mut Epoch<'_, '_>, index: u32) -> anyhow::Result<bool> {
         let (config, epochs) = (self.config, self.config.train.epochs);
         let ranks = self.ranks;
-        let mut batches = EpochBatches::new(
-            e.data,
-            &config.data,
-            config.train.batch_size,
-            config.seed,
-            index,
-        )
-        .shard(ranks.rank(), ranks.world_size());
+        let plan = EpochPlan {
+            batch_size: config.train.batch_size,
+            seed: config.seed,
+            epoch: index,
+            rank: ranks.rank(),
+            world: ranks.world_size(),
+            start_batch: 0,
+        };
+        let mut batches = e.data.epoch(&config.data, plan);
         // Per-batch draws (mixing coin, saliency source) are the same on every rank: a
         // rank's batch b is its part of the global batch b. libtorch's generator (attack
         // and saliency draws inside plugins) is seeded per (seed, epoch, rank).
@@ -223,7 +224,9 @@ impl Session<'_> {
                 global_step,
                 lr: e.schedule.rate(global_step as usize),
             };
-            let samples = samples.to(self.device);
+            let samples = samples
+                .with_context(|| format!("reading the training data in epoch {}", index + 1))?
+                .to(self.device);
             let model = e.net.model.as_ref();
             let out = e
                 .step
@@ -252,7 +255,7 @@ impl Session<'_> {
         } else {
             false
         };
-        let mut figures = epoch_metrics(index, &totals, start, batches.digest());
+        let mut figures = epoch_metrics(index, &totals, start, &batches);
         if let Some((seconds, calls)) = sync {
             figures.allreduce_seconds = Some(seconds);
             log::info!(
@@ -299,7 +302,7 @@ impl Session<'_> {
     }
 
     /// Evaluates the trained model and records the run as completed.
-    fn evaluate(&mut self, model: &dyn tch::nn::ModuleT, test: &Dataset) -> anyhow::Result<()> {
+    fn evaluate(&mut self, model: &dyn tch::nn::ModuleT, test: &Data) -> anyhow::Result<()> {
         let evaluation = eval::evaluate(
             model,
             test,
@@ -317,10 +320,31 @@ impl Session<'_> {
     }
 }
 
-/// The figures of epoch `index` (0-based).
-fn epoch_metrics(index: u32, totals: &Totals, start: Instant, digest: String) -> EpochMetrics {
+/// The figures of epoch `index` (0-based), and a warning when the step waited for
+/// data for more than a tenth of the epoch.
+fn epoch_metrics(
+    index: u32,
+    totals: &Totals,
+    start: Instant,
+    batches: &EpochBatches<'_>,
+) -> EpochMetrics {
     let seconds = start.elapsed().as_secs_f64();
     let seen = totals.seen.max(1) as f64;
+    let wait = batches.waited().as_secs_f64() / seconds.max(1e-9);
+    if wait > 0.1 && matches!(batches, EpochBatches::Shards(_)) {
+        log::warn!(
+            "epoch {}: the step waited for data {:.0}% of the time; more [data] workers (or a smaller [data] image_size) would help",
+            index + 1,
+            100.0 * wait
+        );
+    }
+    let skipped = batches.skipped() as u64;
+    if skipped > 0 {
+        log::warn!(
+            "epoch {}: {skipped} corrupt samples were skipped",
+            index + 1
+        );
+    }
     EpochMetrics {
         epoch: index + 1,
         train_loss: totals.loss / seen,
@@ -328,20 +352,23 @@ fn epoch_metrics(index: u32, totals: &Totals, start: Instant, digest: String) ->
         images_per_sec: totals.seen as f64 / seconds,
         seconds,
         rss_mib: crate::report::resident_mib(),
-        data_digest: Some(digest),
+        data_digest: Some(batches.digest()),
         allreduce_seconds: None,
+        data_wait_share: Some(wait),
+        skipped_samples: (skipped > 0).then_some(skipped),
     }
 }
 
 fn log_epoch(e: &EpochMetrics, epochs: u32) {
     log::info!(
-        "epoch {}/{}: loss {:.4}, train accuracy {:.4}, {:.0} images/s, {:.1} s, RSS {:.0} MiB",
+        "epoch {}/{}: loss {:.4}, train accuracy {:.4}, {:.0} images/s, {:.1} s (data wait {:.1}%), RSS {:.0} MiB",
         e.epoch,
         epochs,
         e.train_loss,
         e.train_accuracy,
         e.images_per_sec,
         e.seconds,
+        100.0 * e.data_wait_share.unwrap_or(0.0),
         e.rss_mib
     );
 }

@@ -12,7 +12,7 @@ pub mod step;
 
 use crate::config::{RunConfig, TrainConfig};
 use crate::data::rng::{torch_seed, Purpose};
-use crate::data::Dataset;
+use crate::data::Data;
 use crate::distributed::Ranks;
 use crate::plugins::registry::Registry;
 use crate::report::{Metrics, RunDir, RunStatus};
@@ -21,7 +21,7 @@ use std::sync::atomic::AtomicBool;
 use tch::{nn, nn::ModuleT, Device};
 
 /// The training and test sets of `config`.
-pub fn load_datasets(config: &RunConfig) -> anyhow::Result<(Dataset, Dataset)> {
+pub fn load_datasets(config: &RunConfig) -> anyhow::Result<(Data, Data)> {
     crate::data::load(&config.data, config.seed)
         .with_context(|| format!("loading dataset `{}`", config.data.dataset))
 }

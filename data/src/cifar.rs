@@ -9,6 +9,7 @@
 //! coarse label, the fine label, then the pixels. Names from `fine_label_names.txt` or
 //! `coarse_label_names.txt`.
 use super::assemble::{assemble, Annotations, Sample};
+use super::catalogue::{Catalogue, Entry, ImageSource};
 use super::error::{read, read_text, DataError};
 use super::{Dataset, Split};
 use crate::config::Cifar100Labels;
@@ -16,8 +17,67 @@ use std::path::Path;
 
 const PIXELS: usize = 3 * 32 * 32;
 
+/// A split's class names and its `(label, channel-major pixels)` records.
+type Records = (Vec<String>, Vec<(i64, Vec<u8>)>);
+
 /// Reads the CIFAR-10 `split` under `root`.
 pub fn cifar10(root: &Path, split: Split) -> Result<Dataset, DataError> {
+    Ok(in_memory(records10(root, split)?))
+}
+
+/// Reads the CIFAR-100 `split` under `root` with `labels`.
+pub fn cifar100(root: &Path, split: Split, labels: Cifar100Labels) -> Result<Dataset, DataError> {
+    Ok(in_memory(records100(root, split, labels)?))
+}
+
+/// The CIFAR-10 (`labels: None`) or CIFAR-100 `split` under `root`, listed.
+pub fn catalogue(
+    root: &Path,
+    split: Split,
+    labels: Option<Cifar100Labels>,
+) -> Result<Catalogue, DataError> {
+    let (class_names, records) = match labels {
+        None => records10(root, split)?,
+        Some(labels) => records100(root, split, labels)?,
+    };
+    let prefix = if split == Split::Train {
+        "train"
+    } else {
+        "test"
+    };
+    let entries = records
+        .into_iter()
+        .enumerate()
+        .map(|(i, (label, rgb))| {
+            Entry::keyed(i, prefix, ImageSource::Pixels { rgb, side: 32 }, label)
+        })
+        .collect();
+    Ok(Catalogue {
+        format: if labels.is_none() {
+            "cifar10"
+        } else {
+            "cifar100"
+        },
+        class_names,
+        entries,
+        annotations: Annotations::default(),
+    })
+}
+
+fn in_memory((names, records): Records) -> Dataset {
+    let samples = records
+        .into_iter()
+        .map(|(label, pixels)| Sample {
+            pixels,
+            label,
+            boxes: Vec::new(),
+            mask: None,
+        })
+        .collect();
+    assemble(samples, 32, names, Annotations::default())
+}
+
+fn records10(root: &Path, split: Split) -> Result<Records, DataError> {
     let files: Vec<String> = match split {
         Split::Train => (1..=5).map(|i| format!("data_batch_{i}.bin")).collect(),
         Split::Test => vec!["test_batch.bin".into()],
@@ -34,15 +94,14 @@ pub fn cifar10(root: &Path, split: Split) -> Result<Dataset, DataError> {
                     format!("label {label} is not a CIFAR-10 class (0-9)"),
                 ));
             }
-            samples.push(sample(label, &record[1..]));
+            samples.push((label, record[1..].to_vec()));
             Ok(())
         })?;
     }
-    Ok(assemble(samples, 32, names, Annotations::default()))
+    Ok((names, samples))
 }
 
-/// Reads the CIFAR-100 `split` under `root` with `labels`.
-pub fn cifar100(root: &Path, split: Split, labels: Cifar100Labels) -> Result<Dataset, DataError> {
+fn records100(root: &Path, split: Split, labels: Cifar100Labels) -> Result<Records, DataError> {
     let file = root.join(match split {
         Split::Train => "train.bin",
         Split::Test => "test.bin",
@@ -66,19 +125,10 @@ pub fn cifar100(root: &Path, split: Split, labels: Cifar100Labels) -> Result<Dat
                 ),
             ));
         }
-        samples.push(sample(label, &record[2..]));
+        samples.push((label, record[2..].to_vec()));
         Ok(())
     })?;
-    Ok(assemble(samples, 32, names, Annotations::default()))
-}
-
-fn sample(label: i64, pixels: &[u8]) -> Sample {
-    Sample {
-        pixels: pixels.to_vec(),
-        label,
-        boxes: Vec::new(),
-        mask: None,
-    }
+    Ok((names, samples))
 }
 
 /// Calls `each(path, index, record)` for every record of `header + 3072` bytes.

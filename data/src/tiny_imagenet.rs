@@ -6,28 +6,22 @@
 //!
 //! Box corners are inclusive pixel indices in the file; here they become half-open
 //! (`x1 + 1`) and are scaled with the image when `image_size` is not 64.
-use super::assemble::{assemble, scale_box, Annotations, Sample};
-use super::decode::{parallel_map, read_rgb};
+use super::assemble::Annotations;
+use super::catalogue::{lines, BoxSource, Catalogue, Entry, ImageSource};
 use super::error::{read_text, DataError};
 use super::{Dataset, Split};
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-
-struct Entry {
-    image: PathBuf,
-    label: i64,
-    bbox: [f32; 4],
-}
+use std::path::Path;
 
 /// Reads the Tiny ImageNet `split` under `root` at side `size`.
 pub fn tiny_imagenet(root: &Path, split: Split, size: i64) -> Result<Dataset, DataError> {
+    catalogue(root, split)?.decode(size, false)
+}
+
+/// The Tiny ImageNet `split` under `root`, listed.
+pub fn catalogue(root: &Path, split: Split) -> Result<Catalogue, DataError> {
     let wnids_path = root.join("wnids.txt");
-    let mut wnids: Vec<String> = read_text(&wnids_path)?
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect();
+    let mut wnids = lines(&wnids_path)?;
     if wnids.is_empty() {
         return Err(DataError::format(&wnids_path, "no WordNet ids"));
     }
@@ -38,17 +32,27 @@ pub fn tiny_imagenet(root: &Path, split: Split, size: i64) -> Result<Dataset, Da
         .map(|(i, w)| (w.as_str(), i as i64))
         .collect();
     let mut entries = Vec::new();
+    let mut push = |image: std::path::PathBuf, label: i64, bbox: [f32; 4]| {
+        let name = image
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let mut entry = Entry::keyed(entries.len(), &name, ImageSource::File(image), label);
+        entry.boxes = BoxSource::Inline(vec![bbox]);
+        entries.push(entry);
+    };
     match split {
         Split::Train => {
             for (label, wnid) in wnids.iter().enumerate() {
                 let dir = root.join("train").join(wnid);
                 let boxes = dir.join(format!("{wnid}_boxes.txt"));
                 for (line, fields) in table(&boxes, 5)? {
-                    entries.push(Entry {
-                        image: dir.join("images").join(&fields[0]),
-                        label: label as i64,
-                        bbox: corners(&boxes, line, &fields[1..])?,
-                    });
+                    push(
+                        dir.join("images").join(&fields[0]),
+                        label as i64,
+                        corners(&boxes, line, &fields[1..])?,
+                    );
                 }
             }
         }
@@ -62,33 +66,23 @@ pub fn tiny_imagenet(root: &Path, split: Split, size: i64) -> Result<Dataset, Da
                         format!("WordNet id `{}` is not in wnids.txt", fields[1]),
                     )
                 })?;
-                entries.push(Entry {
-                    image: root.join("val").join("images").join(&fields[0]),
+                push(
+                    root.join("val").join("images").join(&fields[0]),
                     label,
-                    bbox: corners(&annotations, line, &fields[2..])?,
-                });
+                    corners(&annotations, line, &fields[2..])?,
+                );
             }
         }
     }
-    let samples = parallel_map(&entries, "tiny-imagenet", |e| {
-        let decoded = read_rgb(&e.image, size as u32)?;
-        Ok(Sample {
-            pixels: decoded.pixels,
-            label: e.label,
-            boxes: scale_box(e.bbox, decoded.scale, size).into_iter().collect(),
-            mask: None,
-        })
-    })?;
-    let names = class_names(root, &wnids)?;
-    Ok(assemble(
-        samples,
-        size,
-        names,
-        Annotations {
+    Ok(Catalogue {
+        format: "tiny-imagenet",
+        class_names: class_names(root, &wnids)?,
+        entries,
+        annotations: Annotations {
             boxes: true,
             masks: false,
         },
-    ))
+    })
 }
 
 /// The lines of a tab-separated file with at least `fields` fields, numbered from 1.

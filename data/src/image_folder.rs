@@ -13,34 +13,17 @@
 //! If any image of the split has a mask, the dataset carries masks; images without one
 //! are kept (the `masks` plugin's `fallback` applies) or skipped per `[data]
 //! missing_masks`. The same holds for boxes (images without boxes have none).
-use super::assemble::{assemble, scale_box, Annotations, Sample};
-use super::decode::{parallel_map, read_mask, read_rgb};
+use super::assemble::Annotations;
+use super::catalogue::{sorted_entries, BoxSource, Catalogue, Entry, ImageSource};
 use super::error::{read_text, DataError};
 use super::{Dataset, Split};
 use crate::config::MissingMasks;
 use std::path::{Path, PathBuf};
 
-struct Entry {
-    image: PathBuf,
-    label: i64,
-    mask: Option<PathBuf>,
-    boxes: Option<PathBuf>,
-}
-
 fn is_image(path: &Path) -> bool {
     let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase());
     let Some(name) = name else { return false };
     !name.ends_with(".mask.png") && [".jpg", ".jpeg", ".png"].iter().any(|e| name.ends_with(e))
-}
-
-fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let listing = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
-    let mut paths = Vec::new();
-    for entry in listing {
-        paths.push(entry.map_err(|e| DataError::io(dir, e))?.path());
-    }
-    paths.sort();
-    Ok(paths)
 }
 
 fn classes(root: &Path) -> Result<Vec<String>, DataError> {
@@ -64,6 +47,13 @@ pub fn image_folder(
     missing: MissingMasks,
     resize_masks: bool,
 ) -> Result<Dataset, DataError> {
+    let mut catalogue = catalogue(root, split)?;
+    catalogue.apply_missing_masks(missing);
+    catalogue.decode(size, resize_masks)
+}
+
+/// The ImageFolder `split` under `root`, listed.
+pub fn catalogue(root: &Path, split: Split) -> Result<Catalogue, DataError> {
     let class_names = classes(root)?;
     let dir = match split {
         Split::Train => root.join("train"),
@@ -92,12 +82,20 @@ pub fn image_folder(
                 p.exists().then_some(p)
             };
             let boxes = sidecar(".boxes.csv").or_else(|| sidecar(".boxes.json"));
-            entries.push(Entry {
-                mask: sidecar(".mask.png"),
-                boxes,
-                image,
-                label: label as i64,
-            });
+            let key_name = format!(
+                "{}_{}",
+                name.as_deref().unwrap_or_default(),
+                stem.file_name().unwrap_or_default().to_string_lossy()
+            );
+            let mut entry = Entry::keyed(
+                entries.len(),
+                &key_name,
+                ImageSource::File(image),
+                label as i64,
+            );
+            entry.mask = sidecar(".mask.png");
+            entry.boxes = boxes.map_or(BoxSource::None, BoxSource::Sidecar);
+            entries.push(entry);
         }
         if entries.len() == before {
             return Err(DataError::format(
@@ -113,34 +111,15 @@ pub fn image_folder(
         ));
     }
     let annotations = Annotations {
-        boxes: entries.iter().any(|e| e.boxes.is_some()),
+        boxes: entries.iter().any(|e| !matches!(e.boxes, BoxSource::None)),
         masks: entries.iter().any(|e| e.mask.is_some()),
     };
-    if annotations.masks && missing == MissingMasks::Skip {
-        entries.retain(|e| e.mask.is_some());
-    }
-    let samples = parallel_map(&entries, "image-folder", |e| {
-        let decoded = read_rgb(&e.image, size as u32)?;
-        let boxes = match &e.boxes {
-            Some(path) => read_boxes(path)?
-                .into_iter()
-                .filter_map(|b| scale_box(b, decoded.scale, size))
-                .collect(),
-            None => Vec::new(),
-        };
-        let mask = e
-            .mask
-            .as_ref()
-            .map(|m| read_mask(m, size as u32, (!resize_masks).then_some(decoded.original)))
-            .transpose()?;
-        Ok(Sample {
-            pixels: decoded.pixels,
-            label: e.label,
-            boxes,
-            mask,
-        })
-    })?;
-    Ok(assemble(samples, size, class_names, annotations))
+    Ok(Catalogue {
+        format: "image-folder",
+        class_names,
+        entries,
+        annotations,
+    })
 }
 
 /// Whether the CSV fields are a header: four fields, each starting with a letter or `_`
@@ -153,7 +132,7 @@ fn is_header(fields: &[&str]) -> bool {
 }
 
 /// Boxes from a `.boxes.csv` or `.boxes.json` sidecar.
-fn read_boxes(path: &Path) -> Result<Vec<[f32; 4]>, DataError> {
+pub(crate) fn read_boxes(path: &Path) -> Result<Vec<[f32; 4]>, DataError> {
     let text = read_text(path)?;
     let boxes: Vec<[f32; 4]> = if path.extension().is_some_and(|e| e == "json") {
         serde_json::from_str(&text).map_err(|e| {

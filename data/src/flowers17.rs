@@ -8,12 +8,12 @@
 //! background 0, the undecided band in between), and resized with nearest sampling.
 //! Images without a trimap are kept with no mask (the `masks` plugin's `fallback`
 //! applies) or skipped, as `[data] missing_masks` says.
-use super::assemble::{assemble, Annotations, Sample};
-use super::decode::{parallel_map, read_mask, read_rgb};
+use super::assemble::Annotations;
+use super::catalogue::{Catalogue, Entry, ImageSource};
 use super::error::DataError;
 use super::{Dataset, Split};
 use crate::config::MissingMasks;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The class names, in label order.
 pub const CLASS_NAMES: [&str; 17] = [
@@ -41,12 +41,6 @@ pub fn in_test_split(id: u32) -> bool {
     (id - 1) % 4 == 3
 }
 
-struct Entry {
-    image: PathBuf,
-    trimap: Option<PathBuf>,
-    label: i64,
-}
-
 /// Reads the Flower-17 `split` under `root` at side `size`.
 pub fn flowers17(
     root: &Path,
@@ -55,6 +49,13 @@ pub fn flowers17(
     missing: MissingMasks,
     resize_masks: bool,
 ) -> Result<Dataset, DataError> {
+    let mut catalogue = catalogue(root, split)?;
+    catalogue.apply_missing_masks(missing);
+    catalogue.decode(size, resize_masks)
+}
+
+/// The Flower-17 `split` under `root`, listed.
+pub fn catalogue(root: &Path, split: Split) -> Result<Catalogue, DataError> {
     let jpg = root.join("jpg");
     let listing = std::fs::read_dir(&jpg).map_err(|e| DataError::io(&jpg, e))?;
     let mut ids = Vec::new();
@@ -86,39 +87,24 @@ pub fn flowers17(
     let mut entries = Vec::new();
     for id in ids.into_iter().filter(|&id| in_test_split(id) == want_test) {
         let trimap = root.join("trimaps").join(format!("image_{id:04}.png"));
-        let trimap = trimap.exists().then_some(trimap);
-        if trimap.is_none() && missing == MissingMasks::Skip {
-            continue;
-        }
-        entries.push(Entry {
-            image: jpg.join(format!("image_{id:04}.jpg")),
-            trimap,
-            label: ((id - 1) / 80) as i64,
-        });
+        let mut entry = Entry::keyed(
+            entries.len(),
+            &format!("image_{id:04}"),
+            ImageSource::File(jpg.join(format!("image_{id:04}.jpg"))),
+            ((id - 1) / 80) as i64,
+        );
+        entry.mask = trimap.exists().then_some(trimap);
+        entries.push(entry);
     }
-    let samples = parallel_map(&entries, "flowers17", |e| {
-        let decoded = read_rgb(&e.image, size as u32)?;
-        let mask = e
-            .trimap
-            .as_ref()
-            .map(|t| read_mask(t, size as u32, (!resize_masks).then_some(decoded.original)))
-            .transpose()?;
-        Ok(Sample {
-            pixels: decoded.pixels,
-            label: e.label,
-            boxes: Vec::new(),
-            mask,
-        })
-    })?;
-    Ok(assemble(
-        samples,
-        size,
-        CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
-        Annotations {
+    Ok(Catalogue {
+        format: "flowers17",
+        class_names: CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
+        entries,
+        annotations: Annotations {
             boxes: false,
             masks: true,
         },
-    ))
+    })
 }
 
 #[cfg(test)]

@@ -15,14 +15,45 @@ pub struct Decoded {
     pub original: (u32, u32),
 }
 
+/// Most pixels of an image that is decoded (a header declaring more is refused before
+/// anything is allocated): 2²⁶ ≈ 67 million, 8 192 × 8 192.
+pub const MAX_PIXELS: u64 = 1 << 26;
+
+/// The decoder limits: [`MAX_PIXELS`], and allocations of at most 4 bytes per pixel.
+fn limits() -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(1 << 16);
+    limits.max_image_height = Some(1 << 16);
+    limits.max_alloc = Some(4 * MAX_PIXELS);
+    limits
+}
+
 fn open(path: &Path) -> Result<image::DynamicImage, DataError> {
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| DataError::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| DataError::io(path, e))?;
-    reader
+    let bytes = super::error::read(path)?;
+    decode_bytes(&bytes).map_err(|m| DataError::format(path, m))
+}
+
+/// Decodes JPEG or PNG `bytes` (the format guessed from its signature), refusing images
+/// of more than [`MAX_PIXELS`] before allocating them.
+pub fn decode_bytes(bytes: &[u8]) -> Result<image::DynamicImage, String> {
+    let reader = || -> Result<_, String> {
+        let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| format!("cannot read image: {e}"))?;
+        reader.limits(limits());
+        Ok(reader)
+    };
+    let (w, h) = reader()?
+        .into_dimensions()
+        .map_err(|e| format!("cannot decode image: {e}"))?;
+    if w as u64 * h as u64 > MAX_PIXELS {
+        return Err(format!(
+            "the image declares {w}×{h} pixels, more than the {MAX_PIXELS} sat decodes"
+        ));
+    }
+    reader()?
         .decode()
-        .map_err(|e| DataError::format(path, format!("cannot decode image: {e}")))
+        .map_err(|e| format!("cannot decode image: {e}"))
 }
 
 /// Decodes the image at `path` and resizes it (bilinear) to `size × size`.
@@ -32,6 +63,12 @@ pub fn read_rgb(path: &Path, size: u32) -> Result<Decoded, DataError> {
     if w == 0 || h == 0 {
         return Err(DataError::format(path, "empty image"));
     }
+    Ok(resized_rgb(image, size))
+}
+
+/// `image` (non-empty) resized (bilinear) to `size × size`, channel-major.
+pub fn resized_rgb(image: image::RgbImage, size: u32) -> Decoded {
+    let (w, h) = image.dimensions();
     let image = if (w, h) == (size, size) {
         image
     } else {
@@ -44,11 +81,11 @@ pub fn read_rgb(path: &Path, size: u32) -> Result<Decoded, DataError> {
             pixels[c * plane + i] = p.0[c];
         }
     }
-    Ok(Decoded {
+    Decoded {
         pixels,
         scale: (size as f32 / w as f32, size as f32 / h as f32),
         original: (w, h),
-    })
+    }
 }
 
 /// Decodes a mask or trimap at `path` as grey levels (`0` background, `255` object)
@@ -84,15 +121,26 @@ pub fn parallel_map<T: Sync, R: Send>(
     what: &str,
     f: impl Fn(&T) -> Result<R, DataError> + Sync,
 ) -> Result<Vec<R>, DataError> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(items.len().max(1));
-    let bar = crate::logging::progress_bar(
+    let bar = crate::progress::bar(
         items.len() as u64,
         "{prefix} [{bar:30}] {pos}/{len} ({elapsed}<{eta})",
     );
     bar.set_prefix(what.to_string());
+    let out = parallel_map_with(items, &bar, f);
+    bar.finish_and_clear();
+    out
+}
+
+/// [`parallel_map`] advancing `bar` by one per item (the caller finishes it).
+pub fn parallel_map_with<T: Sync, R: Send>(
+    items: &[T],
+    bar: &indicatif::ProgressBar,
+    f: impl Fn(&T) -> Result<R, DataError> + Sync,
+) -> Result<Vec<R>, DataError> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(items.len().max(1));
     let next = AtomicUsize::new(0);
     let mut slots: Vec<Option<Result<R, DataError>>> = (0..items.len()).map(|_| None).collect();
     let chunks: Vec<Vec<(usize, Result<R, DataError>)>> = std::thread::scope(|scope| {
@@ -122,7 +170,6 @@ pub fn parallel_map<T: Sync, R: Send>(
             .map(|w| w.join().expect("a dataset worker panicked"))
             .collect()
     });
-    bar.finish_and_clear();
     for (i, r) in chunks.into_iter().flatten() {
         slots[i] = Some(r);
     }

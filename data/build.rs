@@ -1,0 +1,3 @@
+fn main() {
+    sat_plugin_build::link_libtorch()
+}
