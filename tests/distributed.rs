@@ -2,7 +2,7 @@
 //! plain environment variables and by torchrun. Every multi-process test has a hard
 //! deadline after which its processes are killed, and a guard that kills them when the
 //! test fails, so no process is left behind.
-use sat_tests::{sat, sat_host, target_dir};
+use sat_tests::{image_folder, pack, sat, sat_host, target_dir};
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -352,6 +352,68 @@ fn two_ranks_train_and_evaluate_as_one_process_with_the_global_batch() {
     assert_eq!(m["status"], "completed");
     assert_eq!(m["world_size"], 1);
     assert_eq!(m["epochs"].as_array().unwrap().len(), 2);
+}
+
+/// Streamed from shards, with crops and flips on: 2 ranks × 16 train the weights
+/// 1 rank × 32 trains (within 1e-5), since each sample's augmentation is drawn from its
+/// own stream whatever rank reads it; the epochs' data digests agree.
+#[test]
+fn two_ranks_stream_shards_as_one_process_with_augmentation() {
+    let cwd = tempfile::tempdir().unwrap();
+    config(cwd.path(), "");
+    image_folder(&cwd.path().join("folder"), 16);
+    pack(
+        cwd.path(),
+        &cwd.path().join("folder"),
+        "image-folder",
+        &cwd.path().join("shards"),
+        &["--shard-size", "7"],
+    );
+    let common = [
+        "run",
+        "--config",
+        "c.toml",
+        "--set",
+        "data.dataset=shards",
+        "--set",
+        "data.root=shards",
+        "--set",
+        "data.crop_padding=2",
+        "--set",
+        "data.flip=true",
+        "--set",
+        "data.workers=1",
+        "--set",
+        "eval.attacks=[]",
+        "--set",
+        "eval.alignment=false",
+        "--set",
+        "train.epochs=2",
+    ];
+    let mut dist: Vec<&str> = common.to_vec();
+    dist.extend(["--set", "name=dist", "--set", "train.batch_size=16"]);
+    for d in run_ranks(cwd.path(), 2, &dist, 120) {
+        assert_eq!(d.code, Some(0), "{}", d.stderr);
+    }
+    let mut single: Vec<&str> = common.to_vec();
+    single.extend(["--set", "name=single", "--set", "train.batch_size=32"]);
+    sat(cwd.path(), &single, &[]).success();
+    let runs = cwd.path().join("runs");
+    let diff = max_difference(
+        &runs.join("dist/checkpoint.safetensors"),
+        &runs.join("single/checkpoint.safetensors"),
+    );
+    eprintln!("shards, 2 ranks × 16 vs 1 rank × 32: largest parameter difference {diff:e}");
+    assert!(diff < 1e-5, "parameters differ by {diff}");
+    let (a, b) = (metrics(&runs.join("dist")), metrics(&runs.join("single")));
+    for epoch in 0..2 {
+        let (x, y) = (&a["epochs"][epoch], &b["epochs"][epoch]);
+        assert_eq!(x["data_digest"], y["data_digest"]);
+        assert!(
+            (x["train_loss"].as_f64().unwrap() - y["train_loss"].as_f64().unwrap()).abs() < 1e-5
+        );
+    }
+    assert_eq!(a["clean_accuracy"], b["clean_accuracy"]);
 }
 
 /// Ranks started with different overrides are refused before anything is written.

@@ -198,3 +198,55 @@ pub fn write(dir: &Path, name: &str, text: &str) -> String {
     std::fs::write(&path, text).expect("write file");
     path.to_string_lossy().into_owned()
 }
+
+/// An ImageFolder of `per_class` PNGs per class and split (3 classes, 20×16 to 30×22
+/// px): a bright square whose corner depends on the class, its box as a sidecar, and
+/// its mask.
+pub fn image_folder(root: &Path, per_class: u32) {
+    for split in ["train", "test"] {
+        for class in 0..3u32 {
+            let dir = root.join(split).join(format!("c{class}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..per_class {
+                let (w, h) = (20 + (i % 11), 16 + (i % 7));
+                let (x0, y0) = ((class * 5) % (w - 8), (class * 3 + i) % (h - 8));
+                let inside =
+                    |x: u32, y: u32| (x0..x0 + 8).contains(&x) && (y0..y0 + 8).contains(&y);
+                image::RgbImage::from_fn(w, h, |x, y| {
+                    if inside(x, y) {
+                        image::Rgb([250, 240 - 60 * class as u8, 30])
+                    } else {
+                        image::Rgb([(x * 3) as u8, (y * 5) as u8, (i * 7 % 200) as u8])
+                    }
+                })
+                .save(dir.join(format!("img{i}.png")))
+                .unwrap();
+                std::fs::write(
+                    dir.join(format!("img{i}.boxes.csv")),
+                    format!("{x0},{y0},{},{}\n", x0 + 8, y0 + 8),
+                )
+                .unwrap();
+                image::GrayImage::from_fn(w, h, |x, y| {
+                    image::Luma([if inside(x, y) { 255 } else { 0 }])
+                })
+                .save(dir.join(format!("img{i}.mask.png")))
+                .unwrap();
+            }
+        }
+    }
+}
+
+/// Packs `root` (format `from`) into `out` with `extra` arguments.
+pub fn pack(cwd: &Path, root: &Path, from: &str, out: &Path, extra: &[&str]) {
+    let mut args = vec![
+        "data",
+        "pack",
+        root.to_str().unwrap(),
+        "--from",
+        from,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    sat(cwd, &args, &[]).success();
+}

@@ -2,64 +2,14 @@
 //! layout, `data inspect`, training, evaluation and attacks read from shards (local and
 //! over HTTP from a server on 127.0.0.1 that this test runs), bad shards, and Python's
 //! `webdataset` reading sat's shards.
-use image::{GrayImage, Luma, Rgb, RgbImage};
-use sat_tests::{metrics, sat, target_dir};
+use image::{Rgb, RgbImage};
+use sat_tests::{image_folder, metrics, pack, sat, target_dir};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// An ImageFolder of `per_class` PNGs per class and split (3 classes, 20×16 to 30×22
-/// px): a bright square whose corner depends on the class, its box as a sidecar, and
-/// its mask.
-fn image_folder(root: &Path, per_class: u32) {
-    for split in ["train", "test"] {
-        for class in 0..3u32 {
-            let dir = root.join(split).join(format!("c{class}"));
-            std::fs::create_dir_all(&dir).unwrap();
-            for i in 0..per_class {
-                let (w, h) = (20 + (i % 11), 16 + (i % 7));
-                let (x0, y0) = ((class * 5) % (w - 8), (class * 3 + i) % (h - 8));
-                let inside =
-                    |x: u32, y: u32| (x0..x0 + 8).contains(&x) && (y0..y0 + 8).contains(&y);
-                RgbImage::from_fn(w, h, |x, y| {
-                    if inside(x, y) {
-                        Rgb([250, 240 - 60 * class as u8, 30])
-                    } else {
-                        Rgb([(x * 3) as u8, (y * 5) as u8, (i * 7 % 200) as u8])
-                    }
-                })
-                .save(dir.join(format!("img{i}.png")))
-                .unwrap();
-                std::fs::write(
-                    dir.join(format!("img{i}.boxes.csv")),
-                    format!("{x0},{y0},{},{}\n", x0 + 8, y0 + 8),
-                )
-                .unwrap();
-                GrayImage::from_fn(w, h, |x, y| Luma([if inside(x, y) { 255 } else { 0 }]))
-                    .save(dir.join(format!("img{i}.mask.png")))
-                    .unwrap();
-            }
-        }
-    }
-}
-
-/// Packs `root` (format `from`) into `out` with `extra` arguments.
-fn pack(cwd: &Path, root: &Path, from: &str, out: &Path, extra: &[&str]) {
-    let mut args = vec![
-        "data",
-        "pack",
-        root.to_str().unwrap(),
-        "--from",
-        from,
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    sat(cwd, &args, &[]).success();
-}
 
 /// Overrides for a tiny run over the shards at `root`.
 fn shard_run(root: &str, name: &str) -> Vec<String> {
@@ -294,6 +244,42 @@ fn the_ilsvrc_layout_packs_with_its_boxes_and_trains_sat_with_the_imagenet_recip
     let m = metrics(&cwd.join("runs/inet"));
     assert_eq!(m["status"], "completed");
     assert_eq!(m["class_names"], serde_json::json!(["tench", "goldfish"]));
+
+    // The ImageNet example (ResNet-50, FGSM-RS mixed with SAT on the boxes) runs on the
+    // fixture at a small size.
+    let example = target_dir().join("../../examples/imagenet-sat-boxes.toml");
+    let small = [
+        "--set",
+        "device=cpu",
+        "--set",
+        "data.root=inet",
+        "--set",
+        "data.image_size=32",
+        "--set",
+        "model.width=4",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.batch_size=8",
+        "--set",
+        "train.amp=false",
+        "--set",
+        "eval.max_samples=8",
+        "--set",
+        "eval.batch_size=8",
+    ];
+    let mut args = vec!["run", "--config", example.to_str().unwrap()];
+    args.extend(small);
+    let out = sat(cwd, &args, &[]).success();
+    assert!(
+        out.stderr.contains("inputs from attack `pgd`"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        metrics(&cwd.join("runs/imagenet-sat-boxes"))["status"],
+        "completed"
+    );
 
     // A box with xmin > xmax is an error naming its XML file.
     let bad = cwd.join("ILSVRC/annotations/train/n01440764/n01440764_3.xml");
@@ -532,4 +518,117 @@ fn pythons_webdataset_reads_sats_shards() {
         serde_json::json!([[0.0, 0.0, 8.0, 8.0]])
     );
     assert_eq!(samples[0]["mask_sum"], 64 * 255);
+}
+
+/// Tiny ImageNet as it ships (2 classes, 64 px JPEGs, boxes in `*_boxes.txt`).
+fn tiny_imagenet(root: &Path) {
+    let wnids = ["n01443537", "n01629819"];
+    std::fs::create_dir_all(root.join("val/images")).unwrap();
+    std::fs::write(root.join("wnids.txt"), wnids.join("\n")).unwrap();
+    let mut val = String::new();
+    for (c, wnid) in wnids.iter().enumerate() {
+        let dir = root.join("train").join(wnid);
+        std::fs::create_dir_all(dir.join("images")).unwrap();
+        let mut boxes = String::new();
+        for i in 0..8 {
+            let name = format!("{wnid}_{i}.JPEG");
+            RgbImage::from_fn(64, 64, |x, y| {
+                Rgb([(x * 4) as u8, (y * 4) as u8, 100 * c as u8])
+            })
+            .save_with_format(dir.join("images").join(&name), image::ImageFormat::Jpeg)
+            .unwrap();
+            boxes += &format!("{name}\t{}\t8\t40\t50\n", i);
+        }
+        std::fs::write(dir.join(format!("{wnid}_boxes.txt")), boxes).unwrap();
+        for i in 0..3 {
+            let name = format!("val_{}.JPEG", c * 3 + i);
+            RgbImage::from_pixel(64, 64, Rgb([20, 40, 100 * c as u8]))
+                .save_with_format(
+                    root.join("val/images").join(&name),
+                    image::ImageFormat::Jpeg,
+                )
+                .unwrap();
+            val += &format!("{name}\t{wnid}\t0\t0\t63\t63\n");
+        }
+    }
+    std::fs::write(root.join("val/val_annotations.txt"), val).unwrap();
+}
+
+#[test]
+fn tiny_imagenet_and_cifar_pack_and_the_tiny_imagenet_example_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    tiny_imagenet(&cwd.join("tiny"));
+    pack(
+        cwd,
+        &cwd.join("tiny"),
+        "tiny-imagenet",
+        &cwd.join("tiny-shards"),
+        &[],
+    );
+    let example = target_dir().join("../../examples/tiny-imagenet-shards.toml");
+    let args = [
+        "run",
+        "--config",
+        example.to_str().unwrap(),
+        "--set",
+        "device=cpu",
+        "--set",
+        "data.root=tiny-shards",
+        "--set",
+        "data.image_size=32",
+        "--set",
+        "model.width=4",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.batch_size=8",
+        "--set",
+        "eval.max_samples=6",
+    ];
+    sat(cwd, &args, &[]).success();
+    let m = metrics(&cwd.join("runs/tiny-imagenet-shards"));
+    assert_eq!(m["status"], "completed");
+
+    // CIFAR-10's binary batches: raw pixels stored as PNG, labels kept.
+    let cifar = cwd.join("cifar");
+    std::fs::create_dir_all(&cifar).unwrap();
+    for (file, count) in [
+        ("data_batch_1.bin", 7),
+        ("data_batch_2.bin", 1),
+        ("data_batch_3.bin", 1),
+        ("data_batch_4.bin", 1),
+        ("data_batch_5.bin", 1),
+        ("test_batch.bin", 3),
+    ] {
+        let mut bytes = Vec::new();
+        for i in 0..count {
+            bytes.push((i % 10) as u8);
+            bytes.extend((0..3072).map(|p| ((p * 7 + i * 13) % 256) as u8));
+        }
+        std::fs::write(cifar.join(file), bytes).unwrap();
+    }
+    pack(
+        cwd,
+        &cifar,
+        "cifar10",
+        &cwd.join("cifar-shards"),
+        &["--shard-size", "4"],
+    );
+    let out = sat(cwd, &["data", "inspect", "cifar-shards", "--json"], &[]).success();
+    let manifest: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(manifest["splits"]["train"]["samples"], 11);
+    assert_eq!(
+        manifest["splits"]["train"]["shards"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(manifest["classes"].as_array().unwrap().len(), 10);
+    let tar = std::fs::read(cwd.join("cifar-shards/train/000000.tar")).unwrap();
+    assert!(
+        tar.windows(20).any(|w| w == b"00000001_train.cls\0\0"),
+        "keys and .cls members"
+    );
 }

@@ -77,6 +77,21 @@ pub fn catalogue(
     Ok(catalogue)
 }
 
+/// The sorted indices of the seeded `train_size` (or `test_size`) subset of a split of
+/// `len` samples; `None` when the whole split is used.
+pub fn chosen_subset(config: &DataConfig, len: usize, split: Split, seed: u64) -> Option<Vec<i64>> {
+    let limit = match split {
+        Split::Train => config.train_size,
+        Split::Test => config.test_size,
+    }?;
+    (limit < len).then(|| {
+        let stream = if split == Split::Train { 2 } else { 3 };
+        let mut chosen = rng::SplitMix::new(seed, stream).permutation(len)[..limit].to_vec();
+        chosen.sort_unstable();
+        chosen
+    })
+}
+
 /// The training and test sets `config` describes; `seed` drives generation (`shapes`)
 /// and the choice of a `train_size`/`test_size` subset of a real dataset.
 pub fn load(config: &DataConfig, seed: u64) -> Result<(Data, Data), DataError> {
@@ -95,6 +110,7 @@ pub fn load(config: &DataConfig, seed: u64) -> Result<(Data, Data), DataError> {
             ))),
         }
     };
+    let subset = |len: usize, which: Split| chosen_subset(config, len, which, seed);
     let split = |which: Split| -> Result<Data, DataError> {
         let full = match config.dataset.as_str() {
             "shapes" => {
@@ -114,23 +130,24 @@ pub fn load(config: &DataConfig, seed: u64) -> Result<(Data, Data), DataError> {
             "cifar10" => cifar::cifar10(root()?, which)?,
             "cifar100" => cifar::cifar100(root()?, which, config.cifar100_labels)?,
             format => {
-                catalogue(format, root()?, which, config)?.decode(size, config.resize_masks)?
+                // Only the chosen subset is decoded (the same samples as choosing after).
+                let mut listed = catalogue(format, root()?, which, config)?;
+                if let Some(chosen) = subset(listed.entries.len(), which) {
+                    let mut keep = chosen.into_iter().peekable();
+                    let mut i = 0i64;
+                    listed.entries.retain(|_| {
+                        let kept = keep.next_if_eq(&i).is_some();
+                        i += 1;
+                        kept
+                    });
+                }
+                return Ok(Data::Memory(listed.decode(size, config.resize_masks)?));
             }
         };
         let full = full.resized(size);
-        let limit = match which {
-            Split::Train => config.train_size,
-            Split::Test => config.test_size,
-        };
-        Ok(Data::Memory(match limit {
-            Some(n) if (n as i64) < full.len() => {
-                let stream = if which == Split::Train { 2 } else { 3 };
-                let order = rng::SplitMix::new(seed, stream).permutation(full.len() as usize);
-                let mut chosen = order[..n].to_vec();
-                chosen.sort_unstable();
-                full.subset(&Tensor::from_slice(&chosen))
-            }
-            _ => full,
+        Ok(Data::Memory(match subset(full.len() as usize, which) {
+            Some(chosen) => full.subset(&Tensor::from_slice(&chosen)),
+            None => full,
         }))
     };
     let train = split(Split::Train)?;

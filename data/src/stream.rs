@@ -86,20 +86,8 @@ impl ShardSource {
         seed: u64,
     ) -> Result<Self, DataError> {
         let set = ShardSet::open(root, split)?;
-        let limit = match split {
-            Split::Train => config.train_size,
-            Split::Test => config.test_size,
-        };
-        let subset = match limit {
-            Some(n) if n < set.len() => {
-                let stream = if split == Split::Train { 2 } else { 3 };
-                let order = SplitMix::new(seed, stream).permutation(set.len());
-                let mut chosen: Vec<u64> = order[..n].iter().map(|&i| i as u64).collect();
-                chosen.sort_unstable();
-                Some(chosen)
-            }
-            _ => None,
-        };
+        let subset = crate::chosen_subset(config, set.len(), split, seed)
+            .map(|chosen| chosen.into_iter().map(|i| i as u64).collect());
         Ok(Self {
             set,
             size: config.image_size as u32,
@@ -281,17 +269,15 @@ pub struct ShardEpoch {
 impl ShardEpoch {
     /// The batches of `plan` from `source`.
     pub fn new(source: Arc<ShardSource>, plan: EpochPlan) -> Self {
-        let order = shard(
-            &source.order(plan.seed, plan.epoch),
-            plan.rank,
-            plan.world.max(1),
-        );
+        let whole = source.order(plan.seed, plan.epoch);
         let aug_base = SplitMix::stream(plan.seed, Purpose::Augmentation, plan.epoch).next_u64();
+        // The digest is the whole epoch's, the same on every rank.
         let mut digest = Fnv1a::default();
-        for i in &order {
+        for i in &whole {
             digest.write(&i.to_le_bytes());
         }
         digest.write(&aug_base.to_le_bytes());
+        let order = shard(&whole, plan.rank, plan.world.max(1));
         let batch_size = plan.batch_size.max(1);
         let batches = order.len().div_ceil(batch_size);
         let view = source.train_view();

@@ -24,12 +24,13 @@ pub enum ModelError {
 }
 
 /// The architectures `[model] arch` accepts (`wrn-D-K` for any valid depth and width).
-pub const ARCHITECTURES: [&str; 8] = [
+pub const ARCHITECTURES: [&str; 9] = [
     "small-cnn",
     "mlp",
     "resnet10",
     "resnet18",
     "resnet34",
+    "resnet50",
     "preact-resnet18",
     "wrn-28-10",
     "wrn-34-10",
@@ -65,6 +66,7 @@ pub fn build(
         "resnet10" => Box::new(resnet::resnet(vs, [1, 1, 1, 1], width, classes)),
         "resnet18" => Box::new(resnet::resnet(vs, [2, 2, 2, 2], width, classes)),
         "resnet34" => Box::new(resnet::resnet(vs, [3, 4, 6, 3], width, classes)),
+        "resnet50" => Box::new(resnet::bottleneck_resnet(vs, [3, 4, 6, 3], width, classes)),
         "preact-resnet18" => Box::new(preact::preact_resnet18(vs, width, classes)),
         other => return Err(ModelError::UnknownArch(other.to_string())),
     })
@@ -288,6 +290,21 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("6n + 4"), "{e}");
+    }
+
+    #[test]
+    fn resnet50_has_torchvisions_parameter_count() {
+        // torchvision.models.resnet50(): 25 557 032 parameters for 1000 classes.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = build(&vs.root(), "resnet50", 64, 1000).unwrap();
+        let count: i64 = vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum();
+        assert_eq!(count, 25_557_032);
+        let x = Tensor::rand([1, 3, 64, 64], (Kind::Float, Device::Cpu));
+        assert_eq!(model.forward_t(&x, false).size(), vec![1, 1000]);
     }
 
     #[test]

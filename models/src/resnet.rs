@@ -1,4 +1,6 @@
-//! CIFAR-style ResNets (3×3 stem, no max-pool) with basic blocks.
+//! ResNets: CIFAR-style with basic blocks (3×3 stem, no max-pool), and ImageNet-style
+//! ResNet-50 with bottleneck blocks (7×7 stride-2 stem and a max-pool; the stride in
+//! the 3×3 convolution, as torchvision's v1.5).
 use crate::activation::relu;
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
@@ -72,6 +74,86 @@ pub fn resnet(vs: &nn::Path, blocks: [usize; 4], width: i64, classes: i64) -> nn
                 stride,
             ));
             c_in = c_out;
+        }
+    }
+    net.add_fn(|x| x.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
+        .add(nn::linear(vs / "head", c_in, classes, Default::default()))
+}
+
+#[derive(Debug)]
+struct Bottleneck {
+    convs: [(nn::Conv2D, nn::BatchNorm); 3],
+    shortcut: Option<(nn::Conv2D, nn::BatchNorm)>,
+}
+
+/// Channels out of a bottleneck block per channel of its 3×3 convolution.
+const EXPANSION: i64 = 4;
+
+impl Bottleneck {
+    fn new(vs: &nn::Path, c_in: i64, mid: i64, stride: i64) -> Self {
+        let c_out = mid * EXPANSION;
+        let bn = |name: &str, c| nn::batch_norm2d(vs / name, c, Default::default());
+        let shortcut = (stride != 1 || c_in != c_out)
+            .then(|| (conv(vs / "sc", c_in, c_out, 1, stride), bn("sc_bn", c_out)));
+        Self {
+            convs: [
+                (conv(vs / "c1", c_in, mid, 1, 1), bn("b1", mid)),
+                (conv(vs / "c2", mid, mid, 3, stride), bn("b2", mid)),
+                (conv(vs / "c3", mid, c_out, 1, 1), bn("b3", c_out)),
+            ],
+            shortcut,
+        }
+    }
+}
+
+impl ModuleT for Bottleneck {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut y = x.shallow_clone();
+        for (i, (c, b)) in self.convs.iter().enumerate() {
+            y = y.apply(c).apply_t(b, train);
+            if i < 2 {
+                y = relu(&y);
+            }
+        }
+        let skip = match &self.shortcut {
+            Some((c, b)) => x.apply(c).apply_t(b, train),
+            None => x.shallow_clone(),
+        };
+        relu(&(y + skip))
+    }
+}
+
+/// An ImageNet ResNet with `blocks[i]` bottleneck blocks in stage `i` and `width`
+/// channels in the stem (ResNet-50: `[3, 4, 6, 3]`, width 64).
+pub fn bottleneck_resnet(
+    vs: &nn::Path,
+    blocks: [usize; 4],
+    width: i64,
+    classes: i64,
+) -> nn::SequentialT {
+    let stem = nn::ConvConfig {
+        stride: 2,
+        padding: 3,
+        bias: false,
+        ..Default::default()
+    };
+    let mut net = nn::seq_t()
+        .add(nn::conv2d(vs / "stem", 3, width, 7, stem))
+        .add(nn::batch_norm2d(vs / "stem_bn", width, Default::default()))
+        .add_fn(relu)
+        .add_fn(|x| x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false));
+    let mut c_in = width;
+    for (stage, &count) in blocks.iter().enumerate() {
+        let mid = width << stage;
+        for i in 0..count {
+            let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+            net = net.add(Bottleneck::new(
+                &(vs / format!("s{stage}b{i}")),
+                c_in,
+                mid,
+                stride,
+            ));
+            c_in = mid * EXPANSION;
         }
     }
     net.add_fn(|x| x.adaptive_avg_pool2d([1, 1]).flatten(1, -1))

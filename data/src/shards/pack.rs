@@ -285,50 +285,8 @@ pub fn pack(
         annotations.boxes |= catalogue.annotations.boxes;
         annotations.masks |= catalogue.annotations.masks;
         let name = super::split_name(*split);
-        let dir = out.join(name);
-        std::fs::create_dir_all(&dir).map_err(|e| DataError::io(&dir, e))?;
-        let bar = crate::progress::bar(
-            catalogue.entries.len() as u64,
-            "{prefix} [{bar:30}] {pos}/{len} ({per_sec}, {elapsed}<{eta})",
-        );
-        bar.set_prefix(format!("pack {name}"));
-        let mut shards = Vec::new();
-        let mut pending: Vec<Encoded> = Vec::new();
-        for chunk in catalogue.entries.chunks(options.shard_size) {
-            if interrupted() {
-                bar.abandon_with_message("interrupted");
-                return Err(DataError::Config(
-                    "interrupted: no manifest was written, so the partial output is not a dataset"
-                        .into(),
-                ));
-            }
-            let encoded = parallel_map_with(chunk, &bar, |e| {
-                Ok(encode_entry(e, options).map_err(|m| (e.key.clone(), m)))
-            })?;
-            for result in encoded {
-                match result {
-                    Ok(sample) => pending.push(sample),
-                    Err((key, m)) if options.on_corrupt == OnCorrupt::Skip => {
-                        log::warn!("skipped sample `{key}`: {m}");
-                        skipped.push(format!("{key}: {m}"));
-                    }
-                    Err((key, m)) => return Err(DataError::Config(format!("sample `{key}`: {m}"))),
-                }
-            }
-            while pending.len() >= options.shard_size {
-                let rest = pending.split_off(options.shard_size);
-                let relative = format!("{name}/{:06}.tar", shards.len());
-                shards.push(write_shard(out, &relative, &pending)?);
-                pending = rest;
-            }
-        }
-        if !pending.is_empty() {
-            let relative = format!("{name}/{:06}.tar", shards.len());
-            shards.push(write_shard(out, &relative, &pending)?);
-        }
-        bar.finish_and_clear();
-        let samples = shards.iter().map(|s| s.samples).sum();
-        manifest_splits.insert(name.to_string(), SplitManifest { samples, shards });
+        let packed = pack_split(catalogue, name, out, options, interrupted, &mut skipped)?;
+        manifest_splits.insert(name.to_string(), packed);
     }
     let manifest = Manifest {
         format: FORMAT.into(),
@@ -344,4 +302,64 @@ pub fn pack(
         serde_json::to_vec_pretty(&manifest).expect("a manifest serialises"),
     )?;
     Ok(PackReport { manifest, skipped })
+}
+
+/// Packs one split into `out/<name>/NNNNNN.tar` shards of `options.shard_size` samples
+/// (encoded in parallel, a shard's worth at a time); the skipped samples' reasons go to
+/// `skipped`.
+fn pack_split(
+    catalogue: &Catalogue,
+    name: &str,
+    out: &Path,
+    options: &PackOptions,
+    interrupted: &dyn Fn() -> bool,
+    skipped: &mut Vec<String>,
+) -> Result<SplitManifest, DataError> {
+    let dir = out.join(name);
+    std::fs::create_dir_all(&dir).map_err(|e| DataError::io(&dir, e))?;
+    let bar = crate::progress::bar(
+        catalogue.entries.len() as u64,
+        "{prefix} [{bar:30}] {pos}/{len} ({per_sec}, {elapsed}<{eta})",
+    );
+    bar.set_prefix(format!("pack {name}"));
+    let mut shards = Vec::new();
+    let mut pending: Vec<Encoded> = Vec::new();
+    let write = |samples: &[Encoded], shards: &mut Vec<ShardEntry>| -> Result<(), DataError> {
+        let relative = format!("{name}/{:06}.tar", shards.len());
+        shards.push(write_shard(out, &relative, samples)?);
+        Ok(())
+    };
+    for chunk in catalogue.entries.chunks(options.shard_size) {
+        if interrupted() {
+            bar.abandon_with_message("interrupted");
+            return Err(DataError::Config(
+                "interrupted: no manifest was written, so the partial output is not a dataset"
+                    .into(),
+            ));
+        }
+        let encoded = parallel_map_with(chunk, &bar, |e| {
+            Ok(encode_entry(e, options).map_err(|m| (e.key.clone(), m)))
+        })?;
+        for result in encoded {
+            match result {
+                Ok(sample) => pending.push(sample),
+                Err((key, m)) if options.on_corrupt == OnCorrupt::Skip => {
+                    log::warn!("skipped sample `{key}`: {m}");
+                    skipped.push(format!("{key}: {m}"));
+                }
+                Err((key, m)) => return Err(DataError::Config(format!("sample `{key}`: {m}"))),
+            }
+        }
+        while pending.len() >= options.shard_size {
+            let rest = pending.split_off(options.shard_size);
+            write(&pending, &mut shards)?;
+            pending = rest;
+        }
+    }
+    if !pending.is_empty() {
+        write(&pending, &mut shards)?;
+    }
+    bar.finish_and_clear();
+    let samples = shards.iter().map(|s| s.samples).sum();
+    Ok(SplitManifest { samples, shards })
 }

@@ -247,14 +247,11 @@ fn pad_crop_boxes(boxes: &[[f32; 4]], size: u32, padding: i64, crop: Crop) -> Ve
         .collect()
 }
 
-/// Decodes `raw` and prepares it at `size × size` as `view` says, drawing from `rng`
-/// (the sample's own stream) in training.
-pub fn prepare(
-    raw: &RawSample,
-    size: u32,
-    view: &View,
-    rng: &mut SplitMix,
-) -> Result<Prepared, String> {
+/// The decoded image of `raw`, its boxes (in its pixels) and its mask.
+type Decoded = (RgbImage, Vec<[f32; 4]>, Option<GrayImage>);
+
+/// Decodes `raw`'s image, boxes and mask (which must have the image's size).
+fn decode(raw: &RawSample) -> Result<Decoded, String> {
     let image = decode_bytes(&raw.image)?.to_rgb8();
     let (w, h) = image.dimensions();
     if w == 0 || h == 0 {
@@ -280,6 +277,19 @@ pub fn prepare(
         }
         None => None,
     };
+    Ok((image, boxes, mask))
+}
+
+/// Decodes `raw` and prepares it at `size × size` as `view` says, drawing from `rng`
+/// (the sample's own stream) in training.
+pub fn prepare(
+    raw: &RawSample,
+    size: u32,
+    view: &View,
+    rng: &mut SplitMix,
+) -> Result<Prepared, String> {
+    let (image, boxes, mask) = decode(raw)?;
+    let (w, h) = image.dimensions();
     let (region, flip_after) = match *view {
         View::Train {
             recipe: Recipe::Imagenet,

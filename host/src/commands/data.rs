@@ -2,9 +2,10 @@
 //! how fast they stream (read, decode, augment).
 use super::GlobalArgs;
 use crate::config::{Cifar100Labels, DataConfig};
+use crate::data::catalogue::Catalogue;
 use crate::data::config::{OnCorrupt, Recipe};
 use crate::data::shards::pack::{pack, PackOptions};
-use crate::data::shards::{Manifest, ShardSet, Store};
+use crate::data::shards::{split_name, Manifest, ShardSet, Store};
 use crate::data::stream::{EpochPlan, ShardEpoch, ShardSource};
 use crate::data::Split;
 use anyhow::{bail, Context};
@@ -196,72 +197,84 @@ pub fn run(_global: &GlobalArgs, args: &DataArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn run_pack(args: &PackArgs) -> anyhow::Result<ExitCode> {
-    if !(1..=1_000_000).contains(&args.shard_size) {
-        bail!("--shard-size {} is outside [1, 1000000]", args.shard_size);
-    }
-    if let Some(r) = args.resize {
-        if !(16..=8192).contains(&r) {
-            bail!("--resize {r} is outside [16, 8192]");
+impl PackArgs {
+    /// The pack options, each flag range-checked.
+    fn options(&self) -> anyhow::Result<PackOptions> {
+        if !(1..=1_000_000).contains(&self.shard_size) {
+            bail!("--shard-size {} is outside [1, 1000000]", self.shard_size);
         }
-    }
-    if !(1..=100).contains(&args.quality) {
-        bail!("--quality {} is outside [1, 100]", args.quality);
-    }
-    let config = DataConfig {
-        cifar100_labels: match args.cifar100_labels {
-            LabelsArg::Fine => Cifar100Labels::Fine,
-            LabelsArg::Coarse => Cifar100Labels::Coarse,
-        },
-        ..DataConfig::default()
-    };
-    let splits: &[Split] = match args.split {
-        Splits::Both => &[Split::Train, Split::Test],
-        Splits::Train => &[Split::Train],
-        Splits::Test => &[Split::Test],
-    };
-    let format = args.format.name();
-    let mut listed = Vec::new();
-    for &split in splits {
-        let catalogue =
-            crate::data::catalogue(format, &args.root, split, &config).with_context(|| {
-                format!(
-                    "listing the {} split of {} ({format})",
-                    crate::data::shards::split_name(split),
-                    args.root.display()
-                )
-            })?;
-        log::info!(
-            "{format} {}: {} samples, {} classes{}{}",
-            crate::data::shards::split_name(split),
-            catalogue.entries.len(),
-            catalogue.class_names.len(),
-            if catalogue.annotations.boxes {
-                ", boxes"
-            } else {
-                ""
+        if let Some(r) = self.resize {
+            if !(16..=8192).contains(&r) {
+                bail!("--resize {r} is outside [16, 8192]");
+            }
+        }
+        if !(1..=100).contains(&self.quality) {
+            bail!("--quality {} is outside [1, 100]", self.quality);
+        }
+        Ok(PackOptions {
+            shard_size: self.shard_size,
+            resize: self.resize,
+            quality: self.quality,
+            on_corrupt: match self.on_corrupt {
+                CorruptArg::Error => OnCorrupt::Error,
+                CorruptArg::Skip => OnCorrupt::Skip,
             },
-            if catalogue.annotations.masks {
-                ", masks"
-            } else {
-                ""
-            },
-        );
-        listed.push((split, catalogue));
+        })
     }
-    let options = PackOptions {
-        shard_size: args.shard_size,
-        resize: args.resize,
-        quality: args.quality,
-        on_corrupt: match args.on_corrupt {
-            CorruptArg::Error => OnCorrupt::Error,
-            CorruptArg::Skip => OnCorrupt::Skip,
-        },
-    };
+
+    /// The listed splits to pack.
+    fn catalogues(&self) -> anyhow::Result<Vec<(Split, Catalogue)>> {
+        let config = DataConfig {
+            cifar100_labels: match self.cifar100_labels {
+                LabelsArg::Fine => Cifar100Labels::Fine,
+                LabelsArg::Coarse => Cifar100Labels::Coarse,
+            },
+            ..DataConfig::default()
+        };
+        let splits: &[Split] = match self.split {
+            Splits::Both => &[Split::Train, Split::Test],
+            Splits::Train => &[Split::Train],
+            Splits::Test => &[Split::Test],
+        };
+        let format = self.format.name();
+        let mut listed = Vec::new();
+        for &split in splits {
+            let name = split_name(split);
+            let catalogue = crate::data::catalogue(format, &self.root, split, &config)
+                .with_context(|| {
+                    format!(
+                        "listing the {name} split of {} ({format})",
+                        self.root.display()
+                    )
+                })?;
+            log::info!(
+                "{format} {name}: {} samples, {} classes{}{}",
+                catalogue.entries.len(),
+                catalogue.class_names.len(),
+                if catalogue.annotations.boxes {
+                    ", boxes"
+                } else {
+                    ""
+                },
+                if catalogue.annotations.masks {
+                    ", masks"
+                } else {
+                    ""
+                },
+            );
+            listed.push((split, catalogue));
+        }
+        Ok(listed)
+    }
+}
+
+fn run_pack(args: &PackArgs) -> anyhow::Result<ExitCode> {
+    let options = args.options()?;
+    let listed = args.catalogues()?;
     let start = Instant::now();
     let report = pack(
         listed,
-        format,
+        args.format.name(),
         &args.out,
         &options,
         &crate::interrupt::requested,
@@ -375,34 +388,41 @@ fn verify(root: &Path, store: &Store, manifest: &Manifest) -> anyhow::Result<()>
     Ok(())
 }
 
-fn run_bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
-    if !(8..=1024).contains(&args.image_size) {
-        bail!("--image-size {} is outside [8, 1024]", args.image_size);
-    }
-    if !(1..=65_536).contains(&args.batch_size) {
-        bail!("--batch-size {} is outside [1, 65536]", args.batch_size);
-    }
-    if let Some(w) = args.workers {
-        if !(1..=1024).contains(&w) {
-            bail!("--workers {w} is outside [1, 1024]");
+impl BenchArgs {
+    /// The `[data]` section the bench reads with, each flag range-checked.
+    fn config(&self) -> anyhow::Result<DataConfig> {
+        if !(8..=1024).contains(&self.image_size) {
+            bail!("--image-size {} is outside [8, 1024]", self.image_size);
         }
+        if !(1..=65_536).contains(&self.batch_size) {
+            bail!("--batch-size {} is outside [1, 65536]", self.batch_size);
+        }
+        if let Some(w) = self.workers {
+            if !(1..=1024).contains(&w) {
+                bail!("--workers {w} is outside [1, 1024]");
+            }
+        }
+        Ok(DataConfig {
+            dataset: "shards".into(),
+            root: Some(self.root.clone()),
+            image_size: self.image_size,
+            recipe: match self.recipe {
+                RecipeArg::Imagenet => Recipe::Imagenet,
+                RecipeArg::Cifar => Recipe::Cifar,
+            },
+            crop_padding: if self.recipe == RecipeArg::Cifar {
+                self.image_size / 8
+            } else {
+                0
+            },
+            workers: self.workers,
+            ..DataConfig::default()
+        })
     }
-    let config = DataConfig {
-        dataset: "shards".into(),
-        root: Some(args.root.clone()),
-        image_size: args.image_size,
-        recipe: match args.recipe {
-            RecipeArg::Imagenet => Recipe::Imagenet,
-            RecipeArg::Cifar => Recipe::Cifar,
-        },
-        crop_padding: if args.recipe == RecipeArg::Cifar {
-            args.image_size / 8
-        } else {
-            0
-        },
-        workers: args.workers,
-        ..DataConfig::default()
-    };
+}
+
+fn run_bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config()?;
     let split = match args.split {
         SplitArg::Train => Split::Train,
         SplitArg::Test => Split::Test,
@@ -419,9 +439,8 @@ fn run_bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let mut epoch = ShardEpoch::new(source, plan);
     let total = epoch.batch_count();
-    let first = epoch.next().context("the split has no samples")??;
+    drop(epoch.next().context("the split has no samples")??);
     let first_batch_s = start.elapsed().as_secs_f64();
-    drop(first);
     let wanted = if args.batches == 0 {
         total - 1
     } else {
@@ -442,26 +461,26 @@ fn run_bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let seconds = steady.elapsed().as_secs_f64();
     let workers = config.worker_count();
     let images_per_s = images as f64 / seconds.max(1e-9);
-    let figures = serde_json::json!({
-        "tool": "sat",
-        "root": args.root.display().to_string(),
-        "recipe": config.recipe.as_str(),
-        "size": args.image_size,
-        "workers": workers,
-        "batch_size": args.batch_size,
-        "images": images,
-        "seconds": seconds,
-        "images_per_s": images_per_s,
-        "per_core": images_per_s / workers as f64,
-        "first_batch_s": first_batch_s,
-        "peak_rss_mib": crate::report::process_status_mib("VmHWM"),
-    });
+    let peak = crate::report::process_status_mib("VmHWM");
     println!(
-        "sat: {images_per_s:.0} images/s with {workers} workers ({:.0} per worker), first batch after {first_batch_s:.2} s, peak RSS {:.0} MiB",
+        "sat: {images_per_s:.0} images/s with {workers} workers ({:.0} per worker), first batch after {first_batch_s:.2} s, peak RSS {peak:.0} MiB",
         images_per_s / workers as f64,
-        crate::report::process_status_mib("VmHWM")
     );
     if let Some(path) = &args.json {
+        let figures = serde_json::json!({
+            "tool": "sat",
+            "root": args.root.display().to_string(),
+            "recipe": config.recipe.as_str(),
+            "size": args.image_size,
+            "workers": workers,
+            "batch_size": args.batch_size,
+            "images": images,
+            "seconds": seconds,
+            "images_per_s": images_per_s,
+            "per_core": images_per_s / workers as f64,
+            "first_batch_s": first_batch_s,
+            "peak_rss_mib": peak,
+        });
         std::fs::write(path, serde_json::to_vec_pretty(&figures)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }

@@ -2,8 +2,9 @@
 //! continues an interrupted run with `--resume`.
 use super::{prepare_from, print_summary, set, set_list, ConfigArgs, GlobalArgs};
 use crate::config::Override;
+use crate::config::RunConfig;
 use crate::distributed::{self, Ranks};
-use crate::report::{open_append_no_follow, write_atomic, RunDir};
+use crate::report::{open_append_no_follow, write_atomic, RunDir, RunLock};
 use crate::train::{self, Outcome};
 use anyhow::{bail, Context};
 use clap::Args;
@@ -95,24 +96,10 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let device = distributed::device(&config, launch.as_ref())?;
     let ranks = Ranks::for_launch(launch.as_ref(), &config, device)?;
     let identity = launch.as_ref().and_then(distributed::elastic_identity);
-    let elastic = match (&args.resume, distributed::elastic_restart(), &identity) {
-        (None, Some(restart), Some(id)) if ranks.is_writer() => {
-            let found = distributed::find_elastic_run(&config.runs_dir, &config.name, id);
-            let note = match &found {
-                Some(dir) => format!(
-                    "torchrun restart {restart}: resuming {} from its last finished epoch",
-                    dir.display()
-                ),
-                None => format!(
-                    "torchrun restart {restart}: no finished epoch of this job under {}; starting afresh",
-                    config.runs_dir.display()
-                ),
-            };
-            (found, Some(note))
-        }
+    let (elastic, elastic_note) = match (&args.resume, &identity) {
+        (None, Some(id)) if ranks.is_writer() => elastic_resume(&config, id),
         _ => (None, None),
     };
-    let (elastic, elastic_note) = elastic;
     let resume = args.resume.clone().or(elastic);
     // Every rank learns whether rank 0 resumes (a torchrun restart is rank 0's finding).
     let resuming = ranks.sum(
@@ -122,25 +109,7 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
         > 0.0;
     // Rank 0 holds the run directory's lock for the whole run (`_lock`).
     let (run_dir, _lock) = if ranks.is_writer() {
-        let run_dir = match &resume {
-            Some(dir) => RunDir { path: dir.clone() },
-            None => RunDir::create(&config.runs_dir, &config.name).with_context(|| {
-                format!(
-                    "creating the run directory under {}",
-                    config.runs_dir.display()
-                )
-            })?,
-        };
-        let lock = run_dir
-            .lock()
-            .with_context(|| format!("locking {}", run_dir.path.display()))?;
-        write_atomic(&run_dir.file("config.toml"), config.to_toml().as_bytes())?;
-        if let Some(id) = &identity {
-            write_atomic(&run_dir.file(distributed::LAUNCH_FILE), id.as_bytes())?;
-        }
-        let log_file =
-            open_append_no_follow(&run_dir.file("log.txt")).context("opening log.txt")?;
-        crate::logging::tee_to(log_file);
+        let (run_dir, lock) = open_run_dir(&config, resume.as_deref(), identity.as_deref())?;
         if let Some(note) = elastic_note {
             log::warn!("{note}");
         }
@@ -188,4 +157,54 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
     }
     print_summary(&metrics, &run_dir.path);
     Ok(ExitCode::SUCCESS)
+}
+
+/// After a torchrun restart (`TORCHELASTIC_RESTART_COUNT` > 0), the run directory this
+/// job (`identity`) made, if it holds a finished epoch, and the note to log.
+fn elastic_resume(config: &RunConfig, identity: &str) -> (Option<PathBuf>, Option<String>) {
+    let Some(restart) = distributed::elastic_restart() else {
+        return (None, None);
+    };
+    let found = distributed::find_elastic_run(&config.runs_dir, &config.name, identity);
+    let note = match &found {
+        Some(dir) => format!(
+            "torchrun restart {restart}: resuming {} from its last finished epoch",
+            dir.display()
+        ),
+        None => format!(
+            "torchrun restart {restart}: no finished epoch of this job under {}; starting afresh",
+            config.runs_dir.display()
+        ),
+    };
+    (found, Some(note))
+}
+
+/// Rank 0's run directory, new or resumed, locked, with its `config.toml`, launch
+/// identity and `log.txt` (which the log now also goes to).
+fn open_run_dir(
+    config: &RunConfig,
+    resume: Option<&std::path::Path>,
+    identity: Option<&str>,
+) -> anyhow::Result<(RunDir, RunLock)> {
+    let run_dir = match resume {
+        Some(dir) => RunDir {
+            path: dir.to_path_buf(),
+        },
+        None => RunDir::create(&config.runs_dir, &config.name).with_context(|| {
+            format!(
+                "creating the run directory under {}",
+                config.runs_dir.display()
+            )
+        })?,
+    };
+    let lock = run_dir
+        .lock()
+        .with_context(|| format!("locking {}", run_dir.path.display()))?;
+    write_atomic(&run_dir.file("config.toml"), config.to_toml().as_bytes())?;
+    if let Some(id) = identity {
+        write_atomic(&run_dir.file(distributed::LAUNCH_FILE), id.as_bytes())?;
+    }
+    let log_file = open_append_no_follow(&run_dir.file("log.txt")).context("opening log.txt")?;
+    crate::logging::tee_to(log_file);
+    Ok((run_dir, lock))
 }

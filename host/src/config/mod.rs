@@ -77,7 +77,8 @@ pub struct PluginsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// `"small-cnn"`, `"resnet10"`, `"resnet18"`, `"resnet34"`, `"preact-resnet18"` or
+    /// `"small-cnn"`, `"resnet10"`, `"resnet18"`, `"resnet34"`, `"resnet50"` (ImageNet
+    /// stem, bottlenecks), `"preact-resnet18"` or
     /// `"wrn-<depth>-<widen>"` (e.g. `"wrn-28-10"`).
     pub arch: String,
     /// Channels of the first stage (not used by WRNs).

@@ -319,24 +319,30 @@ impl Registry {
             }
         }
         for (file, _dir) in files {
-            // The resolved path is checked and opened: a link cannot be swapped between.
-            let file = match trust::check_ownership(&file) {
-                Ok(resolved) => resolved,
-                Err(reason) if paths.allow_insecure => {
-                    log::warn!(
-                        "--allow-insecure-plugins: loading {} although {reason}",
-                        file.display()
-                    );
-                    file.canonicalize().unwrap_or(file)
-                }
-                Err(reason) => return Err(RegistryError::Insecure { path: file, reason }),
-            };
-            if registry.libraries.iter().any(|l| l.path == file) {
-                continue;
-            }
-            registry.load(&file)?;
+            registry.load_trusted(file, paths.allow_insecure)?;
         }
         Ok(registry)
+    }
+
+    /// Loads `file` once its ownership passes the trust check (or, with
+    /// `allow_insecure`, with a warning); a library already loaded is skipped.
+    fn load_trusted(&mut self, file: PathBuf, allow_insecure: bool) -> Result<(), RegistryError> {
+        // The resolved path is checked and opened: a link cannot be swapped between.
+        let file = match trust::check_ownership(&file) {
+            Ok(resolved) => resolved,
+            Err(reason) if allow_insecure => {
+                log::warn!(
+                    "--allow-insecure-plugins: loading {} although {reason}",
+                    file.display()
+                );
+                file.canonicalize().unwrap_or(file)
+            }
+            Err(reason) => return Err(RegistryError::Insecure { path: file, reason }),
+        };
+        if self.libraries.iter().any(|l| l.path == file) {
+            return Ok(());
+        }
+        self.load(&file)
     }
 
     /// Loads one library, checks its versions and registers its components.

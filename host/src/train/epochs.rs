@@ -173,8 +173,7 @@ impl Session<'_> {
     /// Trains epoch `index` (0-based) and records it (checkpoint, metrics, state);
     /// `false` when Ctrl-C stopped it.
     fn train_epoch(&mut self, e: &mut Epoch<'_, '_>, index: u32) -> anyhow::Result<bool> {
-        let (config, epochs) = (self.config, self.config.train.epochs);
-        let ranks = self.ranks;
+        let (config, ranks) = (self.config, self.ranks);
         let plan = EpochPlan {
             batch_size: config.train.batch_size,
             seed: config.seed,
@@ -184,14 +183,8 @@ impl Session<'_> {
             start_batch: 0,
         };
         let mut batches = e.data.epoch(&config.data, plan);
-        // Per-batch draws (mixing coin, saliency source) are the same on every rank: a
-        // rank's batch b is its part of the global batch b. libtorch's generator (attack
-        // and saliency draws inside plugins) is seeded per (seed, epoch, rank).
-        let mut draws = SplitMix::stream(config.seed, Purpose::Draws, index);
-        tch::manual_seed(ranks.torch_seed(config.seed, Purpose::Attacks, index));
-        let per_epoch = batches.batch_count() as u64;
         let bar = if ranks.is_writer() {
-            progress_bar(per_epoch, index, epochs)
+            progress_bar(batches.batch_count() as u64, index, config.train.epochs)
         } else {
             ProgressBar::hidden()
         };
@@ -201,11 +194,35 @@ impl Session<'_> {
             log::info!("epoch {}: saliency source `{name}`", index + 1);
         }
         let start = Instant::now();
+        let Some(totals) = self.run_steps(e, index, &mut batches, &bar, start)? else {
+            return Ok(false);
+        };
+        bar.finish();
+        self.close_epoch(e, index, totals, start, &batches)
+    }
+
+    /// The steps of epoch `index` over `batches`, with their running totals; `None`
+    /// when Ctrl-C stopped a single-process run.
+    fn run_steps(
+        &self,
+        e: &mut Epoch<'_, '_>,
+        index: u32,
+        batches: &mut EpochBatches<'_>,
+        bar: &ProgressBar,
+        start: Instant,
+    ) -> anyhow::Result<Option<Totals>> {
+        let (config, epochs) = (self.config, self.config.train.epochs);
+        // Per-batch draws (mixing coin, saliency source) are the same on every rank: a
+        // rank's batch b is its part of the global batch b. libtorch's generator (attack
+        // and saliency draws inside plugins) is seeded per (seed, epoch, rank).
+        let mut draws = SplitMix::stream(config.seed, Purpose::Draws, index);
+        tch::manual_seed(self.ranks.torch_seed(config.seed, Purpose::Attacks, index));
+        let per_epoch = batches.batch_count() as u64;
         let mut totals = Totals::default();
         for (b, samples) in batches.by_ref().enumerate() {
-            // In a data-parallel run Ctrl-C is agreed on at the end of the epoch (below),
-            // so no rank leaves the others waiting in a collective.
-            if !ranks.is_distributed() && self.interrupted.load(Ordering::SeqCst) {
+            // In a data-parallel run Ctrl-C is agreed on at the end of the epoch (in
+            // close_epoch), so no rank leaves the others waiting in a collective.
+            if !self.ranks.is_distributed() && self.interrupted.load(Ordering::SeqCst) {
                 bar.abandon_with_message("interrupted");
                 if index == 0 {
                     log::warn!("interrupted during epoch 1: no epoch has finished and no checkpoint is written; --resume starts from epoch 1");
@@ -215,7 +232,7 @@ impl Session<'_> {
                         index + 1
                     );
                 }
-                return Ok(false);
+                return Ok(None);
             }
             let global_step = index as u64 * per_epoch + b as u64;
             let at = StepAt {
@@ -239,7 +256,20 @@ impl Session<'_> {
             bar.set_message(totals.message(start));
             bar.inc(1);
         }
-        bar.finish();
+        Ok(Some(totals))
+    }
+
+    /// Sums the epoch's totals over the ranks, records its figures, writes the
+    /// checkpoint; `false` when a rank's Ctrl-C stops the run here.
+    fn close_epoch(
+        &mut self,
+        e: &mut Epoch<'_, '_>,
+        index: u32,
+        mut totals: Totals,
+        start: Instant,
+        batches: &EpochBatches<'_>,
+    ) -> anyhow::Result<bool> {
+        let ranks = self.ranks;
         let sync = ranks.take_sync_time();
         let stop = if ranks.is_distributed() {
             // One sum of the epoch's totals (and of the ranks' Ctrl-C flags).
@@ -255,7 +285,7 @@ impl Session<'_> {
         } else {
             false
         };
-        let mut figures = epoch_metrics(index, &totals, start, &batches);
+        let mut figures = epoch_metrics(index, &totals, start, batches);
         if let Some((seconds, calls)) = sync {
             figures.allreduce_seconds = Some(seconds);
             log::info!(
@@ -265,7 +295,7 @@ impl Session<'_> {
                 100.0 * seconds / figures.seconds.max(1e-9)
             );
         }
-        log_epoch(&figures, epochs);
+        log_epoch(&figures, self.config.train.epochs);
         self.metrics.epochs.push(figures);
         if ranks.is_writer() {
             let (step, vs) = (&*e.step, &e.net.vs);
