@@ -1,6 +1,6 @@
 //! Image files (JPEG, PNG) to fixed-size `u8` pixel arrays, decoded in parallel.
 use super::error::DataError;
-use image::imageops::FilterType;
+use crate::resize::{region_planes, Sampling};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -58,7 +58,7 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<image::DynamicImage, String> {
 
 /// Decodes the image at `path` and resizes it (bilinear) to `size × size`.
 pub fn read_rgb(path: &Path, size: u32) -> Result<Decoded, DataError> {
-    let image = open(path)?.to_rgb8();
+    let image = open(path)?.into_rgb8();
     let (w, h) = image.dimensions();
     if w == 0 || h == 0 {
         return Err(DataError::format(path, "empty image"));
@@ -66,23 +66,12 @@ pub fn read_rgb(path: &Path, size: u32) -> Result<Decoded, DataError> {
     Ok(resized_rgb(image, size))
 }
 
-/// `image` (non-empty) resized (bilinear) to `size × size`, channel-major.
+/// `image` (non-empty) resized (antialiased bilinear, [`crate::resize`]) to
+/// `size × size`, channel-major.
 pub fn resized_rgb(image: image::RgbImage, size: u32) -> Decoded {
     let (w, h) = image.dimensions();
-    let image = if (w, h) == (size, size) {
-        image
-    } else {
-        image::imageops::resize(&image, size, size, FilterType::Triangle)
-    };
-    let plane = (size * size) as usize;
-    let mut pixels = vec![0u8; 3 * plane];
-    for (i, p) in image.pixels().enumerate() {
-        for c in 0..3 {
-            pixels[c * plane + i] = p.0[c];
-        }
-    }
     Decoded {
-        pixels,
+        pixels: region_planes(image.as_raw(), (w, h), 3, (0, 0, w, h), size, Sampling::Bilinear),
         scale: (size as f32 / w as f32, size as f32 / h as f32),
         original: (w, h),
     }
@@ -93,7 +82,7 @@ pub fn resized_rgb(image: image::RgbImage, size: u32) -> Decoded {
 /// original `(width, height)`), a mask of another size is an error: it was made for
 /// another picture, or another crop (`[data] resize_masks = true` passes `None`).
 pub fn read_mask(path: &Path, size: u32, image: Option<(u32, u32)>) -> Result<Vec<u8>, DataError> {
-    let mask = open(path)?.to_luma8();
+    let mask = open(path)?.into_luma8();
     let (w, h) = mask.dimensions();
     if w == 0 || h == 0 {
         return Err(DataError::format(path, "empty mask"));
@@ -106,12 +95,7 @@ pub fn read_mask(path: &Path, size: u32, image: Option<(u32, u32)>) -> Result<Ve
             ));
         }
     }
-    let mask = if (w, h) == (size, size) {
-        mask
-    } else {
-        image::imageops::resize(&mask, size, size, FilterType::Nearest)
-    };
-    Ok(mask.into_raw())
+    Ok(region_planes(mask.as_raw(), (w, h), 1, (0, 0, w, h), size, Sampling::Nearest))
 }
 
 /// Applies `f` to every item on all cores, in order, with a progress bar labelled

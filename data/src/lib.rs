@@ -19,6 +19,7 @@ pub mod image_folder;
 pub mod imagenet;
 pub mod loader;
 pub mod progress;
+pub mod resize;
 pub mod rng;
 pub mod shapes;
 pub mod shards;

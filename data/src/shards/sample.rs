@@ -14,7 +14,7 @@ use crate::augment::Crop;
 use crate::config::Recipe;
 use crate::decode::decode_bytes;
 use crate::rng::SplitMix;
-use image::imageops::{self, FilterType};
+use crate::resize::{region_planes, Region, Sampling};
 use image::{GrayImage, RgbImage};
 
 /// How a sample is prepared.
@@ -54,9 +54,6 @@ pub struct Prepared {
     /// `size²` mask bytes (255 = object), when the sample has a mask.
     pub mask: Option<Vec<u8>>,
 }
-
-/// A region of the decoded image: `(x, y, width, height)`.
-type Region = (u32, u32, u32, u32);
 
 /// torchvision's `RandomResizedCrop.get_params` for a `w × h` image.
 pub fn random_resized_crop(
@@ -139,41 +136,14 @@ fn parse_boxes(bytes: &[u8], w: u32, h: u32) -> Result<Vec<[f32; 4]>, String> {
         .collect()
 }
 
-/// `region` of `image` resized to `size × size` (bilinear), channel-major.
+/// `region` of `image` resized to `size × size` (antialiased bilinear), channel-major.
 fn crop_rgb(image: &RgbImage, region: Region, size: u32) -> Vec<u8> {
-    let (x, y, w, h) = region;
-    let full = (x, y, w, h) == (0, 0, image.width(), image.height());
-    let resized = if full && (w, h) == (size, size) {
-        image.clone()
-    } else if full {
-        imageops::resize(image, size, size, FilterType::Triangle)
-    } else {
-        imageops::resize(
-            &*imageops::crop_imm(image, x, y, w, h),
-            size,
-            size,
-            FilterType::Triangle,
-        )
-    };
-    let plane = (size * size) as usize;
-    let mut out = vec![0u8; 3 * plane];
-    for (i, p) in resized.pixels().enumerate() {
-        for c in 0..3 {
-            out[c * plane + i] = p.0[c];
-        }
-    }
-    out
+    region_planes(image.as_raw(), image.dimensions(), 3, region, size, Sampling::Bilinear)
 }
 
 /// `region` of `mask` resized to `size × size` (nearest).
 fn crop_mask(mask: &GrayImage, region: Region, size: u32) -> Vec<u8> {
-    let (x, y, w, h) = region;
-    let cut = imageops::crop_imm(mask, x, y, w, h).to_image();
-    if (w, h) == (size, size) {
-        cut.into_raw()
-    } else {
-        imageops::resize(&cut, size, size, FilterType::Nearest).into_raw()
-    }
+    region_planes(mask.as_raw(), mask.dimensions(), 1, region, size, Sampling::Nearest)
 }
 
 /// Boxes of the original image in the pixels of `region` resized to `size`, clipped;
@@ -252,7 +222,7 @@ type Decoded = (RgbImage, Vec<[f32; 4]>, Option<GrayImage>);
 
 /// Decodes `raw`'s image, boxes and mask (which must have the image's size).
 fn decode(raw: &RawSample) -> Result<Decoded, String> {
-    let image = decode_bytes(&raw.image)?.to_rgb8();
+    let image = decode_bytes(&raw.image)?.into_rgb8();
     let (w, h) = image.dimensions();
     if w == 0 || h == 0 {
         return Err("empty image".into());
@@ -265,7 +235,7 @@ fn decode(raw: &RawSample) -> Result<Decoded, String> {
         Some(bytes) => {
             let mask = decode_bytes(bytes)
                 .map_err(|m| format!("mask.png: {m}"))?
-                .to_luma8();
+                .into_luma8();
             if mask.dimensions() != (w, h) {
                 return Err(format!(
                     "mask.png is {}×{} but its image is {w}×{h}",
