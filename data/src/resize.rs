@@ -28,39 +28,68 @@ pub enum Sampling {
 /// pixel, resized to `size × size`, returned channel-major (one plane per channel).
 pub fn region_planes(
     pixels: &[u8],
-    (width, height): (u32, u32),
+    dims: (u32, u32),
     channels: usize,
     region: Region,
     size: u32,
     sampling: Sampling,
 ) -> Vec<u8> {
+    scaled_region_planes(pixels, dims, channels, region, 1, size, sampling)
+}
+
+/// [`region_planes`] of an image decoded at `1 / scale` of its size (`dims` are the
+/// decoded image's), `region` given in the full-size image's pixels.
+pub fn scaled_region_planes(
+    pixels: &[u8],
+    (width, height): (u32, u32),
+    channels: usize,
+    region: Region,
+    scale: u32,
+    size: u32,
+    sampling: Sampling,
+) -> Vec<u8> {
     let (x, y, w, h) = region;
-    let interleaved = if (x, y, w, h) == (0, 0, width, height) && (w, h) == (size, size) {
-        pixels.to_vec()
-    } else {
-        let kind = if channels == 3 { PixelType::U8x3 } else { PixelType::U8 };
-        let source = ImageRef::new(width, height, pixels, kind).expect("the buffer holds width · height pixels");
-        let mut out = Image::new(size, size, kind);
-        let algorithm = match sampling {
-            Sampling::Bilinear => ResizeAlg::Convolution(FilterType::Bilinear),
-            Sampling::Nearest => ResizeAlg::Nearest,
+    let interleaved =
+        if scale == 1 && (x, y, w, h) == (0, 0, width, height) && (w, h) == (size, size) {
+            pixels.to_vec()
+        } else {
+            let kind = if channels == 3 {
+                PixelType::U8x3
+            } else {
+                PixelType::U8
+            };
+            let source = ImageRef::new(width, height, pixels, kind)
+                .expect("the buffer holds width · height pixels");
+            let mut out = Image::new(size, size, kind);
+            let algorithm = match sampling {
+                Sampling::Bilinear => ResizeAlg::Convolution(FilterType::Bilinear),
+                Sampling::Nearest => ResizeAlg::Nearest,
+            };
+            let s = scale.max(1) as f64;
+            let (cx, cy) = (
+                (x as f64 / s).min(width as f64 - 1.0),
+                (y as f64 / s).min(height as f64 - 1.0),
+            );
+            let options = ResizeOptions::new().resize_alg(algorithm).crop(
+                cx,
+                cy,
+                (w as f64 / s).min(width as f64 - cx),
+                (h as f64 / s).min(height as f64 - cy),
+            );
+            RESIZER
+                .with(|r| r.borrow_mut().resize(&source, &mut out, &options))
+                .expect("a resize between images of one pixel type within bounds");
+            out.into_vec()
         };
-        let options = ResizeOptions::new()
-            .resize_alg(algorithm)
-            .crop(x as f64, y as f64, w as f64, h as f64);
-        RESIZER.with(|r| r.borrow_mut().resize(&source, &mut out, &options))
-            .expect("a resize between images of one pixel type within bounds");
-        out.into_vec()
-    };
     if channels == 1 {
         return interleaved;
     }
     let plane = (size * size) as usize;
-    let mut planes = vec![0u8; channels * plane];
-    for (i, p) in interleaved.chunks_exact(channels).enumerate() {
-        for (c, &v) in p.iter().enumerate() {
-            planes[c * plane + i] = v;
-        }
+    let mut planes = vec![0u8; 3 * plane];
+    let (r, rest) = planes.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    for (((p, r), g), b) in interleaved.chunks_exact(3).zip(r).zip(g).zip(b) {
+        (*r, *g, *b) = (p[0], p[1], p[2]);
     }
     planes
 }
@@ -77,7 +106,9 @@ mod tests {
         assert!(out.iter().all(|&v| v == 200));
         // Left half white, right half black: a crop of the left half is all white, and
         // a nearest-neighbour mask of the whole keeps only 0 and 255.
-        let half: Vec<u8> = (0..30 * 40).map(|i| if i % 40 < 20 { 255 } else { 0 }).collect();
+        let half: Vec<u8> = (0..30 * 40)
+            .map(|i| if i % 40 < 20 { 255 } else { 0 })
+            .collect();
         let left = region_planes(&half, (40, 30), 1, (0, 0, 20, 30), 8, Sampling::Nearest);
         assert!(left.iter().all(|&v| v == 255));
         let whole = region_planes(&half, (40, 30), 1, (0, 0, 40, 30), 9, Sampling::Nearest);
@@ -85,6 +116,9 @@ mod tests {
         assert_eq!(whole.iter().filter(|&&v| v == 255).count() % 9, 0);
         // The same size and the whole image: the pixels, channel-major.
         let rgb: Vec<u8> = (0..12).collect();
-        assert_eq!(region_planes(&rgb, (2, 2), 3, (0, 0, 2, 2), 2, Sampling::Bilinear), vec![0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11]);
+        assert_eq!(
+            region_planes(&rgb, (2, 2), 3, (0, 0, 2, 2), 2, Sampling::Bilinear),
+            vec![0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11]
+        );
     }
 }

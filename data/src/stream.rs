@@ -216,6 +216,21 @@ impl ShardSource {
         Ok(out)
     }
 
+    /// Reads and decodes the samples `indices`, no more (no resize, no augmentation):
+    /// the decoder's share of the pipeline, for `sat-host data bench --stage decode`.
+    /// Returns how many were decoded.
+    pub fn decode_only(&self, indices: &[i64]) -> Result<usize, DataError> {
+        for &i in indices {
+            let global = self.global(i);
+            let raw = self.set.read(global)?;
+            crate::decode::decode_bytes(&raw.image).map_err(|m| {
+                let shard = self.set.shard_name_of(global);
+                DataError::record(Path::new(&shard), format!("key `{}`", raw.key), m)
+            })?;
+        }
+        Ok(indices.len())
+    }
+
     /// The evaluation view of `[data]`.
     pub fn eval_view(&self) -> View {
         View::Eval {

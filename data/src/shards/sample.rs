@@ -12,10 +12,10 @@
 use super::RawSample;
 use crate::augment::Crop;
 use crate::config::Recipe;
-use crate::decode::decode_bytes;
+use crate::decode::{decode_bytes, decode_region, dimensions};
+use crate::resize::{region_planes, scaled_region_planes, Region, Sampling};
 use crate::rng::SplitMix;
-use crate::resize::{region_planes, Region, Sampling};
-use image::{GrayImage, RgbImage};
+use image::GrayImage;
 
 /// How a sample is prepared.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -136,14 +136,16 @@ fn parse_boxes(bytes: &[u8], w: u32, h: u32) -> Result<Vec<[f32; 4]>, String> {
         .collect()
 }
 
-/// `region` of `image` resized to `size × size` (antialiased bilinear), channel-major.
-fn crop_rgb(image: &RgbImage, region: Region, size: u32) -> Vec<u8> {
-    region_planes(image.as_raw(), image.dimensions(), 3, region, size, Sampling::Bilinear)
-}
-
 /// `region` of `mask` resized to `size × size` (nearest).
 fn crop_mask(mask: &GrayImage, region: Region, size: u32) -> Vec<u8> {
-    region_planes(mask.as_raw(), mask.dimensions(), 1, region, size, Sampling::Nearest)
+    region_planes(
+        mask.as_raw(),
+        mask.dimensions(),
+        1,
+        region,
+        size,
+        Sampling::Nearest,
+    )
 }
 
 /// Boxes of the original image in the pixels of `region` resized to `size`, clipped;
@@ -217,16 +219,12 @@ fn pad_crop_boxes(boxes: &[[f32; 4]], size: u32, padding: i64, crop: Crop) -> Ve
         .collect()
 }
 
-/// The decoded image of `raw`, its boxes (in its pixels) and its mask.
-type Decoded = (RgbImage, Vec<[f32; 4]>, Option<GrayImage>);
-
-/// Decodes `raw`'s image, boxes and mask (which must have the image's size).
-fn decode(raw: &RawSample) -> Result<Decoded, String> {
-    let image = decode_bytes(&raw.image)?.into_rgb8();
-    let (w, h) = image.dimensions();
-    if w == 0 || h == 0 {
-        return Err("empty image".into());
-    }
+/// `raw`'s boxes (in the pixels of its `w × h` image) and its mask (which must have the
+/// image's size).
+fn annotations(
+    raw: &RawSample,
+    (w, h): (u32, u32),
+) -> Result<(Vec<[f32; 4]>, Option<GrayImage>), String> {
     let boxes = match &raw.boxes {
         Some(bytes) => parse_boxes(bytes, w, h)?,
         None => Vec::new(),
@@ -247,7 +245,7 @@ fn decode(raw: &RawSample) -> Result<Decoded, String> {
         }
         None => None,
     };
-    Ok((image, boxes, mask))
+    Ok((boxes, mask))
 }
 
 /// Decodes `raw` and prepares it at `size × size` as `view` says, drawing from `rng`
@@ -258,8 +256,8 @@ pub fn prepare(
     view: &View,
     rng: &mut SplitMix,
 ) -> Result<Prepared, String> {
-    let (image, boxes, mask) = decode(raw)?;
-    let (w, h) = image.dimensions();
+    let (w, h) = dimensions(&raw.image)?;
+    let (boxes, mask) = annotations(raw, (w, h))?;
     let (region, flip_after) = match *view {
         View::Train {
             recipe: Recipe::Imagenet,
@@ -277,7 +275,17 @@ pub fn prepare(
         } => (centre_crop(w, h, size, eval_crop), false),
         _ => ((0, 0, w, h), false),
     };
-    let mut pixels = crop_rgb(&image, region, size);
+    // Decoded at the coarsest DCT scale that still gives the region `size` pixels.
+    let (image, scale) = decode_region(&raw.image, region, size)?;
+    let mut pixels = scaled_region_planes(
+        image.as_raw(),
+        image.dimensions(),
+        3,
+        region,
+        scale,
+        size,
+        Sampling::Bilinear,
+    );
     let mut boxes = crop_boxes(&boxes, region, size);
     let mut mask = mask.map(|m| crop_mask(&m, region, size));
     let side = size as usize;

@@ -4,6 +4,7 @@ use super::GlobalArgs;
 use crate::config::{Cifar100Labels, DataConfig};
 use crate::data::catalogue::Catalogue;
 use crate::data::config::{OnCorrupt, Recipe};
+use crate::data::loader::Loader;
 use crate::data::shards::pack::{pack, PackOptions};
 use crate::data::shards::{split_name, Manifest, ShardSet, Store};
 use crate::data::stream::{EpochPlan, ShardEpoch, ShardSource};
@@ -165,9 +166,22 @@ pub struct BenchArgs {
     /// Batches measured after the first (0: the whole epoch).
     #[arg(long, default_value_t = 50)]
     pub batches: usize,
+    /// What to measure: the whole pipeline (read, decode, crop, resize, flip, batch),
+    /// or reading and decoding alone.
+    #[arg(long, value_enum, default_value_t = Stage::Full)]
+    pub stage: Stage,
     /// Also write the figures as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+}
+
+/// `--stage`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Read, decode, augment, batch.
+    Full,
+    /// Read and decode (JPEG or PNG to RGB) only.
+    Decode,
 }
 
 /// `--split`.
@@ -423,6 +437,9 @@ impl BenchArgs {
 
 fn run_bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let config = args.config()?;
+    // The consumer only stacks batches: libtorch's intra-op threads would spin on the
+    // cores the workers use (the PyTorch reference sets one thread too).
+    tch::set_num_threads(1);
     let split = match args.split {
         SplitArg::Train => Split::Train,
         SplitArg::Test => Split::Test,
@@ -437,9 +454,22 @@ fn run_bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         world: 1,
         start_batch: 0,
     };
-    let mut epoch = ShardEpoch::new(source, plan);
-    let total = epoch.batch_count();
-    drop(epoch.next().context("the split has no samples")??);
+    let total = source.len().div_ceil(args.batch_size);
+    let mut epoch: Box<dyn Iterator<Item = Result<usize, crate::data::DataError>>> =
+        match args.stage {
+            Stage::Full => Box::new(
+                ShardEpoch::new(source, plan).map(|b| b.map(|s| s.labels.size()[0] as usize)),
+            ),
+            Stage::Decode => {
+                let order = source.order(plan.seed, plan.epoch);
+                let batches: Vec<Vec<i64>> =
+                    order.chunks(args.batch_size).map(<[i64]>::to_vec).collect();
+                let (workers, prefetch) = source.parallelism();
+                let decode = move |j: usize| source.decode_only(&batches[j]);
+                Box::new(Loader::new(total, 0, workers, prefetch, Box::new(decode)))
+            }
+        };
+    epoch.next().context("the split has no samples")??;
     let first_batch_s = start.elapsed().as_secs_f64();
     let wanted = if args.batches == 0 {
         total - 1
@@ -454,7 +484,7 @@ fn run_bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let mut images = 0usize;
     for batch in epoch.by_ref().take(wanted) {
         crate::interrupt::check()?;
-        images += batch?.labels.size()[0] as usize;
+        images += batch?;
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -471,6 +501,7 @@ fn run_bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             "tool": "sat",
             "root": args.root.display().to_string(),
             "recipe": config.recipe.as_str(),
+            "stage": if args.stage == Stage::Full { "full" } else { "decode" },
             "size": args.image_size,
             "workers": workers,
             "batch_size": args.batch_size,
