@@ -23,9 +23,91 @@ pub struct Annotations {
     pub masks: bool,
 }
 
-/// Samples copied into the dataset's tensors at a time (each chunk's buffers are freed
-/// once copied, so the peak stays near one copy of the decoded pixels).
-const CHUNK: usize = 256;
+/// Samples decoded and copied into the dataset's tensors at a time: their buffers are
+/// freed (and reused by the next chunk) before more are decoded, so the peak stays near
+/// one copy of the decoded pixels.
+pub const CHUNK: usize = 512;
+
+/// Fills a dataset's tensors chunk by chunk.
+pub struct Assembler {
+    images: Tensor,
+    masks: Option<Tensor>,
+    labels: Vec<i64>,
+    boxes: Vec<Vec<[f32; 4]>>,
+    present: Vec<bool>,
+    size: i64,
+    annotations: Annotations,
+}
+
+impl Assembler {
+    /// Room for `n` samples of side `size`.
+    pub fn new(n: usize, size: i64, annotations: Annotations) -> Self {
+        let n = n as i64;
+        Self {
+            images: Tensor::empty([n, 3, size, size], (Kind::Uint8, Device::Cpu)),
+            masks: annotations
+                .masks
+                .then(|| Tensor::empty([n, 1, size, size], (Kind::Uint8, Device::Cpu))),
+            labels: Vec::with_capacity(n as usize),
+            boxes: Vec::with_capacity(n as usize),
+            present: Vec::new(),
+            size,
+            annotations,
+        }
+    }
+
+    /// Copies `chunk` in after the samples pushed so far, consuming it.
+    pub fn push(&mut self, chunk: Vec<Sample>) {
+        let (start, count, size) = (self.labels.len() as i64, chunk.len() as i64, self.size);
+        let plane = (size * size) as usize;
+        let mut pixels = Vec::with_capacity(chunk.len() * 3 * plane);
+        let mut mask_bytes = Vec::new();
+        for s in chunk {
+            pixels.extend_from_slice(&s.pixels);
+            self.labels.push(s.label);
+            self.boxes.push(s.boxes);
+            if self.annotations.masks {
+                self.present.push(s.mask.is_some());
+                match s.mask {
+                    Some(m) => mask_bytes.extend_from_slice(&m),
+                    None => mask_bytes.extend(std::iter::repeat_n(0u8, plane)),
+                }
+            }
+        }
+        self.images
+            .narrow(0, start, count)
+            .copy_(&Tensor::from_slice(&pixels).reshape([count, 3, size, size]));
+        if let Some(m) = &self.masks {
+            m.narrow(0, start, count)
+                .copy_(&Tensor::from_slice(&mask_bytes).reshape([count, 1, size, size]));
+        }
+    }
+
+    /// The dataset of the samples pushed (all `n` of them).
+    pub fn finish(self, class_names: Vec<String>) -> Dataset {
+        let n = self.labels.len() as i64;
+        assert_eq!(n, self.images.size()[0], "every sample pushed");
+        let most = self.boxes.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let mut boxes = Vec::with_capacity(self.boxes.len() * most * 4);
+        for b in &self.boxes {
+            for i in 0..most {
+                boxes.extend(b.get(i).copied().unwrap_or([-1.0; 4]));
+            }
+        }
+        Dataset {
+            images: self.images,
+            labels: Tensor::from_slice(&self.labels),
+            boxes: self
+                .annotations
+                .boxes
+                .then(|| Tensor::from_slice(&boxes).reshape([n, most as i64, 4])),
+            masks: self
+                .masks
+                .map(|m| (m, Tensor::from_slice(&self.present).to_kind(Kind::Bool))),
+            class_names,
+        }
+    }
+}
 
 /// Stacks `samples` of side `size` into a dataset, consuming them chunk by chunk.
 pub fn assemble(
@@ -34,63 +116,16 @@ pub fn assemble(
     class_names: Vec<String>,
     annotations: Annotations,
 ) -> Dataset {
-    let n = samples.len() as i64;
-    let plane = (size * size) as usize;
-    let most_boxes = samples
-        .iter()
-        .map(|s| s.boxes.len())
-        .max()
-        .unwrap_or(0)
-        .max(1);
-    let images = Tensor::empty([n, 3, size, size], (Kind::Uint8, Device::Cpu));
-    let masks = annotations
-        .masks
-        .then(|| Tensor::empty([n, 1, size, size], (Kind::Uint8, Device::Cpu)));
-    let mut labels = Vec::with_capacity(samples.len());
-    let mut boxes = Vec::with_capacity(samples.len() * most_boxes * 4);
-    let mut present = Vec::new();
+    let mut assembler = Assembler::new(samples.len(), size, annotations);
     let mut samples = samples.into_iter();
-    let mut start = 0i64;
     loop {
         let chunk: Vec<Sample> = samples.by_ref().take(CHUNK).collect();
         if chunk.is_empty() {
             break;
         }
-        let count = chunk.len() as i64;
-        let mut pixels = Vec::with_capacity(chunk.len() * 3 * plane);
-        let mut mask_bytes = Vec::new();
-        for s in chunk {
-            pixels.extend_from_slice(&s.pixels);
-            labels.push(s.label);
-            for i in 0..most_boxes {
-                boxes.extend(s.boxes.get(i).copied().unwrap_or([-1.0; 4]));
-            }
-            if annotations.masks {
-                present.push(s.mask.is_some());
-                match s.mask {
-                    Some(m) => mask_bytes.extend_from_slice(&m),
-                    None => mask_bytes.extend(std::iter::repeat_n(0u8, plane)),
-                }
-            }
-        }
-        images
-            .narrow(0, start, count)
-            .copy_(&Tensor::from_slice(&pixels).reshape([count, 3, size, size]));
-        if let Some(m) = &masks {
-            m.narrow(0, start, count)
-                .copy_(&Tensor::from_slice(&mask_bytes).reshape([count, 1, size, size]));
-        }
-        start += count;
+        assembler.push(chunk);
     }
-    Dataset {
-        images,
-        labels: Tensor::from_slice(&labels),
-        boxes: annotations
-            .boxes
-            .then(|| Tensor::from_slice(&boxes).reshape([n, most_boxes as i64, 4])),
-        masks: masks.map(|m| (m, Tensor::from_slice(&present).to_kind(Kind::Bool))),
-        class_names,
-    }
+    assembler.finish(class_names)
 }
 
 /// Scales a box given in original pixel coordinates by `scale` and clips it to the

@@ -2,8 +2,8 @@
 //! boxes and its mask. Every file format's reader lists its split as a [`Catalogue`];
 //! the in-memory path decodes it ([`Catalogue::decode`]) and `sat-host data pack` writes
 //! it into shards, so both read a format the same way.
-use super::assemble::{assemble, scale_box, Annotations, Sample};
-use super::decode::{parallel_map, read_mask, read_rgb, Decoded};
+use super::assemble::{scale_box, Annotations, Assembler, Sample, CHUNK};
+use super::decode::{parallel_map_with, read_mask, read_rgb, Decoded};
 use super::error::{read_text, DataError};
 use super::Dataset;
 use crate::config::MissingMasks;
@@ -134,30 +134,42 @@ impl Catalogue {
         }
     }
 
-    /// Decodes every entry at side `size` (in parallel) into an in-memory dataset. A
-    /// mask whose size differs from its image's is an error unless `resize_masks`.
+    /// Decodes every entry at side `size` (in parallel) into an in-memory dataset,
+    /// [`CHUNK`] entries at a time. A mask whose size differs from its image's is an
+    /// error unless `resize_masks`.
     pub fn decode(self, size: i64, resize_masks: bool) -> Result<Dataset, DataError> {
-        let samples = parallel_map(&self.entries, self.format, |e| {
-            let decoded = e.read_rgb(size as u32)?;
-            let boxes = e
-                .boxes
-                .read()?
-                .into_iter()
-                .filter_map(|b| scale_box(b, decoded.scale, size))
-                .collect();
-            let mask = e
-                .mask
-                .as_ref()
-                .map(|m| read_mask(m, size as u32, (!resize_masks).then_some(decoded.original)))
-                .transpose()?;
-            Ok(Sample {
-                pixels: decoded.pixels,
-                label: e.label,
-                boxes,
-                mask,
-            })
-        })?;
-        Ok(assemble(samples, size, self.class_names, self.annotations))
+        let bar = crate::progress::bar(
+            self.entries.len() as u64,
+            "{prefix} [{bar:30}] {pos}/{len} ({elapsed}<{eta})",
+        );
+        bar.set_prefix(self.format.to_string());
+        let mut assembler = Assembler::new(self.entries.len(), size, self.annotations);
+        for chunk in self.entries.chunks(CHUNK) {
+            let samples = parallel_map_with(chunk, &bar, |e| {
+                let decoded = e.read_rgb(size as u32)?;
+                let boxes = e
+                    .boxes
+                    .read()?
+                    .into_iter()
+                    .filter_map(|b| scale_box(b, decoded.scale, size))
+                    .collect();
+                let mask = e
+                    .mask
+                    .as_ref()
+                    .map(|m| read_mask(m, size as u32, (!resize_masks).then_some(decoded.original)))
+                    .transpose()?;
+                Ok(Sample {
+                    pixels: decoded.pixels,
+                    label: e.label,
+                    boxes,
+                    mask,
+                })
+            });
+            let samples = samples.inspect_err(|_| bar.abandon())?;
+            assembler.push(samples);
+        }
+        bar.finish_and_clear();
+        Ok(assembler.finish(self.class_names))
     }
 }
 

@@ -74,14 +74,17 @@ impl Session<'_> {
     /// then evaluates.
     pub fn train_and_evaluate(&mut self, resume: bool) -> anyhow::Result<Outcome> {
         let (config, t) = (self.config, &self.config.train);
+        let loading = Instant::now();
         let (train, test) = load_datasets(config)?;
         log::info!(
-            "dataset {}: {} training and {} test images, {} classes, on {:?}",
+            "dataset {}: {} training and {} test images, {} classes, on {:?} (loaded in {:.1} s, peak RSS {:.0} MiB)",
             config.data.dataset,
             train.len(),
             test.len(),
             train.num_classes(),
-            self.device
+            self.device,
+            loading.elapsed().as_secs_f64(),
+            crate::report::process_status_mib("VmHWM")
         );
         if config.model.torchscript.is_some() {
             bail!("[model] torchscript: a TorchScript model can be evaluated and attacked (`sat-host eval --config ...`), not trained here; use [model] arch");
