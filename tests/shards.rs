@@ -145,6 +145,25 @@ fn image_folder_packs_trains_with_boxes_and_evaluates_from_shards() {
     )
     .success();
     assert!(cwd.join("adv.safetensors").metadata().unwrap().len() > 3 * 36 * 16 * 16);
+
+    // bench and saliency read the shards too.
+    let bench = sat(
+        cwd,
+        &[
+            "bench", "--config", "runs/boxes/config.toml", "--models", "small-cnn", "--rows",
+            "standard,sat-masks", "--batch", "8", "--warmup", "0", "--steps", "2",
+        ],
+        &[],
+    )
+    .success();
+    assert!(bench.stdout.contains("| small-cnn | sat-masks |"), "{}", bench.stdout);
+    sat(
+        cwd,
+        &["saliency", "--config", "runs/boxes/config.toml", "--out", "gallery"],
+        &[],
+    )
+    .success();
+    assert!(cwd.join("gallery/boxes.png").exists());
 }
 
 /// One `<object>` of a PASCAL VOC file.

@@ -1,10 +1,11 @@
 //! `sat-host bench`: training-step and evaluation throughput per training mode and
-//! model, with the process's peak memory per row, as JSON and a Markdown table. The
+//! model, with the process's peak memory per row, as JSON and a Markdown table, on
+//! generated 32 × 32 images or on the configuration's dataset (in memory or shards). The
 //! training rows time the one [`TrainingStep`] that `run` uses.
 //! `bench/pytorch_bench.py` measures the same rows in PyTorch eager for the ratio.
 use super::{prepare, ConfigArgs, GlobalArgs};
 use crate::config::RunConfig;
-use crate::data::{rng::SplitMix, shapes, Dataset};
+use crate::data::{rng::SplitMix, shapes, Data};
 use crate::plugins::oracle::ModelOracle;
 use crate::plugins::pipeline::{create_attack, Pipeline};
 use crate::plugins::registry::Registry;
@@ -183,16 +184,24 @@ pub fn measure(
     plan: &Plan,
     device: Device,
 ) -> anyhow::Result<Vec<Row>> {
-    let classes = 6;
-    let count = plan.batch as usize * (plan.warmup + plan.steps);
-    let data = shapes::generate(count, 32, classes, base.seed, 0).map_err(anyhow::Error::msg)?;
+    // Generated 32 × 32 `shapes` images, or the configuration's own training split
+    // (in memory or streamed from shards) at its `image_size`.
+    let (data, size) = if base.data.dataset == "shapes" {
+        let count = plan.batch as usize * (plan.warmup + plan.steps);
+        let generated = shapes::generate(count, 32, 6, base.seed, 0).map_err(anyhow::Error::msg)?;
+        (Data::Memory(generated), 32)
+    } else {
+        let (train, _) = crate::train::load_datasets(base)?;
+        (train, base.data.image_size)
+    };
     let bench = Bench {
         base,
         registry,
         plan,
         device,
+        classes: data.num_classes(),
         data,
-        classes,
+        size,
         teacher_dir: tempfile_dir()?,
     };
     let mut out = Vec::new();
@@ -217,8 +226,10 @@ struct Bench<'a> {
     registry: &'a Registry,
     plan: &'a Plan,
     device: Device,
-    data: Dataset,
+    data: Data,
     classes: i64,
+    /// Side of the images.
+    size: i64,
     teacher_dir: PathBuf,
 }
 
@@ -228,7 +239,7 @@ impl Bench<'_> {
         let &(_, saliency, attack, objective, settings) = spec;
         let mut config = self.base.clone();
         config.model.arch = arch.to_string();
-        config.data.image_size = 32;
+        config.data.image_size = self.size;
         config.train.saliency = if saliency.is_empty() {
             Vec::new()
         } else {
@@ -283,8 +294,9 @@ impl Bench<'_> {
                 i as i64 * plan.batch,
                 (i as i64 + 1) * plan.batch,
                 (Kind::Int64, Device::Cpu),
-            );
-            let samples = self.data.select(&index).to(device);
+            )
+            .remainder(self.data.len());
+            let samples = self.data.select(&index)?.to(device);
             synchronize(device);
             let start = Instant::now();
             if eval_row {

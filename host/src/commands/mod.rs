@@ -63,7 +63,8 @@ pub enum Command {
     /// perturbed image) on test images.
     Saliency(saliency::SaliencyArgs),
     /// Measure training-step and evaluation throughput (images/s, peak memory) per
-    /// training mode and model on generated 32×32 data.
+    /// training mode and model on generated 32×32 data, or on the configuration's
+    /// dataset when it names one other than `shapes` (shards included).
     Bench(bench::BenchArgs),
     /// Write a plugin crate of its own (saliency source, attack or objective) that
     /// builds outside the sat tree against this sat-host's sat-core and libtorch.
