@@ -134,6 +134,18 @@ impl Catalogue {
         }
     }
 
+    /// Drops the entries `missing` says to (see [`Catalogue::apply_missing_masks`]) and
+    /// decodes the rest ([`Catalogue::decode`]).
+    pub fn load(
+        mut self,
+        size: i64,
+        missing: MissingMasks,
+        resize_masks: bool,
+    ) -> Result<Dataset, DataError> {
+        self.apply_missing_masks(missing);
+        self.decode(size, resize_masks)
+    }
+
     /// Decodes every entry at side `size` (in parallel) into an in-memory dataset,
     /// [`CHUNK`] entries at a time. A mask whose size differs from its image's is an
     /// error unless `resize_masks`.
@@ -182,6 +194,20 @@ pub fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     }
     paths.sort();
     Ok(paths)
+}
+
+/// The sorted names of the directories in `dir` (the classes of an ImageFolder-like
+/// layout); none is an error naming `dir`.
+pub fn class_dirs(dir: &Path) -> Result<Vec<String>, DataError> {
+    let names: Vec<String> = sorted_entries(dir)?
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    if names.is_empty() {
+        return Err(DataError::format(dir, "no class directories"));
+    }
+    Ok(names)
 }
 
 /// Non-empty trimmed lines of a text file.

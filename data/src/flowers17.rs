@@ -49,9 +49,7 @@ pub fn flowers17(
     missing: MissingMasks,
     resize_masks: bool,
 ) -> Result<Dataset, DataError> {
-    let mut catalogue = catalogue(root, split)?;
-    catalogue.apply_missing_masks(missing);
-    catalogue.decode(size, resize_masks)
+    catalogue(root, split)?.load(size, missing, resize_masks)
 }
 
 /// The Flower-17 `split` under `root`, listed.

@@ -14,7 +14,7 @@
 //! are kept (the `masks` plugin's `fallback` applies) or skipped per `[data]
 //! missing_masks`. The same holds for boxes (images without boxes have none).
 use super::assemble::Annotations;
-use super::catalogue::{sorted_entries, BoxSource, Catalogue, Entry, ImageSource};
+use super::catalogue::{class_dirs, sorted_entries, BoxSource, Catalogue, Entry, ImageSource};
 use super::error::{read_text, DataError};
 use super::{Dataset, Split};
 use crate::config::MissingMasks;
@@ -26,19 +26,6 @@ fn is_image(path: &Path) -> bool {
     !name.ends_with(".mask.png") && [".jpg", ".jpeg", ".png"].iter().any(|e| name.ends_with(e))
 }
 
-fn classes(root: &Path) -> Result<Vec<String>, DataError> {
-    let train = root.join("train");
-    let names: Vec<String> = sorted_entries(&train)?
-        .into_iter()
-        .filter(|p| p.is_dir())
-        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .collect();
-    if names.is_empty() {
-        return Err(DataError::format(&train, "no class directories"));
-    }
-    Ok(names)
-}
-
 /// Reads the ImageFolder `split` under `root` at side `size`.
 pub fn image_folder(
     root: &Path,
@@ -47,14 +34,12 @@ pub fn image_folder(
     missing: MissingMasks,
     resize_masks: bool,
 ) -> Result<Dataset, DataError> {
-    let mut catalogue = catalogue(root, split)?;
-    catalogue.apply_missing_masks(missing);
-    catalogue.decode(size, resize_masks)
+    catalogue(root, split)?.load(size, missing, resize_masks)
 }
 
 /// The ImageFolder `split` under `root`, listed.
 pub fn catalogue(root: &Path, split: Split) -> Result<Catalogue, DataError> {
-    let class_names = classes(root)?;
+    let class_names = class_dirs(&root.join("train"))?;
     let dir = match split {
         Split::Train => root.join("train"),
         Split::Test if !root.join("test").exists() && root.join("val").exists() => root.join("val"),

@@ -17,7 +17,9 @@
 //! states; a box that is empty after clamping, or not a number, is an error naming the
 //! file.
 use super::assemble::Annotations;
-use super::catalogue::{lines, sorted_entries, BoxSource, Catalogue, Entry, ImageSource};
+use super::catalogue::{
+    class_dirs, lines, sorted_entries, BoxSource, Catalogue, Entry, ImageSource,
+};
 use super::error::{read_text, DataError};
 use super::Split;
 use std::collections::HashMap;
@@ -173,17 +175,7 @@ fn xml_of(image: &Path, annotations: &Path, relative: &Path) -> Option<PathBuf> 
 pub fn catalogue(root: &Path, split: Split) -> Result<Catalogue, DataError> {
     let layout = layout(root);
     let train = layout.images.join("train");
-    let wnids: Vec<String> = sorted_entries(&train)?
-        .into_iter()
-        .filter(|p| p.is_dir())
-        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .collect();
-    if wnids.is_empty() {
-        return Err(DataError::format(
-            &train,
-            "no class directories (nXXXXXXXX)",
-        ));
-    }
+    let wnids = class_dirs(&train)?;
     let labels: HashMap<&str, i64> = wnids
         .iter()
         .enumerate()

@@ -506,10 +506,10 @@ impl Samples {
     }
 }
 
-/// Cases per property test of the readers: `default`, or `SAT_FUZZ_CASES` for a long
-/// fuzzing run (see docs/RELIABILITY.md).
-#[cfg(test)]
-pub(crate) fn fuzz_cases(default: u32) -> u32 {
+/// Cases per property test of the readers and the config parser: `default`, or
+/// `SAT_FUZZ_CASES` for a long fuzzing run (see docs/RELIABILITY.md).
+#[doc(hidden)]
+pub fn fuzz_cases(default: u32) -> u32 {
     std::env::var("SAT_FUZZ_CASES")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -21,12 +21,6 @@ pub mod train;
 /// The datasets, their order and augmentation: the `sat-data` crate.
 pub use sat_data as data;
 
-/// Cases per property test of the readers and the config parser: `default`, or
-/// `SAT_FUZZ_CASES` for a long fuzzing run (see docs/RELIABILITY.md).
+/// Cases per property test (see [`sat_data::fuzz_cases`]).
 #[cfg(test)]
-pub(crate) fn fuzz_cases(default: u32) -> u32 {
-    std::env::var("SAT_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+pub(crate) use sat_data::fuzz_cases;

@@ -105,6 +105,17 @@ pub struct ShardIndex {
     pub samples: Vec<(String, u64, u64)>,
 }
 
+/// `bytes` as JSON of `T`; an error names `at` (path or URL), line and column.
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], at: &str) -> Result<T, DataError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        DataError::record(
+            Path::new(at),
+            format!("line {}, column {}", e.line(), e.column()),
+            e.to_string(),
+        )
+    })
+}
+
 /// The split's name in a manifest.
 pub fn split_name(split: Split) -> &'static str {
     match split {
@@ -127,13 +138,7 @@ impl Manifest {
     pub fn read(store: &Store) -> Result<Manifest, DataError> {
         let bytes = store.read_all(MANIFEST, MAX_MANIFEST_BYTES)?;
         let at = store.name(MANIFEST);
-        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
-            DataError::record(
-                Path::new(&at),
-                format!("line {}, column {}", e.line(), e.column()),
-                e.to_string(),
-            )
-        })?;
+        let manifest: Manifest = parse_json(&bytes, &at)?;
         manifest
             .check()
             .map_err(|m| DataError::format(Path::new(&at), m))?;
@@ -291,13 +296,7 @@ impl ShardSet {
         let entry = &self.shards[shard];
         let at = self.store.name(&entry.index);
         let bytes = self.store.read_all(&entry.index, MAX_INDEX_BYTES)?;
-        let index: ShardIndex = serde_json::from_slice(&bytes).map_err(|e| {
-            DataError::record(
-                Path::new(&at),
-                format!("line {}, column {}", e.line(), e.column()),
-                e.to_string(),
-            )
-        })?;
+        let index: ShardIndex = parse_json(&bytes, &at)?;
         let mismatch = |m: String| {
             DataError::format(
                 Path::new(&self.shard_name(shard)),
