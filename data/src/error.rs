@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// The file cannot be opened or read.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (part of the message, so not also a `source` that error chains repeat).
+        error: std::io::Error,
     },
     /// The file is not in the expected format.
     #[error("{}: {message}", path.display())]
@@ -40,7 +40,7 @@ impl DataError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         Self::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         }
     }
     /// A format error in `path`.

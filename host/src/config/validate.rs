@@ -243,7 +243,36 @@ pub fn validate(c: &RunConfig, source: &ConfigSource) -> Result<(), ConfigError>
         .and_then(|()| check_model(&c.model))
         .and_then(|()| check_train(&c.train))
         .and_then(|()| check_eval(c))
+        .and_then(|()| check_prefetch_memory(c))
         .map_err(|r| source.error_at(&r.key.split('.').collect::<Vec<_>>(), r.message))
+}
+
+/// Most bytes of decoded images the batches a rank streams ahead may hold.
+pub const MAX_PREFETCH_BYTES: u128 = 8 << 30;
+
+/// The batches decoded ahead (`data.prefetch` of `train.batch_size` images of
+/// `data.image_size`², and as many in the workers' hands) fit in
+/// [`MAX_PREFETCH_BYTES`].
+fn check_prefetch_memory(c: &RunConfig) -> Checked {
+    let d = &c.data;
+    let per_batch = c.train.batch_size as u128 * 3 * (d.image_size as u128).pow(2);
+    let bytes = per_batch * (d.prefetch as u128 + d.worker_count() as u128);
+    if d.dataset != "shards" || bytes <= MAX_PREFETCH_BYTES {
+        return Ok(());
+    }
+    refuse(
+        "data.prefetch",
+        format!(
+            "data.prefetch = {} batches ahead (and {} in the workers' hands) of {} images of {}×{} would hold {} GiB; at most {} GiB: lower data.prefetch or train.batch_size",
+            d.prefetch,
+            d.worker_count(),
+            c.train.batch_size,
+            d.image_size,
+            d.image_size,
+            bytes >> 30,
+            MAX_PREFETCH_BYTES >> 30
+        ),
+    )
 }
 
 /// `[data]`.
@@ -656,6 +685,15 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn batches_streamed_ahead_are_bounded_in_memory() {
+        let text = "[data]\ndataset = \"shards\"\nimage_size = 1024\nprefetch = 1000\nworkers = 4\n[train]\nbatch_size = 512\n";
+        let e = refused(text, &[]);
+        assert!(e.contains("/c.toml:4:1: data.prefetch = 1000 batches ahead") && e.contains("at most 8 GiB"), "{e}");
+        let modest = text.replace("prefetch = 1000", "prefetch = 2").replace("512", "128");
+        assert!(accepted(&modest));
     }
 
     #[test]
