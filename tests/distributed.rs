@@ -416,6 +416,40 @@ fn two_ranks_stream_shards_as_one_process_with_augmentation() {
     assert_eq!(a["clean_accuracy"], b["clean_accuracy"]);
 }
 
+/// An evaluation set smaller than one batch per rank: the ranks without a batch still
+/// take part in every collective with the same shapes (it used to abort in gloo with a
+/// collective mismatch), and 2 or 3 ranks give one process's figures.
+#[test]
+fn ranks_without_evaluation_batches_still_agree_with_one_process() {
+    let cwd = tempfile::tempdir().unwrap();
+    config(cwd.path(), "");
+    sat(cwd.path(), &["run", "--config", "c.toml", "--set", "name=base"], &[]).success();
+    let run = cwd.path().join("runs/base");
+    for (world, samples) in [(2, 1), (3, 2), (2, 7), (3, 41)] {
+        let eval = |out: &str| {
+            vec![
+                "eval".to_string(), "--run".into(), run.display().to_string(), "--out".into(),
+                out.into(), "--set".into(), format!("eval.max_samples={samples}"), "--set".into(),
+                "eval.batch_size=4".into(),
+            ]
+        };
+        let many = format!("many-{world}-{samples}");
+        let args = eval(&many);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        for d in run_ranks(cwd.path(), world, &args, 120) {
+            assert_eq!(d.code, Some(0), "{world} ranks, {samples} samples: {}", d.stderr);
+        }
+        let one = format!("one-{world}-{samples}");
+        let args = eval(&one);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        sat(cwd.path(), &args, &[]).success();
+        let (a, b) = (metrics(&cwd.path().join(&many)), metrics(&cwd.path().join(&one)));
+        assert_eq!(a["robust_accuracy"], b["robust_accuracy"], "{world} ranks, {samples} samples");
+        assert_eq!(a["clean_accuracy"], b["clean_accuracy"]);
+        assert_eq!(a["robust_accuracy"][0]["samples"], samples);
+    }
+}
+
 /// Ranks started with different overrides are refused before anything is written.
 #[test]
 fn ranks_with_different_configs_are_refused() {

@@ -133,26 +133,28 @@ impl Tally {
         if !ranks.is_distributed() {
             return Ok(self);
         }
+        // One sum of the same length on every rank, whatever its share: a rank without
+        // batches (or without a targeted attack's hits) sends zeros and a 0 presence flag.
         let k = self.classes;
+        let clean = self.clean_correct.clone().unwrap_or_else(|| vec![0; k]);
+        let targeted = self.targeted.unwrap_or_default();
         let mut counts: Vec<f64> = self.confusion.iter().map(|&c| c as f64).collect();
-        counts.extend(self.clean_correct.iter().flatten().map(|&c| c as f64));
-        if let Some(t) = self.targeted {
-            counts.extend([t.evaluated as f64, t.hits as f64]);
-        }
+        counts.extend(clean.iter().map(|&c| c as f64));
+        counts.extend([
+            targeted.evaluated as f64,
+            targeted.hits as f64,
+            f64::from(u8::from(self.clean_correct.is_some())),
+            f64::from(u8::from(self.targeted.is_some())),
+        ]);
         let summed = ranks.sum(&counts, device)?;
         let (confusion, rest) = summed.split_at(k * k);
+        let (clean, rest) = rest.split_at(k);
         self.confusion = confusion.iter().map(|&c| c as i64).collect();
-        let rest = match &mut self.clean_correct {
-            Some(correct) => {
-                *correct = rest[..k].iter().map(|&c| c as i64).collect();
-                &rest[k..]
-            }
-            None => rest,
-        };
-        if let Some(t) = &mut self.targeted {
-            t.evaluated = rest[0] as i64;
-            t.hits = rest[1] as i64;
-        }
+        self.clean_correct = (rest[2] > 0.0).then(|| clean.iter().map(|&c| c as i64).collect());
+        self.targeted = (rest[3] > 0.0).then(|| TargetCounts {
+            evaluated: rest[0] as i64,
+            hits: rest[1] as i64,
+        });
         let flat: Vec<f64> = self.norms.iter().flat_map(|&(a, b)| [a, b]).collect();
         let all = ranks.gather(&flat, device)?;
         self.norms = all.chunks_exact(2).map(|p| (p[0], p[1])).collect();
