@@ -254,7 +254,10 @@ impl Data {
             Data::Shards(s) => {
                 let indices = batches
                     .iter()
-                    .map(|t| Vec::<i64>::try_from(t).unwrap_or_default())
+                    .map(|t| {
+                        let flat = t.to_kind(Kind::Int64).to_device(Device::Cpu).flatten(0, -1);
+                        Vec::<i64>::try_from(&flat).expect("a flat int64 CPU tensor converts")
+                    })
                     .collect();
                 Batches::Shards(stream::evaluation(s.clone(), indices))
             }

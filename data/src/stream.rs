@@ -116,12 +116,18 @@ impl ShardSource {
         self.set.annotations()
     }
 
-    /// The global (shard) index of sample `i`.
-    fn global(&self, i: i64) -> usize {
-        match &self.subset {
+    /// The global (shard) index of sample `i`; outside the split an error.
+    fn global(&self, i: i64) -> Result<usize, DataError> {
+        if !(0..self.len() as i64).contains(&i) {
+            return Err(DataError::Config(format!(
+                "sample {i} is outside the split's {} samples",
+                self.len()
+            )));
+        }
+        Ok(match &self.subset {
             Some(s) => s[i as usize] as usize,
             None => i as usize,
-        }
+        })
     }
 
     /// The order of `epoch`: blocks of shards permuted, then the samples of each block.
@@ -174,7 +180,7 @@ impl ShardSource {
             skipped: Vec::new(),
         };
         for &i in indices {
-            let global = self.global(i);
+            let global = self.global(i)?;
             let mut rng = SplitMix::new(aug_base, global as u64);
             let prepared = self.set.read(global).and_then(|raw| {
                 prepare(&raw, self.size, view, &mut rng).map_err(|m| {
@@ -221,7 +227,7 @@ impl ShardSource {
     /// Returns how many were decoded.
     pub fn decode_only(&self, indices: &[i64]) -> Result<usize, DataError> {
         for &i in indices {
-            let global = self.global(i);
+            let global = self.global(i)?;
             let raw = self.set.read(global)?;
             crate::decode::decode_bytes(&raw.image).map_err(|m| {
                 let shard = self.set.shard_name_of(global);
@@ -487,6 +493,22 @@ mod tests {
         let a = streamed.select(&all).unwrap();
         let b = memory.select(&all);
         equal(&a, &b);
+    }
+
+    #[test]
+    fn an_index_outside_the_split_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let shards = packed(dir.path(), 2);
+        let source = ShardSource::open(&config(&shards), &shards, Split::Train, 0).unwrap();
+        let e = source
+            .batch(&[4], &source.eval_view(), 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sample 4 is outside the split's 4 samples"),
+            "{e}"
+        );
+        assert!(source.decode_only(&[-1]).is_err());
     }
 
     #[test]
