@@ -43,6 +43,22 @@ fn shard_run(root: &str, name: &str) -> Vec<String> {
     .collect()
 }
 
+/// An ImageFolder of `per_class` images per class under `cwd/folder`, packed into
+/// `cwd/shards` with `shard_size` samples per shard.
+fn packed_folder(cwd: &Path, per_class: u32, shard_size: u32) -> PathBuf {
+    image_folder(&cwd.join("folder"), per_class);
+    let shards = cwd.join("shards");
+    let size = shard_size.to_string();
+    pack(
+        cwd,
+        &cwd.join("folder"),
+        "image-folder",
+        &shards,
+        &["--shard-size", &size],
+    );
+    shards
+}
+
 fn run_strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
@@ -51,15 +67,7 @@ fn run_strs(args: &[String]) -> Vec<&str> {
 fn image_folder_packs_trains_with_boxes_and_evaluates_from_shards() {
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path();
-    image_folder(&cwd.join("folder"), 12);
-    let shards = cwd.join("shards");
-    pack(
-        cwd,
-        &cwd.join("folder"),
-        "image-folder",
-        &shards,
-        &["--shard-size", "10"],
-    );
+    let shards = packed_folder(cwd, 12, 10);
     let out = sat(
         cwd,
         &["data", "inspect", shards.to_str().unwrap(), "--verify"],
@@ -150,16 +158,37 @@ fn image_folder_packs_trains_with_boxes_and_evaluates_from_shards() {
     let bench = sat(
         cwd,
         &[
-            "bench", "--config", "runs/boxes/config.toml", "--models", "small-cnn", "--rows",
-            "standard,sat-masks", "--batch", "8", "--warmup", "0", "--steps", "2",
+            "bench",
+            "--config",
+            "runs/boxes/config.toml",
+            "--models",
+            "small-cnn",
+            "--rows",
+            "standard,sat-masks",
+            "--batch",
+            "8",
+            "--warmup",
+            "0",
+            "--steps",
+            "2",
         ],
         &[],
     )
     .success();
-    assert!(bench.stdout.contains("| small-cnn | sat-masks |"), "{}", bench.stdout);
+    assert!(
+        bench.stdout.contains("| small-cnn | sat-masks |"),
+        "{}",
+        bench.stdout
+    );
     sat(
         cwd,
-        &["saliency", "--config", "runs/boxes/config.toml", "--out", "gallery"],
+        &[
+            "saliency",
+            "--config",
+            "runs/boxes/config.toml",
+            "--out",
+            "gallery",
+        ],
         &[],
     )
     .success();
@@ -318,15 +347,7 @@ fn the_ilsvrc_layout_packs_with_its_boxes_and_trains_sat_with_the_imagenet_recip
 fn bad_samples_name_the_shard_and_key_or_are_skipped_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path();
-    image_folder(&cwd.join("folder"), 6);
-    let shards = cwd.join("shards");
-    pack(
-        cwd,
-        &cwd.join("folder"),
-        "image-folder",
-        &shards,
-        &["--shard-size", "6"],
-    );
+    let shards = packed_folder(cwd, 6, 6);
     // Corrupt one PNG inside the first training shard, keeping the tar intact: flip
     // bytes in the middle of its IDAT data.
     let tar = shards.join("train/000000.tar");
@@ -455,15 +476,7 @@ fn answer(mut stream: std::net::TcpStream, root: &Path, cut: bool) {
 fn shards_stream_over_http_and_a_cut_connection_names_the_shard_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path();
-    image_folder(&cwd.join("folder"), 6);
-    let shards = cwd.join("shards");
-    pack(
-        cwd,
-        &cwd.join("folder"),
-        "image-folder",
-        &shards,
-        &["--shard-size", "5"],
-    );
+    let shards = packed_folder(cwd, 6, 5);
     let (url, stop) = serve(shards.clone(), false);
     let out = sat(cwd, &["data", "inspect", &url, "--verify"], &[]).success();
     assert!(
@@ -495,15 +508,7 @@ fn pythons_webdataset_reads_sats_shards() {
     let python = root.join(".venv/bin/python");
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path();
-    image_folder(&cwd.join("folder"), 4);
-    let shards = cwd.join("shards");
-    pack(
-        cwd,
-        &cwd.join("folder"),
-        "image-folder",
-        &shards,
-        &["--shard-size", "5"],
-    );
+    let shards = packed_folder(cwd, 4, 5);
     let out = std::process::Command::new(&python)
         .arg(root.join("tests/pytorch/read_shards.py"))
         .arg(&shards)
