@@ -59,6 +59,26 @@ fn packed_folder(cwd: &Path, per_class: u32, shard_size: u32) -> PathBuf {
     shards
 }
 
+/// Runs `examples/<name>.toml` on the CPU over the shards at `root`, at a small size
+/// (32 px, width 4, one epoch, batch 8), with `extra` overrides; asserts success.
+fn run_example(cwd: &Path, name: &str, root: &str, extra: &[&str]) -> sat_tests::Run {
+    let example = target_dir().join(format!("../../examples/{name}.toml"));
+    let root = format!("data.root={root}");
+    let mut args = vec!["run", "--config", example.to_str().unwrap()];
+    let small = [
+        "device=cpu",
+        &root,
+        "data.image_size=32",
+        "model.width=4",
+        "train.epochs=1",
+        "train.batch_size=8",
+    ];
+    for set in small.iter().chain(extra) {
+        args.extend(["--set", set]);
+    }
+    sat(cwd, &args, &[]).success()
+}
+
 fn run_strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
@@ -295,30 +315,12 @@ fn the_ilsvrc_layout_packs_with_its_boxes_and_trains_sat_with_the_imagenet_recip
 
     // The ImageNet example (ResNet-50, FGSM-RS mixed with SAT on the boxes) runs on the
     // fixture at a small size.
-    let example = target_dir().join("../../examples/imagenet-sat-boxes.toml");
-    let small = [
-        "--set",
-        "device=cpu",
-        "--set",
-        "data.root=inet",
-        "--set",
-        "data.image_size=32",
-        "--set",
-        "model.width=4",
-        "--set",
-        "train.epochs=1",
-        "--set",
-        "train.batch_size=8",
-        "--set",
-        "train.amp=false",
-        "--set",
-        "eval.max_samples=8",
-        "--set",
-        "eval.batch_size=8",
-    ];
-    let mut args = vec!["run", "--config", example.to_str().unwrap()];
-    args.extend(small);
-    let out = sat(cwd, &args, &[]).success();
+    let out = run_example(
+        cwd,
+        "imagenet-sat-boxes",
+        "inet",
+        &["train.amp=false", "eval.max_samples=8", "eval.batch_size=8"],
+    );
     assert!(
         out.stderr.contains("inputs from attack `pgd`"),
         "{}",
@@ -590,27 +592,12 @@ fn tiny_imagenet_and_cifar_pack_and_the_tiny_imagenet_example_runs() {
         &cwd.join("tiny-shards"),
         &[],
     );
-    let example = target_dir().join("../../examples/tiny-imagenet-shards.toml");
-    let args = [
-        "run",
-        "--config",
-        example.to_str().unwrap(),
-        "--set",
-        "device=cpu",
-        "--set",
-        "data.root=tiny-shards",
-        "--set",
-        "data.image_size=32",
-        "--set",
-        "model.width=4",
-        "--set",
-        "train.epochs=1",
-        "--set",
-        "train.batch_size=8",
-        "--set",
-        "eval.max_samples=6",
-    ];
-    sat(cwd, &args, &[]).success();
+    run_example(
+        cwd,
+        "tiny-imagenet-shards",
+        "tiny-shards",
+        &["eval.max_samples=6"],
+    );
     let m = metrics(&cwd.join("runs/tiny-imagenet-shards"));
     assert_eq!(m["status"], "completed");
 
