@@ -185,23 +185,23 @@ impl Catalogue {
     }
 }
 
-/// The entries of a directory, sorted by name; an error names the directory.
+/// The entries of a directory, sorted by name; an error names the directory, or the
+/// entry that is a link looping or leading nowhere.
 pub fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let listing = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
-    let mut paths = Vec::new();
-    for entry in listing {
-        paths.push(entry.map_err(|e| DataError::io(dir, e))?.path());
-    }
-    paths.sort();
-    Ok(paths)
+    Ok(sat_input::list(dir)?.into_iter().map(|e| e.path).collect())
+}
+
+/// The subdirectories of `dir`, sorted by name; a link loop among them (one that is
+/// `dir`, a directory above it, or another of them) is an error naming it.
+pub fn subdirectories(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    Ok(sat_input::subdirectories(dir)?)
 }
 
 /// The sorted names of the directories in `dir` (the classes of an ImageFolder-like
 /// layout); none is an error naming `dir`.
 pub fn class_dirs(dir: &Path) -> Result<Vec<String>, DataError> {
-    let names: Vec<String> = sorted_entries(dir)?
+    let names: Vec<String> = subdirectories(dir)?
         .into_iter()
-        .filter(|p| p.is_dir())
         .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .collect();
     if names.is_empty() {

@@ -137,7 +137,7 @@ fn read_records(
     header: usize,
     mut each: impl FnMut(&Path, usize, &[u8]) -> Result<(), DataError>,
 ) -> Result<(), DataError> {
-    let bytes = read(path)?;
+    let bytes = read(path, sat_input::Kind::Records)?;
     let size = header + PIXELS;
     if bytes.is_empty() {
         return Err(DataError::format(path, "the file is empty"));

@@ -29,7 +29,7 @@ fn limits() -> image::Limits {
 }
 
 fn open(path: &Path) -> Result<image::DynamicImage, DataError> {
-    let bytes = super::error::read(path)?;
+    let bytes = super::error::read(path, sat_input::Kind::Image)?;
     decode_bytes(&bytes).map_err(|m| DataError::format(path, m))
 }
 
@@ -128,7 +128,7 @@ pub fn decode_rgb(bytes: &[u8], scale: u32) -> Result<image::RgbImage, String> {
 
 /// Decodes the image at `path` and resizes it (bilinear) to `size × size`.
 pub fn read_rgb(path: &Path, size: u32) -> Result<Decoded, DataError> {
-    let bytes = super::error::read(path)?;
+    let bytes = super::error::read(path, sat_input::Kind::Image)?;
     let (w, h) = dimensions(&bytes).map_err(|m| DataError::format(path, m))?;
     let (image, scale) =
         decode_region(&bytes, (0, 0, w, h), size).map_err(|m| DataError::format(path, m))?;

@@ -33,6 +33,9 @@ pub enum DataError {
     /// The configuration asks for something the data cannot give.
     #[error("{0}")]
     Config(String),
+    /// The file is not one sat reads (not a regular file, too large, a link loop).
+    #[error(transparent)]
+    Input(#[from] sat_input::InputError),
 }
 
 impl DataError {
@@ -60,13 +63,14 @@ impl DataError {
     }
 }
 
-/// Reads a whole file, naming it on failure.
-pub fn read(path: &Path) -> Result<Vec<u8>, DataError> {
-    std::fs::read(path).map_err(|e| DataError::io(path, e))
+/// Reads a whole file of `kind` (a regular file, at most the kind's cap), naming it on
+/// failure.
+pub fn read(path: &Path, kind: sat_input::Kind) -> Result<Vec<u8>, DataError> {
+    Ok(sat_input::read(path, kind)?)
 }
 
-/// Reads a whole text file, naming it on failure.
+/// Reads a whole text annotation (a regular file, UTF-8, at most the annotation cap),
+/// naming it on failure.
 pub fn read_text(path: &Path) -> Result<String, DataError> {
-    let bytes = read(path)?;
-    String::from_utf8(bytes).map_err(|e| DataError::format(path, format!("not UTF-8 text: {e}")))
+    Ok(sat_input::read_text(path, sat_input::Kind::Annotation)?)
 }

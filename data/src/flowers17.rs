@@ -9,7 +9,7 @@
 //! Images without a trimap are kept with no mask (the `masks` plugin's `fallback`
 //! applies) or skipped, as `[data] missing_masks` says.
 use super::assemble::Annotations;
-use super::catalogue::{Catalogue, Entry, ImageSource};
+use super::catalogue::{sorted_entries, Catalogue, Entry, ImageSource};
 use super::error::DataError;
 use super::{Dataset, Split};
 use crate::config::MissingMasks;
@@ -55,23 +55,24 @@ pub fn flowers17(
 /// The Flower-17 `split` under `root`, listed.
 pub fn catalogue(root: &Path, split: Split) -> Result<Catalogue, DataError> {
     let jpg = root.join("jpg");
-    let listing = std::fs::read_dir(&jpg).map_err(|e| DataError::io(&jpg, e))?;
     let mut ids = Vec::new();
-    for entry in listing {
-        let entry = entry.map_err(|e| DataError::io(&jpg, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
+    for path in sorted_entries(&jpg)? {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let Some(id) = name
             .strip_prefix("image_")
             .and_then(|n| n.strip_suffix(".jpg"))
         else {
             continue;
         };
-        let id: u32 = id.parse().map_err(|_| {
-            DataError::format(&entry.path(), "expected a name of the form image_XXXX.jpg")
-        })?;
+        let id: u32 = id
+            .parse()
+            .map_err(|_| DataError::format(&path, "expected a name of the form image_XXXX.jpg"))?;
         if !(1..=17 * 80).contains(&id) {
             return Err(DataError::format(
-                &entry.path(),
+                &path,
                 format!("image id {id} is outside 1-1360"),
             ));
         }

@@ -14,7 +14,9 @@
 //! are kept (the `masks` plugin's `fallback` applies) or skipped per `[data]
 //! missing_masks`. The same holds for boxes (images without boxes have none).
 use super::assemble::Annotations;
-use super::catalogue::{class_dirs, sorted_entries, BoxSource, Catalogue, Entry, ImageSource};
+use super::catalogue::{
+    class_dirs, sorted_entries, subdirectories, BoxSource, Catalogue, Entry, ImageSource,
+};
 use super::error::{read_text, DataError};
 use super::{Dataset, Split};
 use crate::config::MissingMasks;
@@ -46,7 +48,7 @@ pub fn catalogue(root: &Path, split: Split) -> Result<Catalogue, DataError> {
         Split::Test => root.join("test"),
     };
     let mut entries = Vec::new();
-    for class_dir in sorted_entries(&dir)?.into_iter().filter(|p| p.is_dir()) {
+    for class_dir in subdirectories(&dir)? {
         let before = entries.len();
         let name = class_dir
             .file_name()
@@ -265,6 +267,30 @@ mod tests {
             e.contains("bird: this class is not among the training classes"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn link_loops_and_special_files_are_errors_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        layout(dir.path());
+        let read = || catalogue(dir.path(), Split::Train).map(|c| c.entries.len());
+        let lion = dir.path().join("train/lion");
+        std::os::unix::fs::symlink(dir.path().join("train"), &lion).unwrap();
+        let e = read().unwrap_err().to_string();
+        assert!(e.contains("train/lion") && e.contains("link loop"), "{e}");
+        std::fs::remove_file(&lion).unwrap();
+        std::os::unix::fs::symlink(&lion, &lion).unwrap();
+        let e = read().unwrap_err().to_string();
+        assert!(e.contains("train/lion") && e.contains("loops back"), "{e}");
+        std::fs::remove_file(&lion).unwrap();
+        let image = dir.path().join("train/dog/c.png");
+        std::fs::remove_file(&image).unwrap();
+        let made = std::process::Command::new("mkfifo").arg(&image).status();
+        assert!(made.unwrap().success());
+        let e = image_folder(dir.path(), Split::Train, 16, MissingMasks::Keep, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("c.png") && e.contains("is a FIFO"), "{e}");
     }
 
     #[test]

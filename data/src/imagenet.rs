@@ -18,7 +18,7 @@
 //! file.
 use super::assemble::Annotations;
 use super::catalogue::{
-    class_dirs, lines, sorted_entries, BoxSource, Catalogue, Entry, ImageSource,
+    class_dirs, lines, sorted_entries, subdirectories, BoxSource, Catalogue, Entry, ImageSource,
 };
 use super::error::{read_text, DataError};
 use super::Split;
@@ -212,7 +212,7 @@ fn sorted_split(
 ) -> Result<Vec<Entry>, DataError> {
     let mut entries = Vec::new();
     let dir = layout.images.join(split);
-    for class_dir in sorted_entries(&dir)?.into_iter().filter(|p| p.is_dir()) {
+    for class_dir in subdirectories(&dir)? {
         let wnid = class_dir.file_name().unwrap_or_default().to_string_lossy();
         let label = *labels.get(wnid.as_ref()).ok_or_else(|| {
             DataError::format(&class_dir, "this class is not among the training classes")

@@ -79,7 +79,12 @@ impl Kind {
 
 /// A byte count as people read it (`1.5 GiB`, `300 B`).
 pub fn human_bytes(bytes: u64) -> String {
-    let units = [("TiB", 1u64 << 40), ("GiB", GIB), ("MiB", MIB), ("KiB", 1 << 10)];
+    let units = [
+        ("TiB", 1u64 << 40),
+        ("GiB", GIB),
+        ("MiB", MIB),
+        ("KiB", 1 << 10),
+    ];
     for (unit, size) in units {
         if bytes >= size {
             return format!("{:.1} {unit}", bytes as f64 / size as f64);

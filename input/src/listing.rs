@@ -116,7 +116,10 @@ mod tests {
             .collect();
         assert_eq!(
             kinds,
-            [("a.png".into(), EntryKind::File), ("b".into(), EntryKind::Dir)]
+            [
+                ("a.png".into(), EntryKind::File),
+                ("b".into(), EntryKind::Dir)
+            ]
         );
         assert_eq!(subdirectories(dir.path()).unwrap(), [dir.path().join("b")]);
     }
@@ -147,6 +150,9 @@ mod tests {
         std::fs::remove_file(train.join("dog")).unwrap();
         symlink(train.join("cat"), train.join("dog")).unwrap();
         let e = subdirectories(&train).unwrap_err().to_string();
-        assert!(e.contains("dog: is the same directory as") && e.contains("cat"), "{e}");
+        assert!(
+            e.contains("dog: is the same directory as") && e.contains("cat"),
+            "{e}"
+        );
     }
 }

@@ -151,14 +151,20 @@ mod tests {
     fn special_files_are_refused_without_blocking() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("image.png");
-        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
         assert!(made.success());
         let e = read(&fifo, Kind::Image).unwrap_err().to_string();
         assert!(e.contains("image.png") && e.contains("is a FIFO"), "{e}");
         let link = dir.path().join("config.toml");
         std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
         let e = read(&link, Kind::Config).unwrap_err().to_string();
-        assert!(e.contains("config.toml") && e.contains("character device"), "{e}");
+        assert!(
+            e.contains("config.toml") && e.contains("character device"),
+            "{e}"
+        );
         let e = read(dir.path(), Kind::Report).unwrap_err().to_string();
         assert!(e.contains("is a directory"), "{e}");
         let e = read(&dir.path().join("absent"), Kind::Report).unwrap_err();
@@ -174,7 +180,10 @@ mod tests {
         let e = read(&p, Kind::Config).unwrap_err().to_string();
         assert!(e.contains("big.toml") && e.contains("16.0 MiB"), "{e}");
         f.set_len(Kind::Config.cap()).unwrap();
-        assert_eq!(read(&p, Kind::Config).unwrap().len() as u64, Kind::Config.cap());
+        assert_eq!(
+            read(&p, Kind::Config).unwrap().len() as u64,
+            Kind::Config.cap()
+        );
     }
 
     #[test]

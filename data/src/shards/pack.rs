@@ -110,7 +110,7 @@ fn stored_image(entry: &Entry, options: &PackOptions) -> Result<Stored, String> 
             ))
         }
         ImageSource::File(path) => {
-            let bytes = read(path).map_err(|e| e.to_string())?;
+            let bytes = read(path, sat_input::Kind::Image).map_err(|e| e.to_string())?;
             let format =
                 image::guess_format(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
             let ext = match format {
@@ -167,7 +167,7 @@ fn encode_entry(entry: &Entry, options: &PackOptions) -> Result<Encoded, String>
         files.push(("boxes.json", json.to_string().into_bytes()));
     }
     if let Some(mask_path) = &entry.mask {
-        let bytes = read(mask_path).map_err(|e| e.to_string())?;
+        let bytes = read(mask_path, sat_input::Kind::Image).map_err(|e| e.to_string())?;
         let mask = decode_bytes(&bytes).map_err(|m| format!("{}: {m}", mask_path.display()))?;
         if mask.dimensions() != (ow, oh) {
             return Err(format!(

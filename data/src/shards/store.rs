@@ -84,8 +84,8 @@ impl Store {
         match self {
             Store::Local(dir) => {
                 let path = dir.join(relative);
-                let file = open_regular(&path)?;
-                let size = file.metadata().map_err(|e| DataError::io(&path, e))?.len();
+                let input = sat_input::open(&path, sat_input::Kind::Index)?;
+                let (size, file) = (input.size(), input.into_file());
                 if size > cap {
                     return Err(failed(
                         &name,
@@ -110,8 +110,9 @@ impl Store {
         match self {
             Store::Local(dir) => {
                 let path = dir.join(relative);
-                let file = open_regular(&path).map_err(|e| e.to_string())?;
-                let size = file.metadata().map_err(|e| e.to_string())?.len();
+                let input =
+                    sat_input::open(&path, sat_input::Kind::Shard).map_err(|e| e.to_string())?;
+                let (size, file) = (input.size(), input.into_file());
                 if offset + len > size {
                     return Err(format!(
                         "truncated: the sample's bytes end at {} but the file has {size}",
@@ -132,10 +133,7 @@ impl Store {
         match self {
             Store::Local(dir) => {
                 let path = dir.join(relative);
-                let file = open_regular(&path)?;
-                Ok(Some(
-                    file.metadata().map_err(|e| DataError::io(&path, e))?.len(),
-                ))
+                Ok(Some(sat_input::open(&path, sat_input::Kind::Shard)?.size()))
             }
             Store::Http { .. } => Ok(None),
         }
@@ -272,16 +270,6 @@ fn read_head(stream: &mut TcpStream) -> Result<(u16, Option<u64>, Vec<u8>), Stri
         }
     }
     Ok((status, length, body))
-}
-
-/// Opens `path` for reading if it is a regular file (not a FIFO, device or directory,
-/// which could block or never end).
-pub fn open_regular(path: &Path) -> Result<std::fs::File, DataError> {
-    let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
-    if !meta.is_file() {
-        return Err(DataError::format(path, "not a regular file"));
-    }
-    std::fs::File::open(path).map_err(|e| DataError::io(path, e))
 }
 
 #[cfg(test)]
