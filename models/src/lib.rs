@@ -2,12 +2,14 @@
 //! belongs inside the model. Every ReLU goes through [`activation::relu`], so saliency
 //! methods can run their own backward rule through the activations.
 pub mod activation;
+pub mod arch;
 pub mod export;
 mod preact;
 pub mod relu_backprop;
 mod resnet;
 mod torchscript;
 
+pub use arch::Arch;
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 pub use torchscript::TorchScriptModel;
@@ -37,39 +39,41 @@ pub const ARCHITECTURES: [&str; 9] = [
 ];
 
 /// Builds `arch` with `width` channels in its first stage under `vs` (WRNs take their
-/// width from their name).
+/// width from their name). The name, `width` and `classes` are ranged (see [`arch`]),
+/// and on the CPU the model must fit in the memory available, before anything is
+/// allocated.
 pub fn build(
     vs: &nn::Path,
     arch: &str,
     width: i64,
     classes: i64,
 ) -> Result<Box<dyn ModuleT>, ModelError> {
-    if width < 1 {
-        return Err(ModelError::Invalid(format!(
-            "model width must be positive, got {width}"
-        )));
+    let parsed = Arch::parse(arch)?;
+    arch::check_sizes(width, classes)?;
+    if vs.device() == tch::Device::Cpu {
+        let what = format!("model arch `{arch}` (width {width}, {classes} classes)");
+        arch::check_fits(
+            &what,
+            parsed.values(width, classes),
+            arch::available_memory(),
+        )?;
     }
-    if let Some(rest) = arch.strip_prefix("wrn-") {
-        let parsed = rest
-            .split_once('-')
-            .and_then(|(d, k)| Some((d.parse::<i64>().ok()?, k.parse::<i64>().ok()?)));
-        let Some((depth, widen)) = parsed else {
-            return Err(ModelError::Invalid(format!(
-                "model arch `{arch}`: expected wrn-<depth>-<widen>, e.g. wrn-28-10"
-            )));
-        };
-        return Ok(Box::new(preact::wide_resnet(vs, depth, widen, classes)?));
-    }
-    Ok(match arch {
-        "small-cnn" => Box::new(small_cnn(vs, width, classes)),
-        "mlp" => Box::new(mlp(vs, width, classes)),
-        "resnet10" => Box::new(resnet::resnet(vs, [1, 1, 1, 1], width, classes)),
-        "resnet18" => Box::new(resnet::resnet(vs, [2, 2, 2, 2], width, classes)),
-        "resnet34" => Box::new(resnet::resnet(vs, [3, 4, 6, 3], width, classes)),
-        "resnet50" => Box::new(resnet::bottleneck_resnet(vs, [3, 4, 6, 3], width, classes)),
-        "preact-resnet18" => Box::new(preact::preact_resnet18(vs, width, classes)),
-        other => return Err(ModelError::UnknownArch(other.to_string())),
+    Ok(match parsed {
+        Arch::SmallCnn => Box::new(small_cnn(vs, width, classes)),
+        Arch::Mlp => Box::new(mlp(vs, width, classes)),
+        Arch::ResNet(blocks) => Box::new(resnet::resnet(vs, blocks, width, classes)),
+        Arch::Bottleneck(blocks) => Box::new(resnet::bottleneck_resnet(vs, blocks, width, classes)),
+        Arch::PreActResNet18 => Box::new(preact::preact_resnet18(vs, width, classes)),
+        Arch::Wrn { depth, widen } => Box::new(preact::wide_resnet(vs, depth, widen, classes)?),
     })
+}
+
+/// `text` cut to at most `max` characters, the cut marked with `…`.
+pub(crate) fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}… ({} bytes)", &text[..end], text.len()),
+        None => text.to_string(),
+    }
 }
 
 /// A model behind a fixed per-channel normalisation `(x − mean) / std`, so that attacks
