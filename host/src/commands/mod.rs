@@ -124,11 +124,25 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
     }
 }
 
-/// The override `key = value` (`key` dotted).
+/// The flags that set a configuration key, by key: an error about the value names the
+/// flag. A flag that becomes a config value through [`set`] or [`set_list`] has a row.
+const FLAGS: [(&str, &str); 5] = [
+    ("train.saliency", "--plugin"),
+    ("train.attack", "--attack"),
+    ("train.objective", "--objective"),
+    ("eval.attacks", "--attack"),
+    ("eval.epsilons", "--eps"),
+];
+
+/// The override `key = value` (`key` dotted) by its flag of [`FLAGS`].
 fn set(key: &str, value: toml::Value) -> Override {
-    Override {
-        key: key.split('.').map(str::to_owned).collect(),
-        value,
+    match FLAGS.iter().find(|(k, _)| *k == key) {
+        Some((_, flag)) => Override::from_flag(flag, key, value),
+        None => Override {
+            key: key.split('.').map(str::to_owned).collect(),
+            value,
+            flag: None,
+        },
     }
 }
 
@@ -269,4 +283,27 @@ fn breakdown(r: &crate::report::RobustAccuracy, class_names: &[String]) -> Strin
         text += &format!("  median norm l2 {l2:.4} linf {linf:.4}");
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_that_sets_a_key_is_a_flag_of_a_subcommand() {
+        let cli = Cli::command();
+        for (key, flag) in FLAGS {
+            let long = flag.trim_start_matches("--");
+            let found = cli
+                .get_subcommands()
+                .any(|c| c.get_arguments().any(|a| a.get_long() == Some(long)));
+            assert!(found, "{flag} (for {key}) is no subcommand's flag");
+            assert_eq!(set(key, toml::Value::Boolean(true)).place(), flag);
+        }
+        assert_eq!(
+            set("train.epochs", toml::Value::Integer(1)).place(),
+            "--set train.epochs"
+        );
+    }
 }

@@ -1,6 +1,6 @@
 //! Loading the configuration: the TOML file, then `--set key=value` overrides in order,
 //! with errors that name the file, line, column and key.
-use super::suggest::did_you_mean;
+use super::suggest::{clip_message, did_you_mean, shorten};
 use super::RunConfig;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -23,9 +23,9 @@ impl fmt::Display for Location {
     }
 }
 
-/// A configuration error with its place.
-#[derive(Debug, thiserror::Error)]
-#[error("{location}: {message}")]
+/// A configuration error with its place. Shown as `place: message`, the middle of a
+/// long message left out (a value may be megabytes long).
+#[derive(Debug)]
 pub struct ConfigError {
     /// Where.
     pub location: Location,
@@ -33,13 +33,28 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// The configuration text a run was built from, for locating keys in errors.
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&clip_message(&format!(
+            "{}: {}",
+            self.location, self.message
+        )))
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The configuration text a run was built from, and the overrides laid over it, for
+/// locating keys in errors.
 #[derive(Debug, Clone, Default)]
 pub struct ConfigSource {
     /// The file, if any.
     pub path: Option<PathBuf>,
     /// Its text (empty without a file).
     pub text: String,
+    /// The keys the command line set, in order, each with its place (`--eps`,
+    /// `--set train.epochs`).
+    pub overrides: Vec<(Vec<String>, String)>,
 }
 
 impl ConfigSource {
@@ -51,23 +66,48 @@ impl ConfigSource {
             .unwrap_or_else(|| "<defaults>".into())
     }
 
-    /// Where the key at `path` (e.g. `["components", "pgd", "steps"]`) is written, or
-    /// `--set <key>` if the file does not contain it.
+    /// This source with `overrides` recorded (the value of a key is then theirs).
+    pub fn with_overrides(mut self, overrides: &[Override]) -> Self {
+        self.overrides = overrides
+            .iter()
+            .map(|o| (o.key.clone(), o.place()))
+            .collect();
+        self
+    }
+
+    /// Where the value of the key at `path` (e.g. `["components", "pgd", "steps"]`)
+    /// comes from: the last flag or `--set` that set it (or a table holding it), else
+    /// its line in the file, else the last flag or `--set` that set a key inside it,
+    /// else the file (a default value).
     pub fn locate<S: AsRef<str>>(&self, path: &[S]) -> Location {
-        let line_col = key_span(&self.text, path).map(|offset| line_col(&self.text, offset));
-        match line_col {
-            Some(lc) => Location {
-                file: self.file_name(),
-                line_col: Some(lc),
-            },
-            None => Location {
-                file: format!(
-                    "--set {}",
-                    path.iter().map(AsRef::as_ref).collect::<Vec<_>>().join(".")
-                ),
-                line_col: None,
-            },
+        let path: Vec<&str> = path.iter().map(AsRef::as_ref).collect();
+        let flag = |covers: &dyn Fn(&[String]) -> bool| {
+            self.overrides
+                .iter()
+                .rev()
+                .find(|(key, _)| covers(key))
+                .map(|(_, place)| Location {
+                    file: place.clone(),
+                    line_col: None,
+                })
+        };
+        let set_whole =
+            |key: &[String]| key.len() <= path.len() && key.iter().zip(&path).all(|(k, p)| k == p);
+        let set_inside =
+            |key: &[String]| key.len() > path.len() && key.iter().zip(&path).all(|(k, p)| k == p);
+        if let Some(place) = flag(&set_whole) {
+            return place;
         }
+        if let Some(offset) = key_span(&self.text, &path) {
+            return Location {
+                file: self.file_name(),
+                line_col: Some(line_col(&self.text, offset)),
+            };
+        }
+        flag(&set_inside).unwrap_or_else(|| Location {
+            file: self.file_name(),
+            line_col: None,
+        })
     }
 
     /// An error at the key `path`.
@@ -117,13 +157,15 @@ fn split_key(key: &str) -> Result<Vec<String>, String> {
     Ok(parts.into_iter().map(|p| p.trim().to_owned()).collect())
 }
 
-/// A `--set key.path=value` override.
+/// A `--set key.path=value` override, or a flag that sets a key (`eval --eps`).
 #[derive(Debug, Clone)]
 pub struct Override {
     /// Dotted key path.
     pub key: Vec<String>,
     /// Parsed value (TOML syntax; a bare word is a string).
     pub value: toml::Value,
+    /// The flag that gave the value (`--eps`), if not `--set`.
+    pub flag: Option<String>,
 }
 
 impl Override {
@@ -141,7 +183,27 @@ impl Override {
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| toml::Value::String(value.to_owned()));
-        Ok(Self { key, value })
+        Ok(Self {
+            key,
+            value,
+            flag: None,
+        })
+    }
+
+    /// The override of `key` (dotted) by the command-line flag `flag` (`--eps`).
+    pub fn from_flag(flag: &str, key: &str, value: toml::Value) -> Self {
+        Self {
+            key: key.split('.').map(str::to_owned).collect(),
+            value,
+            flag: Some(flag.to_owned()),
+        }
+    }
+
+    /// Where errors about the value point: the flag, or `--set <key>`.
+    pub fn place(&self) -> String {
+        self.flag
+            .clone()
+            .unwrap_or_else(|| format!("--set {}", shorten(&self.key.join("."), 100)))
     }
 
     fn apply(&self, root: &mut toml::Table) -> Result<(), String> {
@@ -181,7 +243,8 @@ fn explain(message: &str) -> String {
                     .join(", ")
             };
             return format!(
-                "unknown {what} `{bad}`{}; accepted: {accepted}",
+                "unknown {what} `{}`{}; accepted: {accepted}",
+                shorten(bad, 60),
                 did_you_mean(bad, expected.iter().copied())
             );
         }
@@ -206,6 +269,7 @@ pub fn load(
             ConfigSource {
                 path: Some(p.to_owned()),
                 text,
+                overrides: Vec::new(),
             }
         }
         None => ConfigSource::default(),
@@ -226,7 +290,7 @@ pub fn load(
         // One override at a time, so that an error names the override that caused it.
         for o in overrides {
             let location = Location {
-                file: format!("--set {}", o.key.join(".")),
+                file: o.place(),
                 line_col: None,
             };
             o.apply(&mut table).map_err(|message| ConfigError {
@@ -252,6 +316,7 @@ pub fn load(
             }
         }
     }
+    let source = source.with_overrides(overrides);
     super::validate(&config, &source)?;
     Ok((config, source))
 }
@@ -323,15 +388,85 @@ mod tests {
         let src = ConfigSource {
             path: Some("c.toml".into()),
             text: "[components.pgd]\nsteps = 3\nstepz = 4\n".into(),
+            overrides: Vec::new(),
         };
         assert_eq!(
             src.locate(&["components", "pgd", "stepz"]).to_string(),
             "c.toml:3:1"
         );
         assert_eq!(src.locate(&["components", "pgd"]).line_col, Some((1, 13)));
+        // A default value: the file, without a line.
+        assert_eq!(src.locate(&["components", "fgsm"]).to_string(), "c.toml");
+    }
+
+    #[test]
+    fn a_value_set_on_the_command_line_is_located_at_its_flag() {
+        let text = "[eval]\nepsilons = [0.1]\n[components.pgd]\nsteps = 3\n";
+        let sets = [
+            Override::from_flag("--eps", "eval.epsilons", toml::Value::Array(Vec::new())),
+            Override::parse("components.pgd={ steps = 4 }").unwrap(),
+            Override::parse("components.fgsm.epsilon=0.1").unwrap(),
+        ];
+        let src = ConfigSource {
+            path: Some("c.toml".into()),
+            text: text.into(),
+            overrides: Vec::new(),
+        }
+        .with_overrides(&sets);
+        let at = |path: &[&str]| src.locate(path).to_string();
+        assert_eq!(at(&["eval", "epsilons"]), "--eps");
+        assert_eq!(at(&["components", "pgd", "steps"]), "--set components.pgd");
+        assert_eq!(at(&["components", "fgsm"]), "--set components.fgsm.epsilon");
+        assert_eq!(at(&["components"]), "c.toml:3:2");
+        // The last override of a key wins.
+        let again = [
+            sets[0].clone(),
+            Override::parse("eval.epsilons=[1]").unwrap(),
+        ];
+        let src = src.with_overrides(&again);
         assert_eq!(
-            src.locate(&["components", "fgsm"]).file,
-            "--set components.fgsm"
+            src.locate(&["eval", "epsilons"]).to_string(),
+            "--set eval.epsilons"
+        );
+    }
+
+    #[test]
+    fn an_error_from_a_flag_names_the_flag_and_a_long_value_is_shortened() {
+        let f = write("[eval]\nepsilons = [0.1]\n");
+        let eps = Override::from_flag(
+            "--eps",
+            "eval.epsilons",
+            toml::Value::Array(vec![toml::Value::Float(8.0)]),
+        );
+        let e = load(Some(f.path()), &[eps]).unwrap_err().to_string();
+        assert!(
+            e.starts_with("--eps: eval.epsilons: 8 is outside [0, 1]"),
+            "{e}"
+        );
+        let ones = vec!["1"; 2_000_000].join(", ");
+        let f = write(&format!("[train]\nepochs = 2\nmilestones = [{ones}]\n"));
+        let e = load(Some(f.path()), &[]).unwrap_err().to_string();
+        assert!(
+            e.len() < 300,
+            "{} bytes: {}",
+            e.len(),
+            &e[..300.min(e.len())]
+        );
+        assert!(
+            e.contains("(2000000 entries) must be strictly increasing"),
+            "{e}"
+        );
+        // Any message: a string echoed by the parser is cut in the middle.
+        let long = Override::parse(&format!("train.epochs=\"{}\"", "é".repeat(1_000_000)));
+        let e = load(None, &[long.unwrap()]).unwrap_err().to_string();
+        assert!(
+            e.starts_with("--set train.epochs: invalid type"),
+            "{}",
+            &e[..100]
+        );
+        assert!(
+            e.chars().count() < 1100 && e.contains("characters left out"),
+            "{e}"
         );
     }
 

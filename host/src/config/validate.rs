@@ -1,14 +1,18 @@
 //! The valid range of every value the host reads from the configuration, checked once
 //! after loading, before any work: a value outside its range is an error naming the
-//! file, line and key and stating the range. Nothing is clamped silently. Component
-//! tables (`[components.<name>]`) are checked by their components.
+//! file, line and key (or the flag or `--set` that gave it) and stating the range.
+//! Nothing is clamped silently. Component tables (`[components.<name>]`) are checked by
+//! their components.
 //!
-//! The ranges are listed in [`RANGES`] (the table in README.md is made from it); the
-//! bounds of the checks are the constants below, and a unit test holds [`RANGES`] to
-//! them.
-use super::suggest::did_you_mean;
-use super::{ConfigError, ConfigSource, DataConfig, ModelConfig, RunConfig, TrainConfig};
+//! The bounds of the checks are the constants below; [`ranges`] states them, and the
+//! table of ranges in README.md is [`ranges_table`] (a unit test compares the two).
+use super::suggest::{did_you_mean, shorten, show_list};
+use super::{
+    ConfigError, ConfigSource, DataConfig, DistributedConfig, ModelConfig, OptimizerKind,
+    RunConfig, TrainConfig,
+};
 use sat_data::config::Recipe;
+use sat_models::{arch, Arch};
 use std::fmt;
 use std::ops::RangeInclusive;
 
@@ -18,12 +22,12 @@ pub const MAX_IMAGE_SIZE: i64 = 1024;
 pub const MAX_BATCH_SIZE: usize = 65_536;
 /// Most epochs.
 pub const MAX_EPOCHS: u32 = 100_000;
-/// Largest `[model] width`.
-pub const MAX_WIDTH: i64 = 1024;
 /// Most bytes of images the generated `shapes` dataset may hold (train + test).
 pub const MAX_SHAPES_BYTES: u128 = 8 << 30;
 /// Largest train/test subset size.
 pub const MAX_SAMPLES: usize = 100_000_000;
+/// Most bytes of a run name.
+pub const MAX_NAME_BYTES: usize = 200;
 
 /// `data.image_size`.
 pub const IMAGE_SIZE: RangeInclusive<i64> = 8..=MAX_IMAGE_SIZE;
@@ -45,8 +49,8 @@ pub const CROP_SCALE: Interval = Interval::open_closed(0.0, 1.0);
 pub const CROP_RATIO: Interval = Interval::open_closed(0.0, 100.0);
 /// `data.eval_crop`.
 pub const EVAL_CROP: Interval = Interval::open_closed(0.0, 1.0);
-/// `model.width`.
-pub const WIDTH: RangeInclusive<i64> = 1..=MAX_WIDTH;
+/// `model.width` (the models' own range).
+pub const WIDTH: RangeInclusive<i64> = arch::WIDTH;
 /// `train.epochs`.
 pub const EPOCHS: RangeInclusive<u32> = 1..=MAX_EPOCHS;
 /// `train.batch_size`, `eval.batch_size`.
@@ -61,38 +65,121 @@ pub const EVAL_SAMPLES: RangeInclusive<usize> = 0..=MAX_SAMPLES;
 pub const POSITIVE: Interval = Interval::open(0.0, f64::INFINITY);
 /// `train.weight_decay`, `train.saliency_weights`: non-negative and finite.
 pub const NON_NEGATIVE: Interval = Interval::closed_open(0.0, f64::INFINITY);
+/// `distributed.timeout_seconds`: a second to a day.
+pub const TIMEOUT_SECONDS: RangeInclusive<u64> = 1..=86_400;
+/// `distributed.backend`.
+pub const BACKENDS: [&str; 3] = ["auto", "gloo", "nccl"];
 
-/// Every checked key and its range, as documented.
-pub const RANGES: &[(&str, &str)] = &[
-    ("name", "one path component: letters, digits, `-`, `_`, `.`; not `.` or `..`; 1 to 200 bytes"),
-    ("data.dataset", "shapes, cifar10, cifar100, tiny-imagenet, flowers17, image-folder, imagenet, shards"),
-    ("data.recipe", "`cifar`; `imagenet` needs `data.dataset = \"shards\"`"),
-    ("data.root", "`shards`: a local directory or an http:// URL (not https or object stores)"),
-    ("data.image_size", "8 to 1024; `shapes`: 16 to 256"),
-    ("data.classes", "2 to 6 (`shapes`)"),
-    ("data.crop_padding", "0 to `data.image_size`"),
-    ("data.train_size, data.test_size", "1 to 100 000 000 when set; `shapes`: at most 8 GiB of images in all"),
-    ("data.crop_scale", "finite, 0 < lo ≤ hi ≤ 1"),
-    ("data.crop_ratio", "finite, 0 < lo ≤ hi ≤ 100"),
-    ("data.eval_crop", "finite, 0 < eval_crop ≤ 1"),
-    ("data.workers", "1 to 1024 when set (default: all cores but one)"),
-    ("data.prefetch", "1 to 1024"),
-    ("data.shuffle_block", "1 to 1 000 000"),
-    ("model.width", "1 to 1024"),
-    ("model.mean", "finite; as many entries as `model.std`"),
-    ("model.std", "finite, > 0"),
-    ("train.epochs", "1 to 100 000"),
-    ("train.batch_size, eval.batch_size", "1 to 65 536"),
-    ("train.lr", "finite, > 0"),
-    ("train.momentum", "0 ≤ momentum < 1"),
-    ("train.weight_decay", "finite, ≥ 0"),
-    ("train.milestones", "strictly increasing, each 1 to `train.epochs`"),
-    ("train.gamma", "finite, > 0"),
-    ("train.saliency_weights", "finite, ≥ 0, not all 0; one per `train.saliency` entry"),
-    ("train.mix_probability", "0 to 1"),
-    ("eval.epsilons", "ℓ∞ attacks: 0 to 1 (write 8/255, not 8); ℓ2 attacks: 0 to √(3·image_size²), the diameter of the image box"),
-    ("eval.max_samples", "0 to 100 000 000 (0: all)"),
-];
+/// One row of the table of ranges: the keys and their valid values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RangeRow {
+    /// Dotted keys.
+    pub keys: &'static [&'static str],
+    /// The valid values, in Markdown.
+    pub valid: String,
+}
+
+fn row(keys: &'static [&'static str], valid: impl Into<String>) -> RangeRow {
+    RangeRow {
+        keys,
+        valid: valid.into(),
+    }
+}
+
+/// `n` with groups of three digits from 10 000 up: `65536`, `100 000`.
+pub fn spaced(n: impl fmt::Display) -> String {
+    let n = n.to_string();
+    if n.len() <= 4 || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return n;
+    }
+    let mut out = String::new();
+    for (i, ch) in n.chars().enumerate() {
+        if i > 0 && (n.len() - i).is_multiple_of(3) {
+            out.push(' ');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// `lo–hi`.
+pub fn span<T: fmt::Display>(r: &RangeInclusive<T>) -> String {
+    format!("{}–{}", spaced(r.start()), spaced(r.end()))
+}
+
+/// Every checked key and its range, as README.md states them; the numbers are the
+/// constants the checks use.
+pub fn ranges() -> Vec<RangeRow> {
+    let ticked = |names: &[&'static str]| {
+        names
+            .iter()
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut rows = vec![
+        row(&["name"], format!("one path component: letters, digits, `-`, `_`, `.`; not `.` or `..`; 1–{MAX_NAME_BYTES} bytes")),
+        row(&["data.dataset"], format!("{} (another name is refused with \"did you mean …?\")", ticked(&sat_data::DATASETS))),
+        row(&["data.recipe"], "`cifar`; `imagenet` needs `data.dataset = \"shards\"`"),
+        row(&["data.root"], "`shards`: a local directory or an `http://` URL (not https or object stores)"),
+        row(&["data.image_size"], format!("{}; `shapes`: {}", span(&IMAGE_SIZE), span(&SHAPES_IMAGE_SIZE))),
+        row(&["data.classes"], format!("{} (`shapes`)", span(&CLASSES))),
+        row(&["data.crop_padding"], "0 to `data.image_size`"),
+        row(&["data.train_size", "data.test_size"], format!("{} when set; `shapes`: at most {} GiB of generated images", span(&SUBSET_SIZE), MAX_SHAPES_BYTES >> 30)),
+        row(&["data.crop_scale"], CROP_SCALE.describe("lo ≤ hi")),
+        row(&["data.crop_ratio"], CROP_RATIO.describe("lo ≤ hi")),
+        row(&["data.eval_crop"], EVAL_CROP.describe("eval_crop")),
+        row(&["data.workers"], format!("{} when set (default: all cores but one)", span(&WORKERS))),
+        row(&["data.prefetch"], format!("{}; with `shards`, (prefetch + workers) batches of decoded images at most {} GiB", span(&PREFETCH), MAX_PREFETCH_BYTES >> 30)),
+        row(&["data.shuffle_block"], span(&SHUFFLE_BLOCK)),
+        row(&["data.resize_masks"], "`false` (default: a mask of another size than its image is an error) or `true`"),
+    ];
+    rows.extend(model_and_train_ranges());
+    rows.extend([
+        row(&["eval.epsilons"], "ℓ∞ attacks: 0–1 (write `8/255`; `8` is refused with \"did you mean 8/255?\"); ℓ2 attacks (`norm = \"l2\"`): 0 to √(3·image_size²)"),
+        row(&["eval.max_samples"], format!("{} (all) to {}", EVAL_SAMPLES.start(), spaced(EVAL_SAMPLES.end()))),
+        row(&["distributed.timeout_seconds"], format!("{}, in every run (also of one process)", span(&TIMEOUT_SECONDS))),
+        row(&["distributed.backend"], format!("{} (`nccl` needs a CUDA device)", ticked(&BACKENDS))),
+        row(&["seed"], "any 64-bit unsigned integer"),
+    ]);
+    rows
+}
+
+/// The `[model]` and `[train]` rows of [`ranges`].
+fn model_and_train_ranges() -> Vec<RangeRow> {
+    let names: Vec<String> = sat_models::ARCHITECTURES
+        .iter()
+        .filter(|a| !a.starts_with("wrn-"))
+        .map(|a| format!("`{a}`"))
+        .collect();
+    vec![
+        row(&["model.arch"], format!(
+            "{}, or `wrn-<depth>-<widen>` with depth {} (6n + 4) and widening factor {}; training must fit in memory: parameters, gradients and optimiser moments (4 bytes each) within `MemAvailable` on the CPU, the parameters alone on CUDA (GPU memory is not checked)",
+            names.join(", "), span(&arch::WRN_DEPTH), span(&arch::WRN_WIDEN)
+        )),
+        row(&["model.width"], span(&WIDTH)),
+        row(&["model.mean", "model.std"], format!("finite, as many entries each (or none); std {}", POSITIVE.describe(""))),
+        row(&["train.epochs"], span(&EPOCHS)),
+        row(&["train.batch_size", "eval.batch_size"], span(&BATCH_SIZE)),
+        row(&["train.lr"], POSITIVE.describe("")),
+        row(&["train.momentum"], MOMENTUM.describe("m")),
+        row(&["train.weight_decay"], NON_NEGATIVE.describe("")),
+        row(&["train.milestones"], "strictly increasing, each 1 to `train.epochs`"),
+        row(&["train.gamma"], POSITIVE.describe("")),
+        row(&["train.saliency_weights"], format!("one per `train.saliency` entry; {}, not all 0 (empty = equal)", NON_NEGATIVE.describe(""))),
+        row(&["train.mix_probability"], PROBABILITY.describe("")),
+    ]
+}
+
+/// [`ranges`] as the Markdown table README.md holds.
+pub fn ranges_table() -> String {
+    let mut text = String::from("| key | valid values |\n|---|---|\n");
+    for r in ranges() {
+        let keys: Vec<String> = r.keys.iter().map(|k| format!("`{k}`")).collect();
+        text += &format!("| {} | {} |\n", keys.join(", "), r.valid);
+    }
+    text
+}
 
 /// An interval of finite numbers, each end open or closed; an infinite `hi` bounds
 /// nothing but finiteness.
@@ -132,6 +219,29 @@ impl Interval {
     /// `(lo, hi]`.
     pub const fn open_closed(lo: f64, hi: f64) -> Self {
         Self::new(lo, true, hi, false)
+    }
+
+    /// The interval in words for the table of ranges: `0–1`, `> 0, finite`,
+    /// `finite, 0 < name ≤ 1`.
+    pub fn describe(&self, name: &str) -> String {
+        let lt = |open: bool| if open { "<" } else { "≤" };
+        if self.hi.is_infinite() {
+            format!(
+                "{} {}, finite",
+                if self.lo_open { ">" } else { "≥" },
+                self.lo
+            )
+        } else if !self.lo_open && !self.hi_open {
+            format!("{}–{}", self.lo, self.hi)
+        } else {
+            format!(
+                "finite, {} {} {name} {} {}",
+                self.lo,
+                lt(self.lo_open),
+                lt(self.hi_open),
+                self.hi
+            )
+        }
     }
 
     /// Whether `v` is finite and inside.
@@ -243,8 +353,117 @@ pub fn validate(c: &RunConfig, source: &ConfigSource) -> Result<(), ConfigError>
         .and_then(|()| check_model(&c.model))
         .and_then(|()| check_train(&c.train))
         .and_then(|()| check_eval(c))
+        .and_then(|()| check_distributed(&c.distributed))
         .and_then(|()| check_prefetch_memory(c))
+        .and_then(|()| check_model_memory(c, &Memory::of(&c.device)))
         .map_err(|r| source.error_at(&r.key.split('.').collect::<Vec<_>>(), r.message))
+}
+
+/// `[distributed]`, in every run: a single-process run writes it into its config.toml,
+/// which a data-parallel `--resume` reads.
+fn check_distributed(d: &DistributedConfig) -> Checked {
+    int_in(
+        "distributed.timeout_seconds",
+        d.timeout_seconds,
+        TIMEOUT_SECONDS,
+    )?;
+    if !BACKENDS.contains(&d.backend.trim()) {
+        return refuse(
+            "distributed.backend",
+            format!(
+                "distributed.backend: unknown backend `{}`{}; accepted: {}",
+                shorten(&d.backend, 40),
+                did_you_mean(d.backend.trim(), BACKENDS),
+                BACKENDS.join(", ")
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// The memory a model may take: what is available, and whether the training state
+/// lives in it (the CPU) or only a copy of the parameters (checkpoints of a CUDA run).
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    /// Bytes available (`MemAvailable`), if known.
+    pub available: Option<u128>,
+    /// Whether the model trains in this memory.
+    pub trains_here: bool,
+}
+
+impl Memory {
+    /// This machine's memory for `device` (`"cpu"`, `"auto"` without CUDA: the model
+    /// trains in it). GPU memory is not checked.
+    pub fn of(device: &str) -> Self {
+        let trains_here = device == "cpu" || (device == "auto" && !tch::Cuda::is_available());
+        Self {
+            available: arch::available_memory(),
+            trains_here,
+        }
+    }
+}
+
+/// The dataset's number of classes for the size of the head: exact for the fixed
+/// datasets, 1000 (ImageNet's) for those read from a directory.
+fn head_classes(d: &DataConfig) -> i64 {
+    match d.dataset.as_str() {
+        "shapes" => d.classes,
+        "cifar10" => 10,
+        "cifar100" => 100,
+        "tiny-imagenet" => 200,
+        "flowers17" => 17,
+        _ => 1000,
+    }
+}
+
+/// The model of `[model]` and its training state (parameters, gradients, optimiser
+/// moments; 4 bytes a value) fit in `memory`: refused, naming the estimate and what is
+/// available, before anything is allocated. A TorchScript model is not estimated.
+fn check_model_memory(c: &RunConfig, memory: &Memory) -> Checked {
+    let m = &c.model;
+    let (Some(available), None, Ok(parsed)) =
+        (memory.available, &m.torchscript, Arch::parse(&m.arch))
+    else {
+        return Ok(());
+    };
+    let values = parsed.values(m.width, head_classes(&c.data));
+    let moments = match c.train.optimizer {
+        OptimizerKind::Adam => 2,
+        OptimizerKind::Sgd if c.train.momentum > 0.0 => 1,
+        OptimizerKind::Sgd => 0,
+    };
+    let (copies, what) = if memory.trains_here {
+        (
+            2 + moments,
+            format!("with their gradients and {moments} optimiser moment(s), 4 bytes each, training takes"),
+        )
+    } else {
+        (
+            1,
+            "their copy in this memory (checkpoints), 4 bytes each, takes".to_string(),
+        )
+    };
+    let bytes = values.saturating_mul(copies * arch::BYTES_PER_VALUE);
+    if bytes <= available {
+        return Ok(());
+    }
+    let key = if parsed.uses_width() {
+        "model.width"
+    } else {
+        "model.arch"
+    };
+    refuse(
+        key,
+        format!(
+            "model.arch = {:?} with model.width = {}: {} parameters; {what} {}, more than the {} of memory available (MemAvailable): choose a smaller architecture{}",
+            m.arch,
+            m.width,
+            spaced(values),
+            arch::show_bytes(bytes),
+            arch::show_bytes(available),
+            if parsed.uses_width() { " or width" } else { "" }
+        ),
+    )
 }
 
 /// Most bytes of decoded images the batches a rank streams ahead may hold.
@@ -297,7 +516,7 @@ fn check_dataset(d: &DataConfig) -> Checked {
             "data.dataset",
             format!(
                 "data.dataset: unknown dataset `{}`{}; accepted: {}",
-                d.dataset,
+                shorten(&d.dataset, 60),
                 did_you_mean(&d.dataset, datasets),
                 datasets.join(", ")
             ),
@@ -314,7 +533,7 @@ fn check_dataset(d: &DataConfig) -> Checked {
         if root.contains("://") && !root.starts_with("http://") {
             return refuse(
                 "data.root",
-                format!("data.root = {root:?}: only local directories and http:// URLs are read (for https or object stores, serve the shards over http or copy them)"),
+                format!("data.root = {:?}: only local directories and http:// URLs are read (for https or object stores, serve the shards over http or copy them)", shorten(&root, 200)),
             );
         }
     }
@@ -377,6 +596,9 @@ fn check_shapes_bytes(d: &DataConfig) -> Checked {
 
 /// `[model]`.
 fn check_model(m: &ModelConfig) -> Checked {
+    if m.torchscript.is_none() {
+        check_arch(&m.arch)?;
+    }
     int_in("model.width", m.width, WIDTH)?;
     if m.mean.len() != m.std.len() {
         return refuse(
@@ -392,6 +614,28 @@ fn check_model(m: &ModelConfig) -> Checked {
         return refuse("model.mean", format!("model.mean: {v} is not finite"));
     }
     each_in("model.std", &m.std, POSITIVE)
+}
+
+/// `model.arch`: a known name, or a WRN of a depth and widening factor in range.
+fn check_arch(name: &str) -> Checked {
+    match Arch::parse(name) {
+        Ok(_) => Ok(()),
+        Err(sat_models::ModelError::UnknownArch(_)) => refuse(
+            "model.arch",
+            format!(
+                "model.arch: unknown model arch `{}`{}; accepted: {}, wrn-<depth>-<widen>",
+                shorten(name, 60),
+                did_you_mean(name, sat_models::ARCHITECTURES),
+                sat_models::ARCHITECTURES
+                    .iter()
+                    .filter(|a| !a.starts_with("wrn-"))
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        Err(e) => refuse("model.arch", format!("model.arch: {e}")),
+    }
 }
 
 /// `[train]`.
@@ -417,8 +661,8 @@ fn check_train(t: &TrainConfig) -> Checked {
             return refuse(
                 "train.milestones",
                 format!(
-                    "train.milestones {:?} must be strictly increasing",
-                    t.milestones
+                    "train.milestones {} must be strictly increasing",
+                    show_list(&t.milestones)
                 ),
             );
         }
@@ -526,9 +770,9 @@ pub fn check_run_name(name: &str) -> Result<(), String> {
             "`{name}` is not a run name: it names an existing directory"
         ));
     }
-    if name.len() > 200 {
+    if name.len() > MAX_NAME_BYTES {
         return Err(format!(
-            "a run name has at most 200 bytes, this one {}",
+            "a run name has at most {MAX_NAME_BYTES} bytes, this one {}",
             name.len()
         ));
     }
@@ -691,8 +935,14 @@ mod tests {
     fn batches_streamed_ahead_are_bounded_in_memory() {
         let text = "[data]\ndataset = \"shards\"\nimage_size = 1024\nprefetch = 1000\nworkers = 4\n[train]\nbatch_size = 512\n";
         let e = refused(text, &[]);
-        assert!(e.contains("/c.toml:4:1: data.prefetch = 1000 batches ahead") && e.contains("at most 8 GiB"), "{e}");
-        let modest = text.replace("prefetch = 1000", "prefetch = 2").replace("512", "128");
+        assert!(
+            e.contains("/c.toml:4:1: data.prefetch = 1000 batches ahead")
+                && e.contains("at most 8 GiB"),
+            "{e}"
+        );
+        let modest = text
+            .replace("prefetch = 1000", "prefetch = 2")
+            .replace("512", "128");
         assert!(accepted(&modest));
     }
 
@@ -732,99 +982,143 @@ mod tests {
         ));
     }
 
-    /// `n` as RANGES writes it: groups of three digits from 10 000 up.
-    fn spaced(n: &str) -> String {
-        if n.len() <= 4 {
-            return n.to_string();
-        }
-        let mut out = String::new();
-        for (i, ch) in n.chars().enumerate() {
-            if i > 0 && (n.len() - i).is_multiple_of(3) {
-                out.push(' ');
-            }
-            out.push(ch);
-        }
-        out
-    }
-
-    fn ints<T: ToString>(r: RangeInclusive<T>) -> String {
-        format!(
-            "{} to {}",
-            spaced(&r.start().to_string()),
-            spaced(&r.end().to_string())
-        )
-    }
-
-    fn reals(r: Interval, name: &str) -> String {
-        let lt = |open: bool| if open { "<" } else { "≤" };
-        if r.hi.is_infinite() {
-            format!("{} {}", if r.lo_open { ">" } else { "≥" }, r.lo)
-        } else if !r.lo_open && !r.hi_open {
-            format!("{} to {}", r.lo, r.hi)
-        } else {
-            format!(
-                "{} {} {name} {} {}",
-                r.lo,
-                lt(r.lo_open),
-                lt(r.hi_open),
-                r.hi
-            )
-        }
-    }
-
-    #[test]
-    fn ranges_state_the_bounds_that_are_checked() {
-        for (key, bounds) in [
-            ("data.dataset", sat_data::DATASETS.join(", ")),
-            ("data.image_size", ints(IMAGE_SIZE)),
-            ("data.image_size", ints(SHAPES_IMAGE_SIZE)),
-            ("data.classes", ints(CLASSES)),
-            ("data.train_size, data.test_size", ints(SUBSET_SIZE)),
-            ("data.crop_scale", reals(CROP_SCALE, "lo ≤ hi")),
-            ("data.crop_ratio", reals(CROP_RATIO, "lo ≤ hi")),
-            ("data.eval_crop", reals(EVAL_CROP, "eval_crop")),
-            ("data.workers", ints(WORKERS)),
-            ("data.prefetch", ints(PREFETCH)),
-            ("data.shuffle_block", ints(SHUFFLE_BLOCK)),
-            ("model.width", ints(WIDTH)),
-            ("model.std", reals(POSITIVE, "")),
-            ("train.epochs", ints(EPOCHS)),
-            ("train.batch_size, eval.batch_size", ints(BATCH_SIZE)),
-            ("train.lr", reals(POSITIVE, "")),
-            ("train.momentum", reals(MOMENTUM, "momentum")),
-            ("train.weight_decay", reals(NON_NEGATIVE, "")),
-            ("train.gamma", reals(POSITIVE, "")),
-            ("train.saliency_weights", reals(NON_NEGATIVE, "")),
-            ("train.mix_probability", reals(PROBABILITY, "")),
-            ("eval.max_samples", ints(EVAL_SAMPLES)),
-        ] {
-            let (_, stated) = RANGES
-                .iter()
-                .find(|(k, _)| *k == key)
-                .unwrap_or_else(|| panic!("{key} is not in RANGES"));
-            assert!(
-                stated.contains(&bounds),
-                "{key}: {stated:?} does not state {bounds:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn the_readme_table_has_a_row_for_every_key_of_ranges() {
+    /// The lines between README.md's markers of the host's table of ranges.
+    fn readme_section(begin: &str) -> Option<String> {
         let readme = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
         let readme = std::fs::read_to_string(readme).unwrap();
-        let first_cells: Vec<&str> = readme
-            .lines()
-            .filter_map(|l| l.strip_prefix("| `"))
-            .filter_map(|l| l.split(" | ").next())
-            .collect();
-        for key in RANGES.iter().flat_map(|(keys, _)| keys.split(", ")) {
-            assert!(
-                first_cells
-                    .iter()
-                    .any(|c| format!("`{c}").contains(&format!("`{key}`"))),
-                "README.md's table of ranges has no row for `{key}`"
-            );
+        let (_, after) = readme.split_once(begin)?;
+        let (section, _) = after.split_once("<!-- END ranges")?;
+        Some(section.trim_start_matches(" -->").trim().to_string() + "\n")
+    }
+
+    #[test]
+    fn the_readme_table_of_ranges_is_the_one_the_checks_state() {
+        let begin =
+            "<!-- BEGIN ranges: sat-host (host/src/config/validate.rs; its test ranges_table) -->";
+        let expected = ranges_table();
+        assert!(
+            readme_section(begin).as_deref() == Some(expected.as_str()),
+            "README.md's table of ranges differs from validate::ranges_table(); between\n{begin}\nand <!-- END ranges --> it should read:\n\n{expected}"
+        );
+    }
+
+    #[test]
+    fn every_range_states_the_bounds_that_are_checked() {
+        let table = ranges_table();
+        for bounds in [
+            "8–1024",
+            "16–256",
+            "2–6",
+            "1–100 000 000",
+            "1–1024",
+            "1–1 000 000",
+            "depth 10–1000",
+            "widening factor 1–64",
+            "1–65 536",
+            "0 (all) to 100 000 000",
+            "1–86 400",
+            "finite, 0 < lo ≤ hi ≤ 1",
+            "finite, 0 < lo ≤ hi ≤ 100",
+            "finite, 0 ≤ m < 1",
+            "> 0, finite",
+            "≥ 0, finite",
+            "`auto`, `gloo`, `nccl`",
+        ] {
+            assert!(table.contains(bounds), "{bounds} is not stated:\n{table}");
         }
+        assert_eq!(spaced(65536), "65 536");
+        assert_eq!(spaced(1024), "1024");
+        assert_eq!(span(&TIMEOUT_SECONDS), "1–86 400");
+    }
+
+    #[test]
+    fn architectures_and_their_sizes_are_ranged_before_any_allocation() {
+        for (text, needle) in [
+            ("[model]\narch = \"wrn-28-100000\"\n", "/c.toml:2:1: model.arch: model arch `wrn-28-100000`: the widening factor 100000 is outside [1, 64]"),
+            ("[model]\narch = \"wrn-1000004-10\"\n", "model.arch: model arch `wrn-1000004-10`: the depth 1000004 is outside [10, 1000]"),
+            ("[model]\narch = \"wrn-27-10\"\n", "/c.toml:2:1: model.arch: wrn-27-10: depth must be 6n + 4"),
+            ("[model]\narch = \"resnet81\"\n", "/c.toml:2:1: model.arch: unknown model arch `resnet81`; did you mean `resnet18`?; accepted: small-cnn, mlp"),
+            ("[model]\nwidth = 100000\n", "/c.toml:2:1: model.width = 100000 is outside [1, 1024]"),
+        ] {
+            let e = refused(text, &[]);
+            assert!(e.contains(needle), "{text:?}\n  got  {e}\n  want {needle}");
+        }
+        let e = refused("", &[&format!("model.arch=\"{}\"", "x".repeat(100_000))]);
+        assert!(e.len() < 400 && e.contains("… (100000 bytes)"), "{e}");
+        assert!(accepted("[model]\narch = \"wrn-28-10\"\n"));
+        // A TorchScript model's arch is not read.
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[model]\narch = \"nonsense\"\ntorchscript = \"m.pt\"\n";
+        std::fs::write(dir.path().join("c.toml"), text).unwrap();
+        assert!(load(Some(&dir.path().join("c.toml")), &[]).is_ok());
+    }
+
+    fn config(text: &str) -> RunConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn the_training_state_must_fit_in_the_memory_available() {
+        let gib = |n: u128| n << 30;
+        let cpu = |available| Memory {
+            available: Some(available),
+            trains_here: true,
+        };
+        let wrn = config("[model]\narch = \"wrn-1000-64\"\n");
+        let e = check_model_memory(&wrn, &cpu(gib(128))).unwrap_err();
+        assert_eq!(e.key, "model.arch");
+        assert_eq!(
+            e.message,
+            "model.arch = \"wrn-1000-64\" with model.width = 32: 65 712 431 606 parameters; \
+             with their gradients and 2 optimiser moment(s), 4 bytes each, training takes 979.2 GiB, \
+             more than the 128.0 GiB of memory available (MemAvailable): choose a smaller architecture"
+        );
+        // WRN-28-10 (36.5 M parameters): 584 MB with Adam, 438 MB with SGD and momentum.
+        let small = config("[model]\narch = \"wrn-28-10\"\n");
+        assert!(check_model_memory(&small, &cpu(gib(1))).is_ok());
+        assert!(check_model_memory(&small, &cpu(500 << 20)).is_err());
+        let sgd = config("[model]\narch = \"wrn-28-10\"\n[train]\noptimizer = \"sgd\"\n");
+        assert!(check_model_memory(&sgd, &cpu(500 << 20)).is_ok());
+        // On CUDA only the parameters pass through this memory; unknown memory: no check.
+        let cuda = Memory {
+            available: Some(200 << 20),
+            trains_here: false,
+        };
+        assert!(check_model_memory(&small, &cuda).is_ok());
+        let none = Memory {
+            available: None,
+            trains_here: true,
+        };
+        assert!(check_model_memory(&wrn, &none).is_ok());
+        // A wide ResNet-50 names its width.
+        let wide = config("[model]\narch = \"resnet50\"\nwidth = 1024\n");
+        assert_eq!(
+            check_model_memory(&wide, &cpu(gib(16))).unwrap_err().key,
+            "model.width"
+        );
+        // The whole check, through load: about 800 GB, more than this machine has.
+        let e = refused("device = \"cpu\"\n[model]\narch = \"wrn-1000-64\"\n", &[]);
+        assert!(
+            e.starts_with("/c.toml:3:1: model.arch = \"wrn-1000-64\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn distributed_values_are_checked_in_every_run() {
+        for (text, needle) in [
+            ("[distributed]\ntimeout_seconds = 0\n", "/c.toml:2:1: distributed.timeout_seconds = 0 is outside [1, 86400]"),
+            ("[distributed]\ntimeout_seconds = 86401\n", "distributed.timeout_seconds = 86401 is outside [1, 86400]"),
+            ("[distributed]\nbackend = \"ncl\"\n", "/c.toml:2:1: distributed.backend: unknown backend `ncl`; did you mean `nccl`?; accepted: auto, gloo, nccl"),
+        ] {
+            let e = refused(text, &[]);
+            assert!(e.contains(needle), "{text:?}\n  got  {e}\n  want {needle}");
+        }
+        assert!(accepted(
+            "[distributed]\ntimeout_seconds = 86400\nbackend = \"gloo\"\n"
+        ));
+        assert!(accepted(
+            "[distributed]\ntimeout_seconds = 1\nbackend = \"nccl\"\n"
+        ));
     }
 }
