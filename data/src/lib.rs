@@ -23,6 +23,7 @@ pub mod resize;
 pub mod rng;
 pub mod shapes;
 pub mod shards;
+pub mod stop;
 pub mod stream;
 pub mod tiny_imagenet;
 
@@ -120,9 +121,17 @@ pub fn load(config: &DataConfig, seed: u64) -> Result<(Data, Data), DataError> {
                     Split::Test => config.test_size.unwrap_or(1000),
                 };
                 let stream = if which == Split::Train { 0 } else { 1 };
-                return shapes::generate(count, size, config.classes, seed, stream)
-                    .map(Data::Memory)
-                    .map_err(DataError::Config);
+                return shapes::generate_until(
+                    count,
+                    size,
+                    config.classes,
+                    seed,
+                    stream,
+                    &stop::requested,
+                )
+                .map_err(DataError::Config)?
+                .map(Data::Memory)
+                .ok_or_else(|| stop::interrupted("shapes"));
             }
             "shards" => {
                 let source = stream::ShardSource::open(config, root()?, which, seed)?;
@@ -151,7 +160,11 @@ pub fn load(config: &DataConfig, seed: u64) -> Result<(Data, Data), DataError> {
             None => full,
         }))
     };
+    // A stop requested before or between the splits (`shapes` also asks every few
+    // images, a streamed split at every batch it waits for).
+    stop::check(&config.dataset)?;
     let train = split(Split::Train)?;
+    stop::check(&config.dataset)?;
     let test = split(Split::Test)?;
     if train.is_empty() || test.is_empty() {
         return Err(DataError::Config(format!(

@@ -4,6 +4,10 @@
 //!
 //! What a batch holds never depends on which worker made it or how many there are:
 //! each sample's random draws come from its own stream (see [`crate::stream`]).
+//!
+//! A stop request ([`crate::stop`]) ends the wait for a batch within
+//! [`STOP_POLL`]; the workers make no new batch after it, and a loader dropped after
+//! one does not wait for a worker still reading (a slow disk or network share).
 use crate::error::DataError;
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -14,6 +18,9 @@ use std::time::{Duration, Instant};
 
 /// What makes batch `j` of a loader.
 pub type MakeBatch<T> = dyn Fn(usize) -> Result<T, DataError> + Send + Sync;
+
+/// How often a consumer waiting for a batch asks whether a stop was requested.
+pub const STOP_POLL: Duration = Duration::from_millis(50);
 
 struct State<T> {
     done: BTreeMap<usize, Result<T, DataError>>,
@@ -26,8 +33,17 @@ struct Shared<T> {
     prefetch: usize,
     next_job: AtomicUsize,
     stop: AtomicBool,
+    /// Whether a stop was requested ([`crate::stop::requested`]).
+    stop_requested: fn() -> bool,
     state: Mutex<State<T>>,
     changed: Condvar,
+}
+
+impl<T> Shared<T> {
+    /// Whether the workers should make no more batches.
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst) || (self.stop_requested)()
+    }
 }
 
 /// Batches `0..jobs` made by `workers` threads, handed out in order.
@@ -48,6 +64,18 @@ impl<T: Send + 'static> Loader<T> {
         prefetch: usize,
         make: Box<MakeBatch<T>>,
     ) -> Self {
+        Self::stopping_when(jobs, first, workers, prefetch, make, crate::stop::requested)
+    }
+
+    /// As [`Loader::new`], with `stop_requested` in place of [`crate::stop::requested`].
+    pub fn stopping_when(
+        jobs: usize,
+        first: usize,
+        workers: usize,
+        prefetch: usize,
+        make: Box<MakeBatch<T>>,
+        stop_requested: fn() -> bool,
+    ) -> Self {
         let first = first.min(jobs);
         let shared = Arc::new(Shared {
             make,
@@ -55,6 +83,7 @@ impl<T: Send + 'static> Loader<T> {
             prefetch: prefetch.max(1),
             next_job: AtomicUsize::new(first),
             stop: AtomicBool::new(false),
+            stop_requested,
             state: Mutex::new(State {
                 done: BTreeMap::new(),
                 consumed: first,
@@ -97,14 +126,15 @@ fn work<T>(shared: &Shared<T>) {
         }
         {
             let mut state = lock(shared);
-            while job >= state.consumed + shared.prefetch && !shared.stop.load(Ordering::SeqCst) {
+            while job >= state.consumed + shared.prefetch && !shared.stopping() {
                 state = shared
                     .changed
-                    .wait(state)
-                    .unwrap_or_else(|p| p.into_inner());
+                    .wait_timeout(state, STOP_POLL)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
             }
         }
-        if shared.stop.load(Ordering::SeqCst) {
+        if shared.stopping() {
             return;
         }
         let made = catch_unwind(AssertUnwindSafe(|| (shared.make)(job))).unwrap_or_else(|panic| {
@@ -135,11 +165,19 @@ impl<T: Send + 'static> Iterator for Loader<T> {
             if let Some(made) = state.done.remove(&self.next) {
                 break made;
             }
+            if (self.shared.stop_requested)() {
+                self.waited += start.elapsed();
+                return Some(Err(crate::stop::interrupted(format!(
+                    "batch {} of the data loader",
+                    self.next
+                ))));
+            }
             state = self
                 .shared
                 .changed
-                .wait(state)
-                .unwrap_or_else(|p| p.into_inner());
+                .wait_timeout(state, STOP_POLL)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         };
         state.consumed += 1;
         drop(state);
@@ -157,7 +195,13 @@ impl<T: Send + 'static> Drop for Loader<T> {
             .next_job
             .store(self.shared.jobs, Ordering::SeqCst);
         self.shared.changed.notify_all();
-        for worker in self.workers.drain(..) {
+        let workers = self.workers.drain(..);
+        if (self.shared.stop_requested)() {
+            // The process is stopping: a worker blocked in a read is left to end on its
+            // own (it holds its share of the state) rather than waited for.
+            return;
+        }
+        for worker in workers {
             let _ = worker.join();
         }
     }
@@ -239,5 +283,43 @@ mod tests {
         assert_eq!(made.load(Ordering::SeqCst), 4);
         drop(loader);
         assert_eq!(made.load(Ordering::SeqCst), 4);
+    }
+
+    #[test]
+    fn a_stop_request_ends_the_wait_for_a_slow_worker() {
+        static STOP: AtomicBool = AtomicBool::new(false);
+        let mut loader = Loader::stopping_when(
+            3,
+            0,
+            1,
+            1,
+            Box::new(|j| {
+                if j == 1 {
+                    // A read that hangs (a dead network share) until the stop.
+                    while !STOP.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    std::thread::sleep(Duration::from_secs(30));
+                }
+                Ok(j)
+            }),
+            || STOP.load(Ordering::SeqCst),
+        );
+        assert_eq!(loader.next().unwrap().unwrap(), 0);
+        let stopper = std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_millis(100));
+            STOP.store(true, Ordering::SeqCst);
+        });
+        let start = Instant::now();
+        let err = loader.next().unwrap().unwrap_err();
+        assert!(crate::stop::is_interruption(&err), "{err}");
+        assert!(err.to_string().contains("batch 1"), "{err}");
+        drop(loader);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        stopper.join().unwrap();
     }
 }

@@ -116,6 +116,22 @@ pub fn generate(
     seed: u64,
     split: u64,
 ) -> Result<Dataset, String> {
+    generate_until(count, size, classes, seed, split, &|| false)?
+        .ok_or_else(|| "shapes: stopped".to_owned())
+}
+
+/// Images asked [`generate_until`]'s stop check between two calls.
+const STOP_EVERY: usize = 64;
+
+/// As [`generate`], asking `stop` every few images; `None` when it said stop.
+pub fn generate_until(
+    count: usize,
+    size: i64,
+    classes: i64,
+    seed: u64,
+    split: u64,
+    stop: &dyn Fn() -> bool,
+) -> Result<Option<Dataset>, String> {
     if !(2..=CLASS_NAMES.len() as i64).contains(&classes) {
         return Err(format!(
             "shapes: classes must be between 2 and {}, got {classes}",
@@ -135,6 +151,9 @@ pub fn generate(
     let mut boxes = vec![0f32; count * 4];
     let mut rng = SplitMix::new(seed, 0x5A7_0000 + split);
     for n in 0..count {
+        if n % STOP_EVERY == 0 && stop() {
+            return Ok(None);
+        }
         let class = rng.below(classes as u64) as usize;
         labels[n] = class as i64;
         let img = &mut images[n * 3 * plane..(n + 1) * 3 * plane];
@@ -147,7 +166,7 @@ pub fn generate(
         boxes[n * 4..n * 4 + 4].copy_from_slice(&corners);
     }
     let count = count as i64;
-    Ok(Dataset {
+    Ok(Some(Dataset {
         images: Tensor::from_slice(&images).reshape([count, 3, size, size]),
         labels: Tensor::from_slice(&labels),
         boxes: Some(Tensor::from_slice(&boxes).reshape([count, 1, 4])),
@@ -159,7 +178,7 @@ pub fn generate(
             .iter()
             .map(|s| s.to_string())
             .collect(),
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -193,5 +212,24 @@ mod tests {
             assert_eq!(b[3] as i64, rows.max().int64_value(&[]) + 1);
         }
         assert!(generate(4, 32, 9, 0, 0).is_err());
+    }
+
+    #[test]
+    fn a_stop_request_ends_generation_early() {
+        let asked = std::cell::Cell::new(0);
+        let stop = || {
+            asked.set(asked.get() + 1);
+            asked.get() > 2
+        };
+        assert!(generate_until(1000, 16, 2, 7, 0, &stop).unwrap().is_none());
+        assert_eq!(
+            asked.get(),
+            3,
+            "asked every {STOP_EVERY} images, stopped at once"
+        );
+        let whole = generate_until(70, 16, 2, 7, 0, &|| false).unwrap().unwrap();
+        assert!(whole
+            .images
+            .equal(&generate(70, 16, 2, 7, 0).unwrap().images));
     }
 }
