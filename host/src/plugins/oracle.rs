@@ -1,6 +1,11 @@
 //! The host's answers to plugins' model queries: the oracle (attacks and saliency
 //! sources: eval mode, input gradients only) and the training model (objectives:
 //! training mode, differentiable in the parameters).
+//!
+//! Once a stop was requested (Ctrl-C, SIGTERM: [`crate::interrupt::stop_now`]) both
+//! refuse every call with [`stopping`]'s error, so a plugin's loop — however many steps, restarts or
+//! queries it was given — ends at its next model call; the host then reads the plugin's
+//! error as the interruption ([`crate::interrupt::is_interrupted`]).
 use sat_core::{
     differentiable_gradient, objective_gradient, Gradient, Objective, OracleBackend, PluginError,
 };
@@ -31,8 +36,22 @@ impl ModelOracle<'_> {
     }
 }
 
+/// `Err` once a stop was requested: the error every model call of a plugin gets from
+/// then on.
+pub fn stopping() -> Result<(), PluginError> {
+    if crate::interrupt::stop_now() {
+        Err(PluginError::runtime(format!(
+            "the host is stopping ({}): no more model calls",
+            crate::interrupt::signal_name()
+        )))
+    } else {
+        Ok(())
+    }
+}
+
 impl OracleBackend for ModelOracle<'_> {
     fn logits(&self, images: &Tensor) -> Result<Tensor, PluginError> {
+        stopping()?;
         let out = tch::no_grad(|| self.model.forward_t(images, false));
         self.checked(out, images, false)
     }
@@ -41,6 +60,7 @@ impl OracleBackend for ModelOracle<'_> {
         images: &Tensor,
         objective: &Objective,
     ) -> Result<Gradient, PluginError> {
+        stopping()?;
         objective_gradient(
             |x| self.checked(self.model.forward_t(x, false), x, true),
             images,
@@ -78,6 +98,7 @@ impl TrainingForward<'_> {
 
 impl OracleBackend for TrainingForward<'_> {
     fn logits(&self, images: &Tensor) -> Result<Tensor, PluginError> {
+        stopping()?;
         Ok(tch::with_grad(|| self.run(images)))
     }
     fn input_gradient(
@@ -85,6 +106,7 @@ impl OracleBackend for TrainingForward<'_> {
         images: &Tensor,
         objective: &Objective,
     ) -> Result<Gradient, PluginError> {
+        stopping()?;
         differentiable_gradient(|x| Ok(self.run(x)), images, objective)
     }
     fn num_classes(&self) -> u32 {
@@ -134,6 +156,37 @@ mod tests {
         assert_eq!(before.len(), after.len());
         for (name, t) in &before {
             assert!(t.equal(&after[name]), "{name} changed");
+        }
+    }
+
+    #[test]
+    fn after_a_stop_request_every_model_call_is_refused() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = sat_models::small_cnn(&vs.root(), 4, 3);
+        let eval = OracleAdapter(ModelOracle {
+            model: &model,
+            classes: 3,
+        });
+        let training = OracleAdapter(TrainingForward {
+            model: &model,
+            classes: 3,
+            amp: false,
+        });
+        let x = Tensor::rand([2, 3, 16, 16], (Kind::Float, Device::Cpu));
+        let y = Tensor::from_slice(&[0i64, 2]);
+        for adapter in [eval.as_ref(), training.as_ref()] {
+            let oracle = Oracle::new(&adapter);
+            assert!(oracle.logits(&x).is_ok());
+            let _stop = crate::interrupt::simulate_stop();
+            let refused = oracle.logits(&x).unwrap_err();
+            assert!(
+                refused.message.contains("the host is stopping"),
+                "{refused}"
+            );
+            assert!(oracle
+                .input_gradient(&x, Objective::cross_entropy(&y))
+                .is_err());
+            assert_eq!(oracle.num_classes(), Ok(3), "no model call");
         }
     }
 }
