@@ -130,57 +130,24 @@ pub fn run(global: &GlobalArgs, args: &AttackArgs) -> anyhow::Result<ExitCode> {
     // The model is checked for gradients as for an evaluation with this attack.
     config.eval.attacks = vec![args.attack.clone()];
     let device = crate::device::open(&config)?;
-    let (_, test) = load_datasets(&config)?;
-    let mut net = build_network(&config, test.num_classes(), device)?;
-    match (&source.checkpoint, &config.model.torchscript) {
-        (Some(_), Some(ts)) => bail!(
-            "[model] torchscript = {} holds its own weights; attack it with --config alone, without a checkpoint",
-            ts.display()
-        ),
-        (Some(ckpt), None) => checkpoint::load_weights(&mut net.vs, ckpt)?,
-        (None, Some(ts)) => log::info!("attacking TorchScript model {}", ts.display()),
-        (None, None) => bail!(
-            "attack --config without --checkpoint needs a [model] torchscript file; pass --checkpoint FILE"
-        ),
-    }
-    let attack = create_eval_attack(&registry, &config, &args.attack, args.eps)?;
-    let threat = attack.threat;
-    crate::config::validate::budget_in_range(
-        threat.norm.as_str(),
-        args.eps.0,
-        config.data.image_size,
-    )
-    .map_err(|why| {
-        anyhow::anyhow!(
-            "--eps: {why} ({} is a {} attack)",
-            args.attack,
-            threat.norm.as_str()
-        )
-    })?;
-    let mut pipeline = Pipeline::new(&registry, &config, Some(attack))?;
+    // From here on Ctrl-C stops the command, data loading included; nothing is written
+    // before the attack has run.
     crate::interrupt::install().context("installing the SIGINT/SIGTERM handler")?;
-    let samples = args.samples.unwrap_or(config.eval.max_samples);
-    let attacked = attack_batches(
-        net.model.as_ref(),
-        &test,
-        &config,
-        &mut pipeline,
-        samples,
-        device,
-    );
-    let result = match attacked {
+    let (result, threat, class_names) = match attack(args, &source, &config, &registry, device) {
         Err(e) if crate::interrupt::is_interrupted(&e) => {
-            eprintln!("attack {e}; nothing written");
+            eprintln!(
+                "attack {}; nothing written",
+                crate::interrupt::or_interrupted(e)
+            );
             return Ok(ExitCode::from(crate::interrupt::exit_code()));
         }
-        other => other
-            .with_context(|| format!("attacking with {} at epsilon {}", args.attack, args.eps))?,
+        other => other?,
     };
-    let meta = metadata(args, &threat, &source, &config, &result, test.class_names())?;
+    let meta = metadata(args, &threat, &source, &config, &result, &class_names)?;
     file::write(&args.out, &result.tensors(), &meta)?;
     println!("{}", args.out.display());
     if let Some(dir) = &args.png {
-        let captions = result.captions(test.class_names())?;
+        let captions = result.captions(&class_names)?;
         let header = serde_json::json!({ "attack": args.attack, "norm": threat.norm.as_str(), "epsilon": threat.epsilon, "source": source.described });
         gallery::write_attack_gallery(dir, &result.clean, &result.adversarial, &captions, header)?;
         println!("{}", dir.display());
@@ -195,6 +162,66 @@ pub fn run(global: &GlobalArgs, args: &AttackArgs) -> anyhow::Result<ExitCode> {
         args.eps
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Loads the test set and the model of `source` and runs the attack; returns what it
+/// produced, its threat model and the class names.
+fn attack(
+    args: &AttackArgs,
+    source: &Source,
+    config: &RunConfig,
+    registry: &crate::plugins::registry::Registry,
+    device: Device,
+) -> anyhow::Result<(Attacked, ThreatModel, Vec<String>)> {
+    // The attack and its budget first: a refusal before any work.
+    let attack = create_eval_attack(registry, config, &args.attack, args.eps)?;
+    let threat = attack.threat;
+    crate::config::validate::budget_in_range(
+        threat.norm.as_str(),
+        args.eps.0,
+        config.data.image_size,
+    )
+    .map_err(|why| {
+        anyhow::anyhow!(
+            "--eps: {why} ({} is a {} attack)",
+            args.attack,
+            threat.norm.as_str()
+        )
+    })?;
+    let (_, test) = load_datasets(config)?;
+    let mut net = build_network(config, test.num_classes(), device)?;
+    match (&source.checkpoint, &config.model.torchscript) {
+        (Some(_), Some(ts)) => bail!(
+            "[model] torchscript = {} holds its own weights; attack it with --config alone, without a checkpoint",
+            ts.display()
+        ),
+        (Some(ckpt), None) => checkpoint::load_weights(&mut net.vs, ckpt)?,
+        (None, Some(ts)) => log::info!("attacking TorchScript model {}", ts.display()),
+        (None, None) => bail!(
+            "attack --config without --checkpoint needs a [model] torchscript file; pass --checkpoint FILE"
+        ),
+    }
+    let mut pipeline = Pipeline::new(registry, config, Some(attack))?;
+    let samples = args.samples.unwrap_or(config.eval.max_samples);
+    let result = attack_batches(
+        net.model.as_ref(),
+        &test,
+        config,
+        &mut pipeline,
+        samples,
+        device,
+    )
+    .map_err(|e| {
+        if crate::interrupt::is_interrupted(&e) {
+            crate::interrupt::or_interrupted(e)
+        } else {
+            e.context(format!(
+                "attacking with {} at epsilon {}",
+                args.attack, args.eps
+            ))
+        }
+    })?;
+    Ok((result, threat, test.class_names().to_vec()))
 }
 
 /// What the attack produced, on the CPU, in test-set order of the chosen samples.

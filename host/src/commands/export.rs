@@ -64,9 +64,26 @@ pub fn run(_global: &GlobalArgs, args: &ExportArgs) -> anyhow::Result<ExitCode> 
             checkpoint::CHECKPOINT_FILE
         );
     }
-    let exported = trace_run(&config, &ckpt)?;
+    // Ctrl-C stops the data loading and the tracing; once the files are being written
+    // (a second or so) they are finished, so none is left half-made.
+    crate::interrupt::install().context("installing the SIGINT/SIGTERM handler")?;
+    let exported = match trace_run(&config, &ckpt).and_then(|e| {
+        crate::interrupt::check()?;
+        Ok(e)
+    }) {
+        Err(e) if crate::interrupt::is_interrupted(&e) => {
+            eprintln!(
+                "export {}; nothing written",
+                crate::interrupt::or_interrupted(e)
+            );
+            return Ok(ExitCode::from(crate::interrupt::exit_code()));
+        }
+        other => other?,
+    };
     let description = describe(&config, &args.run, &exported)?;
-    write_both(&exported.module, &args.out, &description, &sidecar)?;
+    crate::interrupt::exclusive(|| {
+        write_both(&exported.module, &args.out, &description, &sidecar)
+    })?;
     println!("{}", args.out.display());
     println!("{}", sidecar.display());
     Ok(ExitCode::SUCCESS)

@@ -4,7 +4,7 @@ use super::{prepare_from, print_summary, set, set_list, ConfigArgs, GlobalArgs};
 use crate::config::Override;
 use crate::config::RunConfig;
 use crate::distributed::{self, Ranks};
-use crate::report::{open_append_no_follow, write_atomic, RunDir, RunLock};
+use crate::report::{open_append_no_follow, write_atomic, Metrics, RunDir, RunLock, RunStatus};
 use crate::train::{self, Outcome};
 use anyhow::{bail, Context};
 use clap::Args;
@@ -101,6 +101,13 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
         _ => (None, None),
     };
     let resume = args.resume.clone().or(elastic);
+    // From here (after joining the ranks) Ctrl-C stops the run cleanly; before, while it
+    // may wait for the other ranks, it ends the process as usual.
+    if ranks.is_distributed() {
+        crate::interrupt::stop_between_batches_only();
+    }
+    let interrupted =
+        crate::interrupt::install().context("installing the SIGINT/SIGTERM handler")?;
     // Every rank learns whether rank 0 resumes (a torchrun restart is rank 0's finding).
     let resuming = ranks.sum(
         &[f64::from(u8::from(resume.is_some() && ranks.is_writer()))],
@@ -127,8 +134,11 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
         (run_dir, None)
     };
     log::info!("run directory {}", run_dir.path.display());
-    let interrupted =
-        crate::interrupt::install().context("installing the SIGINT/SIGTERM handler")?;
+    // A second Ctrl-C ends the process at once, recording the interruption first.
+    let _abort = ranks.is_writer().then(|| {
+        let run = run_dir.clone();
+        crate::interrupt::on_abort(move || mark_interrupted(&run))
+    });
     let (outcome, metrics) = train::run(
         &config,
         &registry,
@@ -179,8 +189,32 @@ fn elastic_resume(config: &RunConfig, identity: &str) -> (Option<PathBuf>, Optio
     (found, Some(note))
 }
 
-/// Rank 0's run directory, new or resumed, locked, with its `config.toml`, launch
-/// identity and `log.txt` (which the log now also goes to).
+/// What a second Ctrl-C records before the process ends: `metrics.json` says
+/// `interrupted` where it said `running`, or is written so where there was none yet
+/// (epoch 1). A finished status (completed, failed) stays.
+fn mark_interrupted(run: &RunDir) {
+    let file = run.file("metrics.json");
+    let mut metrics = match std::fs::read_to_string(&file) {
+        Ok(text) => match serde_json::from_str::<Metrics>(&text) {
+            Ok(metrics) => metrics,
+            Err(e) => return log::error!("{}: {e}; the status is not recorded", file.display()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Metrics::default(),
+        Err(e) => return log::error!("{}: {e}; the status is not recorded", file.display()),
+    };
+    if metrics.status != RunStatus::Running {
+        return;
+    }
+    metrics.status = RunStatus::Interrupted;
+    match run.write_metrics(&metrics) {
+        Ok(()) => log::warn!("recorded the run as interrupted in {}", file.display()),
+        Err(e) => log::error!("cannot record the interruption in {}: {e}", file.display()),
+    }
+}
+
+/// Rank 0's run directory, new or resumed, locked, with its `config.toml` (a resumed
+/// run's once the resume is accepted: see the training session), launch identity and
+/// `log.txt` (which the log now also goes to).
 fn open_run_dir(
     config: &RunConfig,
     resume: Option<&std::path::Path>,
@@ -200,7 +234,9 @@ fn open_run_dir(
     let lock = run_dir
         .lock()
         .with_context(|| format!("locking {}", run_dir.path.display()))?;
-    write_atomic(&run_dir.file("config.toml"), config.to_toml().as_bytes())?;
+    if resume.is_none() {
+        write_atomic(&run_dir.file("config.toml"), config.to_toml().as_bytes())?;
+    }
     if let Some(id) = identity {
         write_atomic(&run_dir.file(distributed::LAUNCH_FILE), id.as_bytes())?;
     }

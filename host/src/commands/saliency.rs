@@ -49,8 +49,37 @@ pub fn run(global: &GlobalArgs, args: &SaliencyArgs) -> anyhow::Result<ExitCode>
         bail!("no saliency source to show: pass --plugin NAME or set [train] saliency");
     }
     let device = crate::device::open(&config)?;
-    let (_, test) = load_datasets(&config)?;
-    let mut net = build_network(&config, test.num_classes(), device)?;
+    // Ctrl-C stops the data loading and the sources (the oracle refuses their model
+    // calls); gallery.json, written last, is then missing.
+    crate::interrupt::install().context("installing the SIGINT/SIGTERM handler")?;
+    match gallery_of(args, &config, &registry, device) {
+        Ok(files) => {
+            for f in files {
+                println!("{}", f.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) if crate::interrupt::is_interrupted(&e) => {
+            eprintln!(
+                "saliency {}; the gallery in {} is incomplete (no gallery.json)",
+                crate::interrupt::or_interrupted(e),
+                args.out.display()
+            );
+            Ok(ExitCode::from(crate::interrupt::exit_code()))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Loads the test set and the model and writes the gallery; returns the pictures.
+fn gallery_of(
+    args: &SaliencyArgs,
+    config: &RunConfig,
+    registry: &Registry,
+    device: Device,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let (_, test) = load_datasets(config)?;
+    let mut net = build_network(config, test.num_classes(), device)?;
     match &args.checkpoint {
         Some(c) => load_weights(&mut net.vs, c)?,
         None => {
@@ -58,17 +87,14 @@ pub fn run(global: &GlobalArgs, args: &SaliencyArgs) -> anyhow::Result<ExitCode>
         }
     }
     let shown = Shown {
-        config: &config,
-        registry: &registry,
+        config,
+        registry,
         test: &test,
         samples: args.samples,
         epsilon: args.eps.0,
         device,
     };
-    for f in shown.write(net.model.as_ref(), &args.out)? {
-        println!("{}", f.display());
-    }
-    Ok(ExitCode::SUCCESS)
+    shown.write(net.model.as_ref(), &args.out)
 }
 
 /// What the gallery shows.
@@ -100,6 +126,7 @@ impl Shown<'_> {
         let mut written = Vec::new();
         let mut entries = Vec::new();
         for name in &self.config.train.saliency {
+            crate::interrupt::check()?;
             let mut source = create_saliency(self.registry, self.config, name)?;
             let map = source.saliency(&batch, &oracle)?;
             let perturbed = (&data.images - &map * self.epsilon).clamp(0.0, 1.0);

@@ -17,7 +17,6 @@ use crate::plugins::oracle::ModelOracle;
 use crate::plugins::pipeline::{create_eval_attack, Inputs, Pipeline};
 use crate::plugins::registry::Registry;
 use crate::report::{Metrics, RobustAccuracy, TargetedSuccess, CONFUSION_LIMIT};
-use anyhow::Context;
 use sat_core::{OracleAdapter, OracleRef, Phase, ThreatModel};
 use tch::{nn::ModuleT, Device, Kind, Tensor};
 
@@ -133,23 +132,43 @@ pub fn sharded_tally(
     let mut tally = Tally::new(classes.max(0) as usize);
     for (b, samples) in rank_batches(data, spec.limit, spec.batch_size, ranks) {
         crate::interrupt::check()?;
-        let samples = samples?.to(spec.device);
-        let labels = &samples.labels;
-        let Some(p) = pipeline.as_deref_mut() else {
-            let predicted = predict(model, &samples.images, classes)?;
-            tally.add_predictions(labels, &predicted)?;
-            continue;
-        };
-        let inputs = seeded_inputs(p, &samples, spec.seed, b, &oracle)?;
-        let predicted = predict(model, &inputs.images, classes)?;
-        tally.add_predictions(labels, &predicted)?;
-        tally.add_clean(labels, &predict(model, &samples.images, classes)?)?;
-        if let Some(targets) = &inputs.targets {
-            tally.add_targets(labels, &predicted, targets)?;
-        }
-        tally.add_norms(&samples.images, &inputs.images, labels, &predicted)?;
+        let batch = samples.map_err(anyhow::Error::from).and_then(|samples| {
+            let samples = samples.to(spec.device);
+            let p = pipeline.as_deref_mut();
+            tally_batch(&mut tally, model, &samples, p, (spec.seed, b), &oracle)
+        });
+        // An attack stopped by the oracle's refusal, or a stopped data loader, is the
+        // interruption.
+        batch.map_err(crate::interrupt::or_interrupted)?;
     }
     tally.reduce(ranks, spec.device)
+}
+
+/// Adds evaluation batch `b` (with the run's `seed`: `at = (seed, b)`) to `tally`: the
+/// model's predictions on the clean samples, or on the inputs `pipeline` makes from
+/// them (then also the clean predictions, the targets' hits and the norms).
+fn tally_batch(
+    tally: &mut Tally,
+    model: &dyn ModuleT,
+    samples: &Samples,
+    pipeline: Option<&mut Pipeline>,
+    (seed, b): (u64, usize),
+    oracle: &OracleRef<'_>,
+) -> anyhow::Result<()> {
+    let (labels, classes) = (&samples.labels, tally.classes as i64);
+    let Some(p) = pipeline else {
+        let predicted = predict(model, &samples.images, classes)?;
+        return tally.add_predictions(labels, &predicted);
+    };
+    let inputs = seeded_inputs(p, samples, seed, b, oracle)?;
+    let predicted = predict(model, &inputs.images, classes)?;
+    tally.add_predictions(labels, &predicted)?;
+    tally.add_clean(labels, &predict(model, &samples.images, classes)?)?;
+    if let Some(targets) = &inputs.targets {
+        tally.add_targets(labels, &predicted, targets)?;
+    }
+    tally.add_norms(&samples.images, &inputs.images, labels, &predicted)?;
+    Ok(())
 }
 
 /// This rank's evaluation batches (`r, r + W, …`) of `limit` samples spread over
@@ -254,7 +273,13 @@ fn alignment_sums(
 ) -> anyhow::Result<(f64, i64)> {
     let (mut total, mut n) = (0f64, 0i64);
     for (_, samples) in rank_batches(data, limit, batch_size, ranks) {
-        let x = samples?.to(device).images.detach().set_requires_grad(true);
+        crate::interrupt::check()?;
+        let x = samples
+            .map_err(|e| crate::interrupt::or_interrupted(e.into()))?
+            .to(device)
+            .images
+            .detach()
+            .set_requires_grad(true);
         n += x.size()[0];
         let logits = tch::with_grad(|| model.forward_t(&x, false));
         let predicted = logits.argmax(-1, false).unsqueeze(1);
@@ -315,6 +340,7 @@ pub fn evaluate(
             let attack = create_eval_attack(registry, config, name, eps)?;
             let threat = attack.threat;
             let mut pipeline = Pipeline::new(registry, config, Some(attack))?;
+            log::info!("evaluating {name} at eps {eps}");
             // The same per-batch seeds for every attack: evaluations are reproducible,
             // comparable, and the same whatever the number of ranks.
             let tally = sharded_tally(
@@ -324,7 +350,10 @@ pub fn evaluate(
                 Some(&mut pipeline),
                 ranks,
             )
-            .with_context(|| format!("evaluating {name} at epsilon {eps}"))?;
+            .map_err(|e| match e.downcast::<crate::interrupt::Interrupted>() {
+                Ok(stop) => anyhow::Error::new(stop),
+                Err(e) => e.context(format!("evaluating {name} at epsilon {eps}")),
+            })?;
             let record = robust_record(name, &threat, &tally);
             log::info!(
                 "{name} ({}, eps {eps}, {} steps): robust accuracy {:.4}",

@@ -15,7 +15,7 @@ use crate::eval;
 use crate::plugins::oracle::ModelOracle;
 use crate::plugins::pipeline::Pipeline;
 use crate::plugins::registry::Registry;
-use crate::report::{EpochMetrics, Metrics, RunDir, RunStatus};
+use crate::report::{write_atomic, EpochMetrics, Metrics, RunDir, RunStatus};
 use anyhow::{bail, Context};
 use indicatif::ProgressBar;
 use sat_core::{OracleAdapter, OracleRef};
@@ -74,18 +74,9 @@ impl Session<'_> {
     /// then evaluates.
     pub fn train_and_evaluate(&mut self, resume: bool) -> anyhow::Result<Outcome> {
         let (config, t) = (self.config, &self.config.train);
-        let loading = Instant::now();
-        let (train, test) = load_datasets(config)?;
-        log::info!(
-            "dataset {}: {} training and {} test images, {} classes, on {:?} (loaded in {:.1} s, peak RSS {:.0} MiB)",
-            config.data.dataset,
-            train.len(),
-            test.len(),
-            train.num_classes(),
-            self.device,
-            loading.elapsed().as_secs_f64(),
-            crate::report::process_status_mib("VmHWM")
-        );
+        let Some((train, test)) = self.load()? else {
+            return self.record_interruption();
+        };
         if config.model.torchscript.is_some() {
             bail!("[model] torchscript: a TorchScript model can be evaluated and attacked (`sat-host eval --config ...`), not trained here; use [model] arch");
         }
@@ -115,6 +106,15 @@ impl Session<'_> {
             );
         }
         let mut pipeline = Pipeline::for_training(self.registry, config)?;
+        if resume && self.ranks.is_writer() {
+            // The resume is accepted (state, model and components): only now does the
+            // run directory take the new config (`--set`), so a refused one changes
+            // nothing.
+            crate::interrupt::exclusive(|| {
+                write_atomic(&self.run.file("config.toml"), config.to_toml().as_bytes())
+            })
+            .context("writing config.toml")?;
+        }
         log_pipeline(&pipeline, t);
         let batches = crate::distributed::shard_len(train.len() as usize, self.ranks.world_size())
             .div_ceil(t.batch_size.max(1));
@@ -134,15 +134,49 @@ impl Session<'_> {
         };
         for index in first_epoch..t.epochs {
             if !self.train_epoch(&mut epoch, index)? {
-                self.metrics.status = RunStatus::Interrupted;
-                if self.ranks.is_writer() {
-                    self.run.write_metrics(self.metrics)?;
-                }
-                return Ok(Outcome::Interrupted);
+                return self.record_interruption();
             }
         }
         self.evaluate(net.model.as_ref(), &test)?;
         Ok(Outcome::Completed)
+    }
+
+    /// The training and test sets, logged; `None` when a stop request ended the
+    /// loading.
+    fn load(&self) -> anyhow::Result<Option<(Data, Data)>> {
+        let config = self.config;
+        let loading = Instant::now();
+        let (train, test) = match load_datasets(config) {
+            Ok(sets) => sets,
+            Err(e) if crate::interrupt::is_interrupted(&e) => {
+                log::warn!(
+                    "interrupted while loading dataset `{}` ({e:#}); no epoch ran in this process",
+                    config.data.dataset
+                );
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        log::info!(
+            "dataset {}: {} training and {} test images, {} classes, on {:?} (loaded in {:.1} s, peak RSS {:.0} MiB)",
+            config.data.dataset,
+            train.len(),
+            test.len(),
+            train.num_classes(),
+            self.device,
+            loading.elapsed().as_secs_f64(),
+            crate::report::process_status_mib("VmHWM")
+        );
+        Ok(Some((train, test)))
+    }
+
+    /// Records the run as interrupted (rank 0 writes `metrics.json`).
+    fn record_interruption(&mut self) -> anyhow::Result<Outcome> {
+        self.metrics.status = RunStatus::Interrupted;
+        if self.ranks.is_writer() {
+            crate::interrupt::exclusive(|| self.run.write_metrics(self.metrics))?;
+        }
+        Ok(Outcome::Interrupted)
     }
 
     /// Restores model, optimiser and loss scale from the state file; returns the
@@ -222,20 +256,15 @@ impl Session<'_> {
         tch::manual_seed(self.ranks.torch_seed(config.seed, Purpose::Attacks, index));
         let per_epoch = batches.batch_count() as u64;
         let mut totals = Totals::default();
+        // In a data-parallel run Ctrl-C is agreed on at the end of the epoch (in
+        // close_epoch), so no rank leaves the others waiting in a collective; in one
+        // process it stops the epoch at once: between batches, or inside one when the
+        // attack (refused by the oracle) or the data loader stopped.
+        let single = !self.ranks.is_distributed();
+        let stopped = |err: &anyhow::Error| single && crate::interrupt::is_interrupted(err);
         for (b, samples) in batches.by_ref().enumerate() {
-            // In a data-parallel run Ctrl-C is agreed on at the end of the epoch (in
-            // close_epoch), so no rank leaves the others waiting in a collective.
-            if !self.ranks.is_distributed() && self.interrupted.load(Ordering::SeqCst) {
-                bar.abandon_with_message("interrupted");
-                if index == 0 {
-                    log::warn!("interrupted during epoch 1: no epoch has finished and no checkpoint is written; --resume starts from epoch 1");
-                } else {
-                    log::warn!(
-                        "interrupted during epoch {}; the checkpoint of epoch {index} is kept",
-                        index + 1
-                    );
-                }
-                return Ok(None);
+            if single && self.interrupted.load(Ordering::SeqCst) {
+                return Ok(stopped_in(bar, index));
             }
             let global_step = index as u64 * per_epoch + b as u64;
             let at = StepAt {
@@ -244,17 +273,27 @@ impl Session<'_> {
                 global_step,
                 lr: e.schedule.rate(global_step as usize),
             };
-            let samples = samples
-                .with_context(|| format!("reading the training data in epoch {}", index + 1))?
-                .to(self.device);
+            let samples = match samples.map_err(anyhow::Error::from) {
+                Ok(samples) => samples.to(self.device),
+                Err(err) if stopped(&err) => return Ok(stopped_in(bar, index)),
+                Err(err) => {
+                    return Err(
+                        err.context(format!("reading the training data in epoch {}", index + 1))
+                    )
+                }
+            };
             let model = e.net.model.as_ref();
-            let out = e
+            let out = match e
                 .step
                 .run(model, e.pipeline, &samples, at, e.oracle, &mut draws)
-                .map_err(|err| {
+            {
+                Ok(out) => out,
+                Err(err) if stopped(&err) => return Ok(stopped_in(bar, index)),
+                Err(err) => {
                     bar.abandon_with_message("stopped");
-                    self.explain(err, index)
-                })?;
+                    return Err(self.explain(err, index));
+                }
+            };
             totals.add(&out);
             bar.set_message(totals.message(start));
             bar.inc(1);
@@ -302,14 +341,17 @@ impl Session<'_> {
         self.metrics.epochs.push(figures);
         if ranks.is_writer() {
             let (step, vs) = (&*e.step, &e.net.vs);
-            checkpoint::save_epoch(
-                self.run,
-                vs,
-                &step.optimizer,
-                &step.scaler,
-                index + 1,
-                self.metrics,
-            )?;
+            // Checkpoint, metrics and state as one: a second Ctrl-C waits for them.
+            crate::interrupt::exclusive(|| {
+                checkpoint::save_epoch(
+                    self.run,
+                    vs,
+                    &step.optimizer,
+                    &step.scaler,
+                    index + 1,
+                    self.metrics,
+                )
+            })?;
         }
         if stop {
             log::warn!(
@@ -347,10 +389,25 @@ impl Session<'_> {
         evaluation.record(self.metrics);
         self.metrics.status = RunStatus::Completed;
         if self.ranks.is_writer() {
-            self.run.write_metrics(self.metrics)?;
+            crate::interrupt::exclusive(|| self.run.write_metrics(self.metrics))?;
         }
         Ok(())
     }
+}
+
+/// Says that epoch `index` (0-based) stopped on a signal, and what is kept; `None`, the
+/// stopped epoch's totals.
+fn stopped_in(bar: &ProgressBar, index: u32) -> Option<Totals> {
+    bar.abandon_with_message("interrupted");
+    if index == 0 {
+        log::warn!("interrupted during epoch 1: no epoch has finished and no checkpoint is written; --resume starts from epoch 1");
+    } else {
+        log::warn!(
+            "interrupted during epoch {}; the checkpoint of epoch {index} is kept",
+            index + 1
+        );
+    }
+    None
 }
 
 /// The figures of epoch `index` (0-based), and a warning when the step waited for
