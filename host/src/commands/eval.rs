@@ -3,7 +3,8 @@
 use super::{prepare_from, print_summary, set, set_list, ConfigArgs, GlobalArgs};
 use crate::config::{Override, RunConfig};
 use crate::distributed::Ranks;
-use crate::report::{Metrics, RunDir, RunStatus};
+use crate::plugins::registry::Registry;
+use crate::report::{Metrics, RunDir, RunLock, RunStatus};
 use crate::train::{build_network, checkpoint::load_weights, load_datasets};
 use anyhow::{bail, Context};
 use clap::Args;
@@ -87,7 +88,8 @@ impl EvalArgs {
     }
 }
 
-/// Evaluates and records the figures.
+/// Evaluates and records the figures. A command that fails or is interrupted records
+/// nothing and leaves no directory of its own behind (see [`OutClaim`]).
 pub fn run(global: &GlobalArgs, args: &EvalArgs) -> anyhow::Result<ExitCode> {
     let target = args.target()?;
     // Under torchrun or Slurm the test set is shared out over the ranks (figures equal to
@@ -104,50 +106,42 @@ pub fn run(global: &GlobalArgs, args: &EvalArgs) -> anyhow::Result<ExitCode> {
     )?;
     let device = crate::distributed::device(&config, launch.as_ref())?;
     let ranks = Ranks::for_launch(launch.as_ref(), &config, device)?;
+    if ranks.is_distributed() {
+        crate::interrupt::stop_between_batches_only();
+    }
     // The output directory first (rank 0): another writer of it is an error before any
     // work.
-    let out = output_dir(args, target.out, &config);
-    let _lock = if ranks.is_writer() {
+    let out = output_dir(args, target.out.clone(), &config);
+    let claim = if ranks.is_writer() {
         check_out(args)?;
-        std::fs::create_dir_all(&out.path)?;
-        Some(
-            out.lock()
-                .with_context(|| format!("locking {}", out.path.display()))?,
-        )
+        Some(OutClaim::take(&out)?)
     } else {
         None
     };
-    let (_, test) = load_datasets(&config)?;
-    let mut net = build_network(&config, test.num_classes(), device)?;
-    match (&target.checkpoint, &config.model.torchscript) {
-        (Some(_), Some(ts)) => bail!(
-            "[model] torchscript = {} holds its own weights; evaluate it with --config alone, without a checkpoint",
-            ts.display()
-        ),
-        (Some(checkpoint), None) => load_weights(&mut net.vs, checkpoint)?,
-        (None, Some(ts)) => log::info!("evaluating TorchScript model {}", ts.display()),
-        (None, None) => bail!(
-            "eval --config without --checkpoint needs a [model] torchscript file; pass --checkpoint FILE"
-        ),
-    }
     crate::interrupt::install().context("installing the SIGINT/SIGTERM handler")?;
-    let evaluated = crate::eval::evaluate(
-        net.model.as_ref(),
-        &test,
-        &config,
-        &registry,
-        device,
-        &ranks,
-    );
+    // A second Ctrl-C ends the process at once: it takes the directory back too.
+    let _abort = claim.as_ref().map(|c| {
+        let made = c.made.clone();
+        crate::interrupt::on_abort(move || OutClaim::remove_made(&made))
+    });
+    let evaluated = evaluate(&config, &registry, &target, device, &ranks);
     let evaluation = match evaluated {
-        Err(e) if crate::interrupt::is_interrupted(&e) => {
+        Ok(evaluation) => evaluation,
+        Err(e) => {
+            let interrupted = crate::interrupt::is_interrupted(&e);
+            if let Some(claim) = claim {
+                claim.give_back();
+            }
+            if !interrupted {
+                return Err(e);
+            }
             eprintln!(
-                "evaluation {e}; nothing recorded, {} is unchanged",
+                "evaluation {}; nothing recorded, {} is unchanged",
+                crate::interrupt::or_interrupted(e),
                 out.path.display()
             );
             return Ok(ExitCode::from(crate::interrupt::exit_code()));
         }
-        other => other?,
     };
     if !ranks.is_writer() {
         return Ok(ExitCode::SUCCESS);
@@ -160,21 +154,113 @@ pub fn run(global: &GlobalArgs, args: &EvalArgs) -> anyhow::Result<ExitCode> {
             ..Default::default()
         });
     evaluation.record(&mut metrics);
-    out.write_metrics(&metrics)?;
+    crate::interrupt::exclusive(|| out.write_metrics(&metrics))
+        .with_context(|| format!("writing the results into {}", out.path.display()))?;
     print_summary(&metrics, &out.path);
     Ok(ExitCode::SUCCESS)
 }
 
-/// Refuses an `--out` directory that exists with files in it, unless it is the run
-/// directory being evaluated: another model's results are never replaced.
+/// Loads the test set and the model of `target` and evaluates it as `config` says.
+fn evaluate(
+    config: &RunConfig,
+    registry: &Registry,
+    target: &Target,
+    device: tch::Device,
+    ranks: &Ranks,
+) -> anyhow::Result<crate::eval::Evaluation> {
+    let (_, test) = load_datasets(config)?;
+    let mut net = build_network(config, test.num_classes(), device)?;
+    match (&target.checkpoint, &config.model.torchscript) {
+        (Some(_), Some(ts)) => bail!(
+            "[model] torchscript = {} holds its own weights; evaluate it with --config alone, without a checkpoint",
+            ts.display()
+        ),
+        (Some(checkpoint), None) => load_weights(&mut net.vs, checkpoint)?,
+        (None, Some(ts)) => log::info!("evaluating TorchScript model {}", ts.display()),
+        (None, None) => bail!(
+            "eval --config without --checkpoint needs a [model] torchscript file; pass --checkpoint FILE"
+        ),
+    }
+    crate::eval::evaluate(net.model.as_ref(), &test, config, registry, device, ranks)
+}
+
+/// The output directory, locked for this process, and the directories made for it
+/// (none when it existed): what a failed or interrupted evaluation removes again, so
+/// the same command can run once more.
+struct OutClaim {
+    _lock: RunLock,
+    /// The directories created, the output directory first, then its new parents.
+    made: Vec<PathBuf>,
+}
+
+impl OutClaim {
+    /// Makes `out` (and its missing parents) and locks it.
+    fn take(out: &RunDir) -> anyhow::Result<Self> {
+        let mut made = Vec::new();
+        let mut dir = out.path.as_path();
+        while !dir.as_os_str().is_empty() && std::fs::symlink_metadata(dir).is_err() {
+            made.push(dir.to_path_buf());
+            dir = dir.parent().unwrap_or(Path::new(""));
+        }
+        std::fs::create_dir_all(&out.path)
+            .with_context(|| format!("creating the output directory {}", out.path.display()))?;
+        match out.lock() {
+            Ok(lock) => Ok(Self { _lock: lock, made }),
+            Err(e) => {
+                Self::remove_made(&made);
+                Err(e).with_context(|| format!("locking {}", out.path.display()))
+            }
+        }
+    }
+
+    /// Unlocks the directory and removes what [`OutClaim::take`] made, if it holds
+    /// nothing but the lock file.
+    fn give_back(self) {
+        let Self { _lock: lock, made } = self;
+        drop(lock);
+        Self::remove_made(&made);
+    }
+
+    /// Removes `made` (output directory first) where it holds nothing but `.lock`.
+    fn remove_made(made: &[PathBuf]) {
+        let Some(out) = made.first() else {
+            return;
+        };
+        let only_lock = std::fs::read_dir(out)
+            .map(|entries| entries.flatten().all(|e| e.file_name() == LOCK_FILE))
+            .unwrap_or(false);
+        if !only_lock {
+            return;
+        }
+        let _ = std::fs::remove_file(out.join(LOCK_FILE));
+        for dir in made {
+            if std::fs::remove_dir(dir).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// The run directory's lock file ([`RunDir::lock`]).
+const LOCK_FILE: &str = ".lock";
+
+/// Refuses an `--out` that is not a directory, or a directory with files in it (a lock
+/// file left by a failed command does not count), unless it is the run directory being
+/// evaluated: another model's results are never replaced.
 fn check_out(args: &EvalArgs) -> anyhow::Result<()> {
     let Some(out) = &args.out else {
         return Ok(());
     };
-    let Ok(mut entries) = std::fs::read_dir(out) else {
+    if out.exists() && !out.is_dir() {
+        bail!(
+            "--out {}: it exists and is not a directory; results go to a new (or empty) directory",
+            out.display()
+        );
+    }
+    let Ok(entries) = std::fs::read_dir(out) else {
         return Ok(());
     };
-    if entries.next().is_none() {
+    if entries.flatten().all(|e| e.file_name() == LOCK_FILE) {
         return Ok(());
     }
     let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
