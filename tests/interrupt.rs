@@ -1,0 +1,234 @@
+//! Issue 22, point 3, end to end: SIGTERM stops every phase within seconds — inside an
+//! attack's loop (APGD, FAB, Square, CW, each given minutes of work), while the data
+//! loads — with status `interrupted` and exit 143; a second SIGTERM ends the process at
+//! once without leaving the status `running`. And the leftovers of point 6: a failed or
+//! interrupted `eval --out DIR` can run again, a refused `--resume` keeps `config.toml`.
+use sat_tests::{metrics, sat, spawn_sat, tiny_run, TINY};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a stopped process may take to end: the stop itself takes well under a
+/// second; the rest is slack for a loaded machine.
+const STOP_WITHIN: Duration = Duration::from_secs(10);
+
+/// A child process killed (and reaped) if the test ends before it does.
+struct Running(Option<Child>);
+
+impl Running {
+    fn id(&self) -> u32 {
+        self.0.as_ref().expect("running").id()
+    }
+
+    /// Waits at most `limit` for the process to end; fails the test (killing it) if it
+    /// does not. Returns its status and how long it took.
+    fn wait_within(&mut self, limit: Duration) -> (ExitStatus, Duration) {
+        let start = Instant::now();
+        let child = self.0.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for sat-host") {
+                self.0 = None;
+                return (status, start.elapsed());
+            }
+            assert!(
+                start.elapsed() < limit,
+                "sat-host did not stop within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `sat-host args…` in the background in `cwd`, stderr to `cwd/stderr.txt`.
+fn start(cwd: &Path, args: &[&str]) -> Running {
+    let err = std::fs::File::create(cwd.join("stderr.txt")).unwrap();
+    Running(Some(spawn_sat(cwd, args, Stdio::from(err))))
+}
+
+/// `run` with [`TINY`] and `extra`.
+fn start_run(cwd: &Path, extra: &[&str]) -> Running {
+    let mut args = vec!["run"];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(extra);
+    start(cwd, &args)
+}
+
+/// Waits until the file at `path` contains `needle`, failing after `seconds` (or at
+/// once if the process ended first).
+fn wait_for_text(path: &Path, needle: &str, seconds: u64, process: &mut Running) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return;
+        }
+        let ended = process.0.as_mut().and_then(|c| c.try_wait().ok().flatten());
+        assert!(ended.is_none(), "sat-host ended ({ended:?}) before saying {needle:?}:\n{text}");
+        assert!(Instant::now() < deadline, "{} never said {needle:?}:\n{text}", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sigterm(process: &Running) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &process.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+fn text(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Trains the tiny run `name` for one epoch, then evaluates it with `attack` set up
+/// (`settings`, as `--set` values) to run for minutes; SIGTERM once that attack is at
+/// work must stop the run within seconds, status `interrupted`, exit 143, the stop
+/// noticed inside the attack (its next model call refused).
+fn sigterm_stops_a_long_attack(attack: &str, settings: &[&str]) {
+    let cwd = tempfile::tempdir().unwrap();
+    let attacks = format!("eval.attacks=[\"{attack}\"]");
+    let mut extra = vec!["--set", "name=r", "--set", &attacks, "--set", "eval.alignment=false"];
+    for s in settings {
+        extra.extend(["--set", s]);
+    }
+    let mut run = start_run(cwd.path(), &extra);
+    let dir = cwd.path().join("runs/r");
+    wait_for_text(&dir.join("log.txt"), &format!("evaluating {attack} at eps"), 120, &mut run);
+    sigterm(&run);
+    let (status, took) = run.wait_within(STOP_WITHIN);
+    let stderr = text(&cwd.path().join("stderr.txt"));
+    assert_eq!(status.code(), Some(143), "{stderr}");
+    assert_eq!(metrics(&dir)["status"], "interrupted", "{stderr}");
+    assert!(stderr.contains("the host is stopping (SIGTERM): no more model calls"), "{stderr}");
+    assert!(stderr.contains("evaluation interrupted by SIGTERM"), "{stderr}");
+    eprintln!("{attack}: stopped {took:?} after SIGTERM");
+}
+
+#[test]
+fn sigterm_stops_apgd_inside_its_loop() {
+    sigterm_stops_a_long_attack("apgd-ce", &["eval.components.apgd-ce.steps=5000"]);
+}
+
+#[test]
+fn sigterm_stops_fab_inside_its_loop() {
+    sigterm_stops_a_long_attack("fab", &["eval.components.fab.steps=5000"]);
+}
+
+#[test]
+fn sigterm_stops_square_inside_its_loop() {
+    sigterm_stops_a_long_attack("square", &["eval.components.square.queries=100000"]);
+}
+
+#[test]
+fn sigterm_stops_cw_inside_its_loop() {
+    sigterm_stops_a_long_attack(
+        "cw-l2",
+        &["eval.components.cw-l2.steps=5000", "eval.components.cw-l2.binary_search_steps=20"],
+    );
+}
+
+#[test]
+fn sigterm_stops_the_data_loading() {
+    let cwd = tempfile::tempdir().unwrap();
+    // 10 000 generated images of 256 px: tens of seconds of work.
+    let mut run = start_run(
+        cwd.path(),
+        &["--set", "name=d", "--set", "data.train_size=10000", "--set", "data.image_size=256"],
+    );
+    let dir = cwd.path().join("runs/d");
+    wait_for_text(&dir.join("log.txt"), "run directory", 60, &mut run);
+    sigterm(&run);
+    let (status, took) = run.wait_within(STOP_WITHIN);
+    let stderr = text(&cwd.path().join("stderr.txt"));
+    assert_eq!(status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("interrupted while loading dataset `shapes`"), "{stderr}");
+    assert!(!stderr.contains("training:"), "stopped before training: {stderr}");
+    assert_eq!(metrics(&dir)["status"], "interrupted");
+    eprintln!("data loading: stopped {took:?} after SIGTERM");
+}
+
+#[test]
+fn a_second_sigterm_ends_the_process_at_once_and_records_the_interruption() {
+    let cwd = tempfile::tempdir().unwrap();
+    // Steps of several seconds (128 images of 256 px a batch) that no model call of a
+    // plugin interrupts (clean training): the first SIGTERM waits for the step's end.
+    let mut run = start_run(
+        cwd.path(),
+        &[
+            "--set", "name=s",
+            "--set", "data.train_size=512",
+            "--set", "data.image_size=256",
+            "--set", "train.batch_size=128",
+            "--set", "model.width=16",
+        ],
+    );
+    let dir = cwd.path().join("runs/s");
+    let log = dir.join("log.txt");
+    wait_for_text(&log, "training:", 60, &mut run);
+    sigterm(&run);
+    wait_for_text(&log, "send it again to stop at once", 10, &mut run);
+    sigterm(&run);
+    let (status, took) = run.wait_within(STOP_WITHIN);
+    let stderr = text(&cwd.path().join("stderr.txt"));
+    assert_eq!(status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("SIGTERM again: stopping now"), "{stderr}");
+    // Epoch 1 had not finished: no metrics.json until the second signal wrote one.
+    assert_eq!(metrics(&dir)["status"], "interrupted", "{stderr}");
+    assert!(!dir.join("state.safetensors").exists());
+    eprintln!("second SIGTERM: ended {took:?} after it");
+}
+
+#[test]
+fn a_failed_or_interrupted_eval_out_leaves_nothing_and_runs_again() {
+    let cwd = tempfile::tempdir().unwrap();
+    tiny_run(cwd.path(), &["--set", "name=a", "--set", "eval.attacks=[]", "--set", "eval.alignment=false"], &[]).success();
+    // A failure after the directory was made and locked (weights of another width).
+    sat(cwd.path(), &["eval", "--run", "runs/a", "--out", "out/fresh", "--set", "model.width=8"], &[])
+        .fails_with(&["another [model] arch or width"]);
+    assert!(!cwd.path().join("out").exists(), "the directories made were removed");
+    // Interrupted: the same.
+    let mut eval = start(
+        cwd.path(),
+        &["eval", "--run", "runs/a", "--out", "out/fresh", "--attack", "apgd-ce", "--set", "eval.components.apgd-ce.steps=5000"],
+    );
+    wait_for_text(&cwd.path().join("stderr.txt"), "evaluating apgd-ce at eps", 60, &mut eval);
+    sigterm(&eval);
+    let (status, _) = eval.wait_within(STOP_WITHIN);
+    assert_eq!(status.code(), Some(143), "{}", text(&cwd.path().join("stderr.txt")));
+    assert!(!cwd.path().join("out").exists());
+    // A lock file left behind by a process killed outright does not refuse the command.
+    std::fs::create_dir_all(cwd.path().join("out/fresh")).unwrap();
+    std::fs::write(cwd.path().join("out/fresh/.lock"), "").unwrap();
+    sat(cwd.path(), &["eval", "--run", "runs/a", "--out", "out/fresh"], &[]).success();
+    assert!(cwd.path().join("out/fresh/metrics.json").exists());
+    // `--out` naming a file says so, with its path.
+    std::fs::write(cwd.path().join("file"), "").unwrap();
+    sat(cwd.path(), &["eval", "--run", "runs/a", "--out", "file"], &[])
+        .fails_with(&["--out file: it exists and is not a directory"]);
+}
+
+#[test]
+fn a_refused_resume_keeps_the_config() {
+    let cwd = tempfile::tempdir().unwrap();
+    tiny_run(cwd.path(), &["--set", "name=c", "--set", "eval.attacks=[]", "--set", "eval.alignment=false"], &[]).success();
+    let config = cwd.path().join("runs/c/config.toml");
+    let before = std::fs::read(&config).unwrap();
+    // Another model width: the state file does not fit, the resume is refused.
+    sat(cwd.path(), &["run", "--resume", "runs/c", "--set", "model.width=8"], &[])
+        .fails_with(&["shape"]);
+    assert_eq!(std::fs::read(&config).unwrap(), before, "config.toml unchanged");
+    // An accepted one records its extension.
+    sat(cwd.path(), &["run", "--resume", "runs/c", "--set", "train.epochs=2"], &[]).success();
+    assert!(text(&config).contains("epochs = 2"), "{}", text(&config));
+}
