@@ -165,15 +165,14 @@ impl Settings {
     /// Checks the shared keys of the attack `name`.
     fn checked(self, name: &str) -> Result<Self, PluginError> {
         let fail = |what: &str| Err(PluginError::config(format!("[{name}] {what}")));
-        if self.steps == 0 {
-            return fail("steps must be at least 1");
-        }
-        if self.restarts == 0 {
-            return fail("restarts must be at least 1");
-        }
-        if self.eot_iter == 0 {
-            return fail("eot_iter must be at least 1");
-        }
+        crate::ranges::check(
+            name,
+            &[
+                ("steps", self.steps),
+                ("restarts", self.restarts),
+                ("eot_iter", self.eot_iter),
+            ],
+        )?;
         if !(self.rho > 0.0 && self.rho <= 1.0) {
             return fail("rho must be in (0, 1]");
         }
@@ -575,11 +574,7 @@ pub struct ApgdT {
 impl Configurable for ApgdT {
     type Config = ApgdTConfig;
     fn from_config(c: ApgdTConfig) -> Result<Self, PluginError> {
-        if c.target_classes == 0 {
-            return Err(PluginError::config(
-                "[apgd-t] target_classes must be at least 1",
-            ));
-        }
+        crate::ranges::check("apgd-t", &[("target_classes", c.target_classes)])?;
         let settings = Settings::from(&c).checked("apgd-t")?;
         Ok(Self {
             settings,

@@ -114,6 +114,15 @@ pub struct AutoAttack {
 impl Configurable for AutoAttack {
     type Config = AutoAttackConfig;
     fn from_config(config: AutoAttackConfig) -> Result<Self, PluginError> {
+        crate::ranges::check(
+            "autoattack",
+            &[
+                ("steps", config.steps),
+                ("queries", config.queries),
+                ("target_classes", config.target_classes),
+                ("eot_iter", config.eot_iter),
+            ],
+        )?;
         let names = config.members();
         if names.is_empty() {
             return Err(PluginError::config(

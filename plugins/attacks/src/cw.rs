@@ -54,9 +54,13 @@ impl Configurable for CarliniWagner {
     type Config = CwConfig;
     fn from_config(config: CwConfig) -> Result<Self, PluginError> {
         let fail = |m: &str| Err(PluginError::config(format!("[cw-l2] {m}")));
-        if config.steps == 0 || config.binary_search_steps == 0 {
-            return fail("steps and binary_search_steps must be at least 1");
-        }
+        crate::ranges::check(
+            "cw-l2",
+            &[
+                ("steps", config.steps),
+                ("binary_search_steps", config.binary_search_steps),
+            ],
+        )?;
         if !(config.confidence.is_finite() && config.confidence >= 0.0) {
             return fail("confidence must be finite and non-negative");
         }

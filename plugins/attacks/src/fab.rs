@@ -55,12 +55,7 @@ impl FabConfig {
     /// Rejects settings the algorithm cannot run with; `name` prefixes the message.
     fn check(&self, name: &str) -> Result<(), PluginError> {
         let fail = |m: &str| Err(PluginError::config(format!("[{name}] {m}")));
-        if self.steps == 0 {
-            return fail("steps must be at least 1");
-        }
-        if self.restarts == 0 {
-            return fail("restarts must be at least 1");
-        }
+        crate::ranges::check(name, &[("steps", self.steps), ("restarts", self.restarts)])?;
         if !(0.0..=1.0).contains(&self.alpha_max) {
             return fail("alpha_max must be in [0, 1]");
         }
@@ -147,11 +142,7 @@ impl Configurable for FabTargeted {
             beta: c.beta,
         };
         config.check("fab-t")?;
-        if c.target_classes == 0 {
-            return Err(PluginError::config(
-                "[fab-t] target_classes must be at least 1",
-            ));
-        }
+        crate::ranges::check("fab-t", &[("target_classes", c.target_classes)])?;
         Ok(Self {
             config,
             target_classes: c.target_classes,

@@ -14,6 +14,7 @@ pub mod fab;
 pub mod fgsm;
 pub mod noise;
 pub mod pgd;
+pub mod ranges;
 pub mod sat;
 pub mod square;
 pub mod trades;

@@ -86,9 +86,10 @@ pub struct Pgd {
 impl Configurable for Pgd {
     type Config = PgdConfig;
     fn from_config(config: PgdConfig) -> Result<Self, PluginError> {
-        if config.restarts == 0 {
-            return Err(PluginError::config("[pgd] restarts must be at least 1"));
-        }
+        crate::ranges::check(
+            "pgd",
+            &[("steps", config.steps), ("restarts", config.restarts)],
+        )?;
         Ok(Self {
             config,
             targets: None,

@@ -52,12 +52,10 @@ pub struct Square {
 impl Configurable for Square {
     type Config = SquareConfig;
     fn from_config(config: SquareConfig) -> Result<Self, PluginError> {
-        if config.queries == 0 {
-            return Err(PluginError::config("[square] queries must be at least 1"));
-        }
-        if config.restarts == 0 {
-            return Err(PluginError::config("[square] restarts must be at least 1"));
-        }
+        crate::ranges::check(
+            "square",
+            &[("queries", config.queries), ("restarts", config.restarts)],
+        )?;
         if !(config.p_init > 0.0 && config.p_init <= 1.0) {
             return Err(PluginError::config("[square] p_init must be in (0, 1]"));
         }

@@ -39,6 +39,7 @@ pub struct Trades {
 impl Configurable for Trades {
     type Config = TradesConfig;
     fn from_config(config: TradesConfig) -> Result<Self, PluginError> {
+        crate::ranges::check("trades", &[("steps", config.steps)])?;
         Ok(Self { config })
     }
 }

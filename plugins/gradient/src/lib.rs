@@ -61,6 +61,143 @@ pub enum Target {
     Predicted,
 }
 
+/// The ranges of the keys that size a source's work or its teacher's memory, checked
+/// when the source is made. [`ranges::RANGES`] is the one source: the checks look
+/// their bounds up in it, and README.md's table is [`ranges::table`] (a unit test
+/// compares them).
+pub mod ranges {
+    use sat_core::PluginError;
+    use sat_models::arch;
+    use std::ops::RangeInclusive;
+
+    /// Most noisy copies (SmoothGrad) or path points (Integrated Gradients) per image.
+    pub const MAX_SAMPLES: i64 = 10_000;
+    /// Most path points per teacher call (the host's largest batch).
+    pub const MAX_BATCH: i64 = 65_536;
+
+    /// Every source of this library.
+    pub const SOURCES: &[&str] = &[
+        "gradient",
+        "guided-backprop",
+        "smoothgrad",
+        "integrated-gradients",
+        "gradcam++",
+        "guided-gradcam++",
+    ];
+
+    /// One row: the sources, the key, its range, a note.
+    pub type Row = (
+        &'static [&'static str],
+        &'static str,
+        RangeInclusive<i64>,
+        &'static str,
+    );
+
+    /// Every sized key of this library's sources and its range.
+    pub const RANGES: &[Row] = &[
+        (&["smoothgrad"], "samples", 1..=MAX_SAMPLES, ""),
+        (&["integrated-gradients"], "steps", 1..=MAX_SAMPLES, ""),
+        (&["integrated-gradients"], "batch_size", 1..=MAX_BATCH, ""),
+        (SOURCES, "width", arch::WIDTH, " (a checkpoint teacher)"),
+        (
+            SOURCES,
+            "classes",
+            arch::CLASSES,
+            " when set (a checkpoint teacher)",
+        ),
+    ];
+
+    /// The range of `source`'s `key`.
+    ///
+    /// # Panics
+    /// If [`RANGES`] has no row for it (a bug the unit tests find).
+    pub fn range(source: &str, key: &str) -> RangeInclusive<i64> {
+        RANGES
+            .iter()
+            .find(|(sources, k, _, _)| *k == key && sources.contains(&source))
+            .map(|(_, _, r, _)| r.clone())
+            .unwrap_or_else(|| panic!("no range for [{source}] {key} in ranges::RANGES"))
+    }
+
+    /// Checks each `(key, value)` of `source` against its range.
+    pub fn check(source: &str, values: &[(&str, i64)]) -> Result<(), PluginError> {
+        for &(key, v) in values {
+            let r = range(source, key);
+            if !r.contains(&v) {
+                return Err(PluginError::config(format!(
+                    "[{source}] {key} = {v} is outside [{}, {}]",
+                    r.start(),
+                    r.end()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the teacher keys of `source`: for a checkpoint teacher, its `arch` (as
+    /// `[model] arch`), `width` and `classes`, before anything is loaded.
+    pub fn check_teacher(
+        source: &str,
+        c: &crate::teacher::TeacherConfig,
+    ) -> Result<(), PluginError> {
+        let script = [".pt", ".ts", ".jit"]
+            .iter()
+            .any(|e| c.teacher.ends_with(e));
+        if c.teacher == "self" || script {
+            return Ok(());
+        }
+        sat_models::Arch::parse(&c.arch)
+            .map_err(|e| PluginError::config(format!("[{source}] arch: {e}")))?;
+        check(source, &[("width", c.width)])?;
+        match c.classes {
+            Some(classes) => check(source, &[("classes", classes)]),
+            None => Ok(()),
+        }
+    }
+
+    /// `n` with groups of three digits from 10 000 up.
+    fn spaced(n: i64) -> String {
+        let n = n.to_string();
+        if n.len() <= 4 {
+            return n;
+        }
+        let mut out = String::new();
+        for (i, ch) in n.chars().enumerate() {
+            if i > 0 && (n.len() - i).is_multiple_of(3) {
+                out.push(' ');
+            }
+            out.push(ch);
+        }
+        out
+    }
+
+    /// [`RANGES`] as README.md's Markdown table.
+    pub fn table() -> String {
+        let mut text = String::from("| source | key | valid values |\n|---|---|---|\n");
+        for (sources, key, r, note) in RANGES {
+            let names = if *sources == SOURCES {
+                "every source".to_string()
+            } else {
+                let ticked: Vec<String> = sources.iter().map(|c| format!("`{c}`")).collect();
+                ticked.join(", ")
+            };
+            text += &format!(
+                "| {names} | `{key}` | {}–{}{note} |\n",
+                spaced(*r.start()),
+                spaced(*r.end())
+            );
+        }
+        text += &format!(
+            "| every source | `arch` | as `model.arch`: WRN depth {}–{}, widening factor {}–{} (a checkpoint teacher) |\n",
+            arch::WRN_DEPTH.start(),
+            arch::WRN_DEPTH.end(),
+            arch::WRN_WIDEN.start(),
+            arch::WRN_WIDEN.end()
+        );
+        text
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,5 +420,59 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("is it a checkpoint of arch `resnet10`"), "{e}");
+    }
+
+    #[test]
+    fn the_readme_table_of_ranges_is_the_one_the_checks_use() {
+        let begin = "<!-- BEGIN ranges: sat-plugin-gradient (plugins/gradient/src/lib.rs; its test ranges::table) -->";
+        let readme = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+        let readme = std::fs::read_to_string(readme).unwrap();
+        let section = readme
+            .split_once(begin)
+            .and_then(|(_, after)| after.split_once("<!-- END ranges"))
+            .map(|(section, _)| section.trim().to_string() + "\n");
+        let expected = ranges::table();
+        assert!(
+            section.as_deref() == Some(expected.as_str()),
+            "README.md's table of saliency ranges differs from ranges::table(); between\n{begin}\nand <!-- END ranges --> it should read:\n\n{expected}"
+        );
+    }
+
+    /// Each source checks its sized keys (and a checkpoint teacher's) when it is made.
+    #[test]
+    fn every_source_refuses_its_sized_keys_out_of_range() {
+        use sat_core::{component::create, ComponentKind};
+        let make = |source: &str, table: &str| create(ComponentKind::Saliency, source, table);
+        for (sources, key, r, _) in ranges::RANGES {
+            for source in sources.iter().filter(|s| !s.contains("gradcam")) {
+                let teacher = "teacher = \"t.safetensors\"\n";
+                let at = |v: i64| make(source, &format!("{teacher}{key} = {v}"));
+                let e = at(r.end() + 1).err().map(|e| e.to_string());
+                let want = format!(
+                    "[{source}] {key} = {} is outside [{}, {}]",
+                    r.end() + 1,
+                    r.start(),
+                    r.end()
+                );
+                assert!(
+                    e.as_ref().is_some_and(|e| e.contains(&want)),
+                    "{e:?}\n  want {want}"
+                );
+                assert!(at(*r.end()).is_ok(), "[{source}] {key} = {}", r.end());
+                assert!(
+                    at(r.start() - 1).is_err(),
+                    "[{source}] {key} = {}",
+                    r.start() - 1
+                );
+            }
+        }
+        let e = make(
+            "gradient",
+            "teacher = \"t.safetensors\"\narch = \"wrn-28-100000\"",
+        );
+        let e = e.err().unwrap().to_string();
+        assert!(e.contains("[gradient] arch: model arch `wrn-28-100000`: the widening factor 100000 is outside [1, 64]"), "{e}");
+        // The host's model as teacher: the checkpoint keys are not read.
+        assert!(make("gradient", "arch = \"wrn-28-100000\"").is_ok());
     }
 }

@@ -68,6 +68,11 @@ macro_rules! source_config {
 }
 pub(crate) use source_config;
 
+/// The teacher of `source` from `config`, its keys checked first.
+fn teacher(source: &str, config: crate::teacher::TeacherConfig) -> Result<Teacher, PluginError> {
+    crate::ranges::check_teacher(source, &config)?;
+    Teacher::new(config)
+}
 
 source_config!(
     /// Configuration of `gradient`.
@@ -110,7 +115,7 @@ impl Configurable for Gradient {
     type Config = GradientConfig;
     fn from_config(c: GradientConfig) -> Result<Self, PluginError> {
         Ok(Self {
-            teacher: Teacher::new(c.teacher_config())?,
+            teacher: teacher("gradient", c.teacher_config())?,
             output: c.output,
         })
     }
@@ -137,7 +142,7 @@ impl Configurable for GuidedBackprop {
     type Config = GuidedConfig;
     fn from_config(c: GuidedConfig) -> Result<Self, PluginError> {
         Ok(Self {
-            teacher: Teacher::new(c.teacher_config())?,
+            teacher: teacher("guided-backprop", c.teacher_config())?,
             output: c.output,
         })
     }
@@ -175,14 +180,15 @@ pub struct SmoothGrad {
 impl Configurable for SmoothGrad {
     type Config = SmoothGradConfig;
     fn from_config(c: SmoothGradConfig) -> Result<Self, PluginError> {
-        if c.samples < 1 || !(c.sigma >= 0.0 && c.sigma.is_finite()) {
+        crate::ranges::check("smoothgrad", &[("samples", c.samples)])?;
+        if !(c.sigma >= 0.0 && c.sigma.is_finite()) {
             return Err(PluginError::config(format!(
-                "[smoothgrad] samples must be >= 1 and sigma >= 0, got {} and {}",
-                c.samples, c.sigma
+                "[smoothgrad] sigma must be finite and >= 0, got {}",
+                c.sigma
             )));
         }
         Ok(Self {
-            teacher: Teacher::new(c.teacher_config())?,
+            teacher: teacher("smoothgrad", c.teacher_config())?,
             config: c,
         })
     }
@@ -229,14 +235,18 @@ pub struct IntegratedGradients {
 impl Configurable for IntegratedGradients {
     type Config = IntegratedGradientsConfig;
     fn from_config(c: IntegratedGradientsConfig) -> Result<Self, PluginError> {
-        if c.steps < 1 || c.batch_size < 1 || !c.baseline.is_finite() {
+        crate::ranges::check(
+            "integrated-gradients",
+            &[("steps", c.steps), ("batch_size", c.batch_size)],
+        )?;
+        if !c.baseline.is_finite() {
             return Err(PluginError::config(format!(
-                "[integrated-gradients] steps and batch_size must be >= 1 and baseline finite, got {}, {}, {}",
-                c.steps, c.batch_size, c.baseline
+                "[integrated-gradients] baseline must be finite, got {}",
+                c.baseline
             )));
         }
         Ok(Self {
-            teacher: Teacher::new(c.teacher_config())?,
+            teacher: teacher("integrated-gradients", c.teacher_config())?,
             config: c,
         })
     }
