@@ -165,17 +165,21 @@ fn a_run_directory_does_not_bring_its_own_plugins() {
     let d = dir.path().to_str().unwrap();
     let config = write(cwd.path(), "c.toml", &format!("[plugins]\npaths = [\"{d}\"]\n"));
     tiny_run(cwd.path(), &["--config", &config, "--set", "name=p"], &[]).success();
-    // Trusted: eval --run loads it (and says where it came from).
-    let out = sat(cwd.path(), &["eval", "--run", "runs/p"], &[]).success();
-    assert!(out.stderr.contains("listed under [plugins] paths"), "{}", out.stderr);
-    // Writable by others: --allow-insecure-plugins does not waive the check for a run
-    // directory's own list …
-    chmod(dir.path(), 0o777);
-    sat(cwd.path(), &["eval", "--run", "runs/p", "--allow-insecure-plugins"], &[])
+    let recorded = std::fs::read(cwd.path().join("runs/p/config.toml")).unwrap();
+    // Even a library that passes the trust check is not loaded on the authority of a
+    // run directory's config.toml: eval --run and run --resume refuse, naming it …
+    sat(cwd.path(), &["eval", "--run", "runs/p"], &[])
+        .fails_with(&["listed under [plugins] paths", d, "--plugin-dir"]);
+    sat(cwd.path(), &["run", "--resume", "runs/p", "--set", "train.epochs=2"], &[])
         .fails_with(&["listed under [plugins] paths", "--plugin-dir"]);
-    sat(cwd.path(), &["run", "--resume", "runs/p", "--allow-insecure-plugins"], &[])
-        .fails_with(&["listed under [plugins] paths"]);
-    // … but naming the directory on the command line does.
+    assert_eq!(std::fs::read(cwd.path().join("runs/p/config.toml")).unwrap(), recorded);
+    // … and load it once the user names it, on the command line or in the environment.
+    sat(cwd.path(), &["eval", "--run", "runs/p", "--plugin-dir", d], &[]).success();
+    sat(cwd.path(), &["eval", "--run", "runs/p"], &[("SAT_PLUGIN_PATH", d)]).success();
+    // Named by the user, it still passes the trust check (or the explicit waiver).
+    chmod(dir.path(), 0o777);
+    sat(cwd.path(), &["eval", "--run", "runs/p", "--plugin-dir", d], &[])
+        .fails_with(&["--allow-insecure-plugins"]);
     sat(cwd.path(), &["eval", "--run", "runs/p", "--plugin-dir", d, "--allow-insecure-plugins"], &[])
         .success();
     chmod(dir.path(), 0o700);
@@ -230,6 +234,8 @@ fn hostile_torchscript_models_are_refused_by_name() {
         ("nan", "not finite"),
         ("tuple", "the model fails on a [1, 3, 16, 16] batch"),
         ("nan_after_probe", "logits are not finite"),
+        ("raises", "shape '[-1, 7]' is invalid"),
+        ("raises_after_probe", "refusing real images"),
     ] {
         let config = write(
             cwd.path(),
@@ -239,9 +245,13 @@ fn hostile_torchscript_models_are_refused_by_name() {
             ),
         );
         let err = sat(cwd.path(), &["eval", "--config", &config], &[]).fails_with(&[needle]);
-        if model != "nan_after_probe" {
-            assert!(err.contains(&format!("{model}.pt")), "{model}: the model is not named:\n{err}");
+        assert!(err.contains(&format!("{model}.pt")), "{model}: the model is not named:\n{err}");
+        // One line of error: no panic message, no C++ frames, no TorchScript traceback.
+        for noise in ["panicked", "frame #", "Exception raised from", "Traceback"] {
+            assert!(!err.contains(noise), "{model}: `{noise}` reaches the user:\n{err}");
         }
+        let errors = err.lines().filter(|l| l.starts_with("error")).count();
+        assert_eq!(errors, 1, "{model}: one error line expected:\n{err}");
         assert!(!cwd.path().join(format!("runs/{model}-eval/metrics.json")).exists());
     }
 }

@@ -9,7 +9,9 @@ usable logits for 5 classes:
 - shape: [N, 7] logits;
 - nan: NaN logits;
 - tuple: a tuple instead of a tensor;
-- nan_after_probe: finite on a batch of zeros (the load-time probe), NaN on real images.
+- nan_after_probe: finite on a batch of zeros (the load-time probe), NaN on real images;
+- raises: a libtorch error (with its C++ frame trace) in the forward pass;
+- raises_after_probe: a Python exception raised inside the script on real images.
 """
 import os
 import sys
@@ -58,6 +60,18 @@ class NanAfterProbe(Base):
         return self.logits(x) / (x.sum() == 0).float()
 
 
+class Raises(Base):
+    def forward(self, x):
+        return self.logits(x).view(-1, 7)
+
+
+class RaisesAfterProbe(Base):
+    def forward(self, x):
+        if bool(x.sum() != 0):
+            raise RuntimeError("refusing real images")
+        return self.logits(x)
+
+
 def main():
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
@@ -68,6 +82,8 @@ def main():
         ("nan", Nan),
         ("tuple", Tuple),
         ("nan_after_probe", NanAfterProbe),
+        ("raises", Raises),
+        ("raises_after_probe", RaisesAfterProbe),
     ]:
         torch.jit.script(cls().eval()).save(os.path.join(out, name + ".pt"))
 

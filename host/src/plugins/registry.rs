@@ -60,9 +60,10 @@ pub enum RegistryError {
         /// What is not trusted.
         reason: String,
     },
-    /// A library named by a run directory's `config.toml`, not on the command line,
-    /// that fails the trust check (which `--allow-insecure-plugins` does not waive here).
-    #[error("refusing to load {path}, listed under [plugins] paths in {config}: {reason}; a run directory may come from someone else: pass the directory with --plugin-dir to load it")]
+    /// A library named by a run directory's `config.toml` and not also given on the
+    /// command line or in `SAT_PLUGIN_PATH`: a run directory may come from someone
+    /// else, so its list is never loaded on its own authority.
+    #[error("refusing to load {path}, listed under [plugins] paths in {config}: {reason}; pass it with --plugin-dir (or in SAT_PLUGIN_PATH) to load it")]
     Recorded {
         /// The library.
         path: PathBuf,
@@ -148,8 +149,8 @@ pub struct SearchPaths {
     /// Accept libraries that fail the trust check (with a warning).
     pub allow_insecure: bool,
     /// With `eval --run` and `run --resume`: the run directory's `config.toml`, whose
-    /// `[plugins] paths` are loaded only if they pass the trust check (whatever
-    /// `allow_insecure` says) or are also given with `--plugin-dir`.
+    /// `[plugins] paths` are loaded only if they are also given with `--plugin-dir` or
+    /// in `SAT_PLUGIN_PATH` (then they pass the usual trust check).
     pub recorded_in: Option<PathBuf>,
     /// How many entries at the end of `user` are the config's `[plugins] paths`.
     pub config_paths: usize,
@@ -284,23 +285,13 @@ impl Registry {
                     !command_line.iter().any(|c| Some(c) == resolved.as_ref())
                 });
             if let Some(config) = recorded {
-                let libraries = if path.is_dir() {
-                    shared_libraries(path, false)?
-                } else {
-                    vec![path.clone()]
-                };
-                for library in libraries {
-                    trust::check_ownership(&library).map_err(|reason| RegistryError::Recorded {
-                        path: library.clone(),
-                        config: config.clone(),
-                        reason,
-                    })?;
-                }
-                log::warn!(
-                    "loading {} listed under [plugins] paths in {}",
-                    path.display(),
-                    config.display()
-                );
+                return Err(RegistryError::Recorded {
+                    path: path.clone(),
+                    config: config.clone(),
+                    reason:
+                        "a run directory's own list of libraries is not loaded on its authority"
+                            .into(),
+                });
             }
             if path.is_dir() {
                 files.extend(

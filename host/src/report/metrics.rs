@@ -203,9 +203,251 @@ impl Default for Metrics {
     }
 }
 
+/// The most processes a `metrics.json` may say trained the run.
+pub const MAX_WORLD_SIZE: usize = 1 << 20;
+
+impl Metrics {
+    /// Reads `metrics.json` at `path` (a regular file, at most the report cap) and checks
+    /// every field ([`Metrics::check`]); an error names the file and the field.
+    pub fn read(path: &std::path::Path) -> anyhow::Result<Metrics> {
+        let text = sat_input::read_text(path, sat_input::Kind::Report)?;
+        let metrics: Metrics = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: not a sat metrics.json: {e}", path.display()))?;
+        metrics
+            .check()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(metrics)
+    }
+
+    /// Checks that every figure is in its range and the figures agree with each other
+    /// (epochs numbered 1, 2, …; shares in [0, 1]; counts consistent); the error names
+    /// the field, e.g. `epochs[2].train_accuracy = 1.5 is outside [0, 1]`.
+    pub fn check(&self) -> Result<(), String> {
+        share("clean_accuracy", self.clean_accuracy)?;
+        if let Some(a) = self.alignment {
+            within("alignment", a, f64::MIN, f64::MAX)?;
+        }
+        for (c, a) in self.clean_per_class.iter().enumerate() {
+            share(&format!("clean_per_class[{c}]"), *a)?;
+        }
+        classes_agree(
+            "clean_per_class",
+            self.clean_per_class.len(),
+            &self.class_names,
+        )?;
+        if !(1..=MAX_WORLD_SIZE).contains(&self.world_size) {
+            return Err(format!(
+                "world_size = {} is outside [1, {MAX_WORLD_SIZE}]",
+                self.world_size
+            ));
+        }
+        for (i, e) in self.epochs.iter().enumerate() {
+            e.check(i).map_err(|m| format!("epochs[{i}].{m}"))?;
+        }
+        for (i, r) in self.robust_accuracy.iter().enumerate() {
+            r.check(&self.class_names)
+                .map_err(|m| format!("robust_accuracy[{i}].{m}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl EpochMetrics {
+    /// Checks the figures of the `index`-th (0-based) recorded epoch.
+    fn check(&self, index: usize) -> Result<(), String> {
+        if self.epoch as usize != index + 1 {
+            return Err(format!(
+                "epoch = {} where epoch {} was expected (epochs are recorded in order)",
+                self.epoch,
+                index + 1
+            ));
+        }
+        within("train_accuracy", self.train_accuracy, 0.0, 1.0)?;
+        let unbounded = f64::MAX;
+        for (name, v) in [
+            ("train_loss", self.train_loss),
+            ("images_per_sec", self.images_per_sec),
+            ("seconds", self.seconds),
+            ("rss_mib", self.rss_mib),
+        ] {
+            within(name, v, 0.0, unbounded)?;
+        }
+        if let Some(s) = self.allreduce_seconds {
+            within("allreduce_seconds", s, 0.0, unbounded)?;
+        }
+        share("data_wait_share", self.data_wait_share)?;
+        match &self.data_digest {
+            Some(d) if d.len() != 16 || !d.bytes().all(|b| b.is_ascii_hexdigit()) => Err(format!(
+                "data_digest = {:?} is not 16 hexadecimal digits",
+                shorten(d)
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl RobustAccuracy {
+    /// Checks one attack's figures against each other and the run's classes.
+    fn check(&self, class_names: &[String]) -> Result<(), String> {
+        if !matches!(self.norm.as_str(), "linf" | "l2") {
+            return Err(format!(
+                "norm = {:?} is neither \"linf\" nor \"l2\"",
+                shorten(&self.norm)
+            ));
+        }
+        within("epsilon", self.epsilon, 0.0, f64::MAX)?;
+        within("accuracy", self.accuracy, 0.0, 1.0)?;
+        for (c, a) in self.per_class.iter().enumerate() {
+            share(&format!("per_class[{c}]"), *a)?;
+        }
+        for (c, a) in self.clean_per_class.iter().enumerate() {
+            share(&format!("clean_per_class[{c}]"), *a)?;
+        }
+        classes_agree("per_class", self.per_class.len(), class_names)?;
+        classes_agree("class_counts", self.class_counts.len(), class_names)?;
+        let counted: u64 = self
+            .class_counts
+            .iter()
+            .fold(0, |a, &n| a.saturating_add(n));
+        if !self.class_counts.is_empty() && counted != self.samples {
+            return Err(format!(
+                "class_counts sum to {counted}, samples = {}",
+                self.samples
+            ));
+        }
+        if self.misclassified > self.samples {
+            return Err(format!(
+                "misclassified = {} is more than samples = {}",
+                self.misclassified, self.samples
+            ));
+        }
+        if self.confusion.len() > CONFUSION_LIMIT
+            || self
+                .confusion
+                .iter()
+                .any(|row| row.len() != self.confusion.len())
+        {
+            return Err(format!(
+                "confusion is not a square matrix of at most {CONFUSION_LIMIT} classes"
+            ));
+        }
+        if let Some(t) = self.targeted {
+            within("targeted.rate", t.rate, 0.0, 1.0)?;
+            if t.successes > t.evaluated {
+                return Err(format!(
+                    "targeted.successes = {} is more than targeted.evaluated = {}",
+                    t.successes, t.evaluated
+                ));
+            }
+        }
+        for (name, m) in [
+            ("median_l2", self.median_l2),
+            ("median_linf", self.median_linf),
+        ] {
+            if let Some(m) = m {
+                within(name, m, 0.0, f64::MAX)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `value` finite and in `[low, high]`, else an error naming `name`.
+fn within(name: &str, value: f64, low: f64, high: f64) -> Result<(), String> {
+    if value.is_finite() && (low..=high).contains(&value) {
+        return Ok(());
+    }
+    let range = if low == f64::MIN {
+        "a finite number".to_string()
+    } else if high == f64::MAX {
+        format!("a finite number ≥ {low}")
+    } else {
+        format!("[{low}, {high}]")
+    };
+    Err(format!("{name} = {value} is outside {range}"))
+}
+
+/// An optional share in `[0, 1]`.
+fn share(name: &str, value: Option<f64>) -> Result<(), String> {
+    value.map_or(Ok(()), |v| within(name, v, 0.0, 1.0))
+}
+
+/// A per-class list is empty or has one entry a class.
+fn classes_agree(name: &str, len: usize, class_names: &[String]) -> Result<(), String> {
+    if len == 0 || class_names.is_empty() || len == class_names.len() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name} has {len} entries for {} classes (class_names)",
+            class_names.len()
+        ))
+    }
+}
+
+/// A stored string cut for a message.
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(40) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{Metrics, RobustAccuracy, RunStatus, TargetedSuccess};
+
+    #[test]
+    fn stored_figures_out_of_range_are_refused_by_field() {
+        let good = r#"{"status": "completed", "clean_accuracy": 0.5, "class_names": ["a", "b"],
+            "robust_accuracy": [{"attack": "pgd", "norm": "linf", "epsilon": 0.03,
+            "steps": 10, "accuracy": 0.25, "samples": 4, "class_counts": [2, 2],
+            "misclassified": 3}],
+            "epochs": [{"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5,
+            "images_per_sec": 10.0, "seconds": 1.0, "data_digest": "00ff00ff00ff00ff"}]}"#;
+        let parse = |text: &str| serde_json::from_str::<Metrics>(text).unwrap().check();
+        assert_eq!(parse(good), Ok(()));
+        for (from, to, field) in [
+            (
+                "\"clean_accuracy\": 0.5",
+                "\"clean_accuracy\": 1.5",
+                "clean_accuracy = 1.5",
+            ),
+            ("\"epoch\": 1", "\"epoch\": 3", "epochs[0].epoch = 3"),
+            (
+                "\"train_loss\": 1.0",
+                "\"train_loss\": -1.0",
+                "epochs[0].train_loss",
+            ),
+            ("\"seconds\": 1.0", "\"seconds\": -2.0", "epochs[0].seconds"),
+            ("00ff00ff00ff00ff", "zz", "epochs[0].data_digest"),
+            (
+                "\"norm\": \"linf\"",
+                "\"norm\": \"l7\"",
+                "robust_accuracy[0].norm",
+            ),
+            (
+                "\"misclassified\": 3",
+                "\"misclassified\": 5",
+                "robust_accuracy[0].misclassified",
+            ),
+            (
+                "[2, 2]",
+                "[2, 3]",
+                "robust_accuracy[0].class_counts sum to 5",
+            ),
+            (
+                "[2, 2]",
+                "[2, 1, 1]",
+                "class_counts has 3 entries for 2 classes",
+            ),
+        ] {
+            assert!(good.contains(from), "{from}");
+            let e = parse(&good.replace(from, to)).unwrap_err();
+            assert!(e.contains(field), "{to}: {e}");
+        }
+        let many = good.replace("\"status\"", "\"world_size\": 0, \"status\"");
+        assert!(parse(&many).unwrap_err().contains("world_size = 0"));
+    }
 
     #[test]
     fn metrics_written_before_the_breakdown_still_parse() {

@@ -3,6 +3,7 @@
 //! finished epochs), each written atomically, so a killed run leaves the previous files
 //! whole and `--resume` continues exactly.
 use super::optimizer::{LossScale, Optimizer};
+use crate::config::validate::MAX_EPOCHS;
 use crate::report::{Metrics, RunDir, TempFile};
 use anyhow::{bail, Context};
 use std::collections::HashMap;
@@ -36,12 +37,85 @@ pub fn save_checkpoint(vs: &nn::VarStore, path: &Path) -> anyhow::Result<()> {
     write_tensors(&model_tensors(vs), path)
 }
 
-/// Reads a safetensors file into a map, naming the file on failure.
+/// Reads a safetensors file into a map, naming the file on failure. The file is opened
+/// through `sat_input` (a regular file within the tensor-file cap) and libtorch reads
+/// exactly that open file.
 fn read_tensors(path: &Path) -> anyhow::Result<HashMap<String, Tensor>> {
-    Ok(Tensor::read_safetensors(path)
-        .with_context(|| format!("reading {}", path.display()))?
+    let input = sat_input::open(path, sat_input::Kind::Tensors)?;
+    Ok(Tensor::read_safetensors(input.fd_path())
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), sat_models::torch_message(&e)))?
         .into_iter()
         .collect())
+}
+
+/// The one integer stored under `key`: a one-element integer tensor whose value lies in
+/// `range`, else an error naming the key (the caller adds the file).
+pub(crate) fn stored_integer(
+    named: &HashMap<String, Tensor>,
+    key: &str,
+    range: std::ops::RangeInclusive<i64>,
+) -> Result<i64, String> {
+    let t = named.get(key).ok_or_else(|| format!("has no `{key}`"))?;
+    if t.numel() != 1 || t.kind() != tch::Kind::Int64 {
+        return Err(format!(
+            "`{key}` is a {:?} tensor of shape {:?}, not one int64",
+            t.kind(),
+            t.size()
+        ));
+    }
+    let v = t.int64_value(&[0]);
+    if !range.contains(&v) {
+        return Err(format!(
+            "`{key}` = {v} is outside [{}, {}]",
+            range.start(),
+            range.end()
+        ));
+    }
+    Ok(v)
+}
+
+/// The most a loss scale grows to (2^64; float16 gradients overflow far below).
+const MAX_LOSS_SCALE: f64 = 18_446_744_073_709_551_616.0;
+
+/// The loss scale stored in a state file, if any (files written before mixed precision
+/// have none): `amp.scale` one finite float64 in (0, 2^64], `amp.good_steps` in
+/// [0, 2^32).
+fn stored_loss_scale(named: &HashMap<String, Tensor>) -> Result<Option<LossScale>, String> {
+    let Some(scale) = named.get("amp.scale") else {
+        return Ok(None);
+    };
+    if scale.numel() != 1 || scale.kind() != tch::Kind::Double {
+        return Err("`amp.scale` is not one float64".into());
+    }
+    let value = scale.double_value(&[0]);
+    if !(value > 0.0 && value <= MAX_LOSS_SCALE) {
+        return Err(format!("`amp.scale` = {value} is outside (0, 2^64]"));
+    }
+    let good = stored_integer(named, "amp.good_steps", 0..=i64::from(u32::MAX))?;
+    Ok(Some(LossScale {
+        scale: value,
+        good_steps: good as u32,
+    }))
+}
+
+/// Keys that are neither a variable of the model (`prefix` + name) nor among `others`:
+/// the file was written for something else.
+fn unexpected_key<'a>(
+    named: &'a HashMap<String, Tensor>,
+    variables: &HashMap<String, Tensor>,
+    prefix: &str,
+    others: impl Fn(&str) -> bool,
+) -> Option<&'a str> {
+    let mut keys: Vec<&String> = named.keys().collect();
+    keys.sort();
+    keys.into_iter()
+        .find(|k| {
+            let variable = k
+                .strip_prefix(prefix)
+                .is_some_and(|name| variables.contains_key(name));
+            !variable && !others(k)
+        })
+        .map(String::as_str)
 }
 
 /// Copies the tensors of `named` (keys `prefix` + variable name) into `vs`; every
@@ -62,6 +136,14 @@ fn copy_into(
                     file.display()
                 )
             })?;
+            if src.kind() != var.kind() {
+                bail!(
+                    "{}: `{key}` has dtype {:?}, the model's variable {:?}",
+                    file.display(),
+                    src.kind(),
+                    var.kind()
+                );
+            }
             if src.size() != var.size() {
                 bail!(
                     "{}: `{key}` has shape {:?}, the model's variable {:?} (another [model] arch or width?)",
@@ -85,6 +167,12 @@ fn copy_into(
 /// Loads model weights written by [`save_checkpoint`] into `vs`.
 pub fn load_weights(vs: &mut nn::VarStore, path: &Path) -> anyhow::Result<()> {
     let named = read_tensors(path)?;
+    if let Some(key) = unexpected_key(&named, &vs.variables(), "", |_| false) {
+        bail!(
+            "{}: `{key}` is not a variable of this model: it was written for another model",
+            path.display()
+        );
+    }
     copy_into(vs, &named, "", path)
 }
 
@@ -120,26 +208,75 @@ pub fn save_state(
     write_tensors(&named, path)
 }
 
-/// Restores model and optimiser from the state file; returns the finished epochs.
+/// A run directory's stored files refused on `--resume`: nothing was trained, so
+/// nothing is written (the run keeps the status it had).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(String);
+
+/// Whether `error` is a refusal of stored state ([`Refused`]).
+pub fn is_refused(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| e.is::<Refused>())
+}
+
+/// Restores model and optimiser from the state file, every field checked (see
+/// [`Refused`]); returns the finished epochs.
 pub fn load_state(
     vs: &mut nn::VarStore,
     optimizer: &mut Optimizer,
     scaler: &mut LossScale,
     path: &Path,
 ) -> anyhow::Result<u32> {
+    restore_state(vs, optimizer, scaler, path).map_err(|e| Refused(format!("{e:#}")).into())
+}
+
+fn restore_state(
+    vs: &mut nn::VarStore,
+    optimizer: &mut Optimizer,
+    scaler: &mut LossScale,
+    path: &Path,
+) -> anyhow::Result<u32> {
     let named = read_tensors(path)?;
-    copy_into(vs, &named, "model.", path)?;
-    optimizer
-        .load_state(&named)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    if let (Some(scale), Some(good)) = (named.get("amp.scale"), named.get("amp.good_steps")) {
-        scaler.scale = scale.double_value(&[0]);
-        scaler.good_steps = good.int64_value(&[0]) as u32;
+    let in_file = |e: String| anyhow::anyhow!("{}: {e}", path.display());
+    let trainer = |k: &str| {
+        k.starts_with("optimizer.")
+            || matches!(k, "trainer.epochs_done" | "amp.scale" | "amp.good_steps")
+    };
+    if let Some(key) = unexpected_key(&named, &vs.variables(), "model.", trainer) {
+        return Err(in_file(format!(
+            "`{key}` is neither a variable of this model nor trainer state: it was written for another model"
+        )));
     }
-    let done = named
-        .get("trainer.epochs_done")
-        .with_context(|| format!("{} has no epoch count", path.display()))?;
-    Ok(done.int64_value(&[0]) as u32)
+    let done = stored_integer(&named, "trainer.epochs_done", 1..=i64::from(MAX_EPOCHS))
+        .map_err(in_file)?;
+    let loss_scale = stored_loss_scale(&named).map_err(in_file)?;
+    copy_into(vs, &named, "model.", path)?;
+    optimizer.load_state(&named).map_err(in_file)?;
+    if let Some(loss_scale) = loss_scale {
+        *scaler = loss_scale;
+    }
+    Ok(done as u32)
+}
+
+/// Cross-checks a state file's finished epochs against the run: at most `[train]
+/// epochs`, and recorded in `metrics.json` (which is written before the state, so it has
+/// `done` or, after a crash between the two writes, `done + 1` epochs).
+pub fn check_resume(done: u32, epochs: u32, recorded: usize, state: &Path) -> anyhow::Result<()> {
+    let refuse = |m: String| Err(Refused(m).into());
+    if done > epochs {
+        return refuse(format!(
+            "{}: `trainer.epochs_done` = {done} is more than [train] epochs = {epochs}",
+            state.display()
+        ));
+    }
+    let done = done as usize;
+    if recorded < done || recorded > done + 1 {
+        return refuse(format!(
+            "{}: `trainer.epochs_done` = {done} but metrics.json records {recorded} epochs: the run directory's files do not belong together",
+            state.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Records a finished epoch: the weights, then `metrics` (with the epoch's figures), then

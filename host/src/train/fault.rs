@@ -51,7 +51,7 @@ fn note_locations() {
 }
 
 /// The message of a panic's payload (`panic!` makes a `&str` or a `String`).
-fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

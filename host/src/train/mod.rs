@@ -18,7 +18,7 @@ use crate::plugins::registry::Registry;
 use crate::report::{Metrics, RunDir, RunStatus};
 use anyhow::Context;
 use std::sync::atomic::AtomicBool;
-use tch::{nn, nn::ModuleT, Device};
+use tch::{nn, nn::ModuleT, Device, Tensor};
 
 /// The training and test sets of `config`.
 pub fn load_datasets(config: &RunConfig) -> anyhow::Result<(Data, Data)> {
@@ -76,7 +76,37 @@ pub fn build_network(config: &RunConfig, classes: i64, device: Device) -> anyhow
         sat_models::probe_gradient(model.as_ref(), config.data.image_size, classes, device)
             .map_err(|e| anyhow::anyhow!("[model] {e} ({which})"))?;
     }
+    let model: Box<dyn ModuleT> = match m.torchscript {
+        Some(_) => Box::new(Named {
+            inner: model,
+            which,
+        }),
+        None => model,
+    };
     Ok(Network { vs, model })
+}
+
+/// A loaded model whose failures name it: an unwind out of its forward pass (a
+/// TorchScript error, raised without printing by `sat_models`) carries `(which)`, so
+/// whoever catches it reports one line naming the model file.
+#[derive(Debug)]
+struct Named {
+    inner: Box<dyn ModuleT>,
+    which: String,
+}
+
+impl ModuleT for Named {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let forward = std::panic::AssertUnwindSafe(|| self.inner.forward_t(x, train));
+        match std::panic::catch_unwind(forward) {
+            Ok(t) => t,
+            Err(payload) => std::panic::resume_unwind(Box::new(format!(
+                "{} ({})",
+                fault::payload_message(payload.as_ref()),
+                self.which
+            ))),
+        }
+    }
 }
 
 /// Whether training uses mixed precision (float16 autocast of the training forward
@@ -124,11 +154,11 @@ pub fn run(
         ..Metrics::default()
     };
     if resume {
-        // Keep the figures of the finished epochs.
-        if let Ok(text) = std::fs::read_to_string(run.file("metrics.json")) {
-            if let Ok(previous) = serde_json::from_str::<Metrics>(&text) {
-                metrics.epochs = previous.epochs;
-            }
+        // Keep the figures of the finished epochs; stored figures are input too: each
+        // is checked, and the state file is cross-checked against them.
+        let path = run.file("metrics.json");
+        if path.exists() {
+            metrics.epochs = Metrics::read(&path)?.epochs;
         }
     }
     let run_dir = run;
@@ -156,6 +186,11 @@ pub fn run(
             metrics.status = RunStatus::Interrupted;
             run.write_metrics(&metrics)?;
             Ok((Outcome::Interrupted, metrics))
+        }
+        Err(e) if checkpoint::is_refused(&e) => {
+            // The stored state was refused before any training: the run directory keeps
+            // the status it had.
+            Err(e)
         }
         Err(e) => {
             log::error!(

@@ -31,6 +31,15 @@ pub enum Rule {
 }
 
 impl Rule {
+    /// The state buffers the rule keeps per parameter once it has stepped.
+    pub fn buffers(&self) -> usize {
+        match self {
+            Rule::Sgd { momentum, .. } if *momentum == 0.0 => 0,
+            Rule::Sgd { .. } => 1,
+            Rule::Adam { .. } => 2,
+        }
+    }
+
     /// The rule `[train]` asks for.
     pub fn from_config(t: &TrainConfig) -> Self {
         match t.optimizer {
@@ -73,6 +82,9 @@ impl Default for LossScale {
 impl LossScale {
     const GROWTH_INTERVAL: u32 = 2000;
 }
+
+/// The most optimiser steps a state file may record (2^53: exact in a float64).
+pub const MAX_STEPS: i64 = 1 << 53;
 
 /// An optimiser over the trainable variables of a var store.
 ///
@@ -359,18 +371,42 @@ impl Optimizer {
         out
     }
 
-    /// Restores a state written by [`Optimizer::state`].
+    /// Restores a state written by [`Optimizer::state`]: the step count in
+    /// [0, [`MAX_STEPS`]], each buffer of the parameter's shape and dtype, finite; any
+    /// other `optimizer.` key is an error naming it.
     pub fn load_state(&mut self, named: &HashMap<String, Tensor>) -> Result<(), String> {
-        let steps = named
-            .get("optimizer.steps")
-            .ok_or("the optimiser state has no step count")?;
-        self.steps = steps.int64_value(&[0]);
+        self.steps = super::checkpoint::stored_integer(named, "optimizer.steps", 0..=MAX_STEPS)?;
         let count = match self.params.first() {
             Some((name, _)) => (0..)
                 .take_while(|i| named.contains_key(&format!("optimizer.{name}.{i}")))
                 .count(),
             None => 0,
         };
+        if count != 0 && count != self.rule.buffers() {
+            return Err(format!(
+                "the optimiser state has {count} buffers a parameter; [train] optimizer keeps {}",
+                self.rule.buffers()
+            ));
+        }
+        let known = |k: &str| {
+            k == "optimizer.steps"
+                || k.rsplit_once('.').is_some_and(|(name, i)| {
+                    i.parse::<usize>().is_ok_and(|i| i < count)
+                        && name
+                            .strip_prefix("optimizer.")
+                            .is_some_and(|n| self.params.iter().any(|(p, _)| p == n))
+                })
+        };
+        let mut keys: Vec<&String> = named
+            .keys()
+            .filter(|k| k.starts_with("optimizer."))
+            .collect();
+        keys.sort();
+        if let Some(stray) = keys.into_iter().find(|k| !known(k)) {
+            return Err(format!(
+                "`{stray}` is not optimiser state of this model and [train] optimizer"
+            ));
+        }
         let mut buffers: Vec<Tensor> = (0..count).map(|_| self.flat.params.zeros_like()).collect();
         for ((name, p), &(offset, n)) in self.params.iter().zip(&self.flat.spans) {
             for (i, flat) in buffers.iter_mut().enumerate() {
@@ -378,6 +414,12 @@ impl Optimizer {
                 let b = named
                     .get(&key)
                     .ok_or_else(|| format!("the optimiser state has no {key}"))?;
+                if b.kind() != p.kind() || !sat_models::finite(b) {
+                    return Err(format!(
+                        "`{key}` is not finite {:?} values for the parameter",
+                        p.kind()
+                    ));
+                }
                 if b.size() != p.size() {
                     return Err(format!(
                         "optimiser buffer of {name} has shape {:?}, the parameter {:?}",
