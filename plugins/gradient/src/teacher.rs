@@ -111,7 +111,7 @@ impl Teacher {
             };
             let model = sat_models::build(&vs.root(), &c.arch, c.width, classes)
                 .map_err(|e| PluginError::config(format!("teacher: {e}")))?;
-            vs.load(path).map_err(|e| {
+            load_weights(&mut vs, path).map_err(|e| {
                 PluginError::config(format!(
                     "teacher {}: {e} (is it a checkpoint of arch `{}` with width {} and {classes} classes?)",
                     path.display(),
@@ -219,5 +219,40 @@ impl Teacher {
             "{what} needs to see the teacher's ReLUs: give `teacher` a checkpoint of this project (with its arch and width), not {}",
             if self.is_self() { "\"self\"".to_string() } else { format!("the TorchScript file {}", self.config.teacher) }
         ))
+    }
+}
+
+/// Loads a teacher checkpoint into `vs`: the file is opened through `sat_input` (a
+/// regular file within the tensor-file cap) and read from that open file, as
+/// safetensors when it is named `*.safetensors`, else in libtorch's format.
+fn load_weights(vs: &mut nn::VarStore, path: &std::path::Path) -> Result<(), String> {
+    let input = sat_input::open(path, sat_input::Kind::Tensors).map_err(|e| e.to_string())?;
+    if path.extension().is_some_and(|e| e == "safetensors") {
+        let named: std::collections::HashMap<String, tch::Tensor> =
+            tch::Tensor::read_safetensors(input.fd_path())
+                .map_err(|e| sat_models::torch_message(&e))?
+                .into_iter()
+                .collect();
+        tch::no_grad(|| {
+            for (name, var) in vs.variables() {
+                let src = named
+                    .get(&name)
+                    .ok_or_else(|| format!("has no tensor `{name}`"))?;
+                if src.size() != var.size() || src.kind() != var.kind() {
+                    return Err(format!(
+                        "`{name}` is {:?} {:?}, the model's {:?} {:?}",
+                        src.kind(),
+                        src.size(),
+                        var.kind(),
+                        var.size()
+                    ));
+                }
+                var.shallow_clone().copy_(src);
+            }
+            Ok(())
+        })
+    } else {
+        vs.load_from_stream(std::io::BufReader::new(input.into_file()))
+            .map_err(|e| sat_models::torch_message(&e))
     }
 }
