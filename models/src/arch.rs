@@ -323,7 +323,6 @@ mod tests {
 
     #[test]
     fn the_deepest_wrn_in_range_builds_and_runs() {
-        use tch::nn::ModuleT;
         let vs = nn::VarStore::new(Device::Cpu);
         let model = crate::build(&vs.root(), "wrn-1000-1", 1, 3).unwrap();
         let x = tch::Tensor::rand([2, 3, 8, 8], (tch::Kind::Float, Device::Cpu));
