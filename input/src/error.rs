@@ -62,6 +62,13 @@ impl InputError {
         }
     }
 
+    /// What is wrong, without the path (for messages that name the file already).
+    pub fn reason(&self) -> String {
+        let full = self.to_string();
+        let prefix = format!("{}: ", self.path().display());
+        full.strip_prefix(&prefix).unwrap_or(&full).to_string()
+    }
+
     /// The file the error is about.
     pub fn path(&self) -> &std::path::Path {
         match self {

@@ -169,6 +169,7 @@ mod tests {
         assert!(e.contains("is a directory"), "{e}");
         let e = read(&dir.path().join("absent"), Kind::Report).unwrap_err();
         assert!(e.to_string().contains("absent") && e.path().ends_with("absent"));
+        assert!(e.reason().starts_with("No such file"), "{}", e.reason());
     }
 
     #[test]

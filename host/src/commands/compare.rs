@@ -209,7 +209,7 @@ pub fn run(_global: &GlobalArgs, args: &CompareArgs) -> anyhow::Result<ExitCode>
 /// Reads the run directory `dir` (named `name`, or the directory's name).
 pub fn read_run(dir: &Path, name: Option<String>) -> anyhow::Result<RunRow> {
     let path = dir.join("metrics.json");
-    let text = std::fs::read_to_string(&path).with_context(|| {
+    let text = sat_input::read_text(&path, sat_input::Kind::Report).with_context(|| {
         format!(
             "run {}: cannot read {} (is it a run directory?)",
             dir.display(),
@@ -243,9 +243,13 @@ pub fn read_run(dir: &Path, name: Option<String>) -> anyhow::Result<RunRow> {
 /// directory `sat-host eval` wrote beside a checkpoint).
 fn read_method(dir: &Path) -> anyhow::Result<Option<Method>> {
     let path = dir.join("config.toml");
-    let text = match std::fs::read_to_string(&path) {
+    let text = match sat_input::read_text(&path, sat_input::Kind::Config) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(sat_input::InputError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            return Ok(None)
+        }
         Err(e) => {
             return Err(e)
                 .with_context(|| format!("run {}: cannot read {}", dir.display(), path.display()))

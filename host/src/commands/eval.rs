@@ -88,6 +88,20 @@ impl EvalArgs {
     }
 }
 
+/// A failure of a TorchScript model's evaluation names the model file (unless the
+/// message does already, or it is an interruption).
+fn name_model(e: anyhow::Error, config: &RunConfig) -> anyhow::Error {
+    match &config.model.torchscript {
+        Some(path)
+            if !crate::interrupt::is_interrupted(&e)
+                && !format!("{e:#}").contains(&path.display().to_string()) =>
+        {
+            e.context(format!("TorchScript model {}", path.display()))
+        }
+        _ => e,
+    }
+}
+
 /// Evaluates and records the figures. A command that fails or is interrupted records
 /// nothing and leaves no directory of its own behind (see [`OutClaim`]).
 pub fn run(global: &GlobalArgs, args: &EvalArgs) -> anyhow::Result<ExitCode> {
@@ -112,6 +126,17 @@ pub fn run(global: &GlobalArgs, args: &EvalArgs) -> anyhow::Result<ExitCode> {
     // The output directory first (rank 0): another writer of it is an error before any
     // work.
     let out = output_dir(args, target.out.clone(), &config);
+    // Figures already there (a run directory's) are input too: checked before any work.
+    let recorded = match out.file("metrics.json") {
+        path if path.exists() && ranks.is_writer() => {
+            let metrics = Metrics::read(&path)?;
+            metrics
+                .check_epochs(config.train.epochs)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            Some(metrics)
+        }
+        _ => None,
+    };
     let claim = if ranks.is_writer() {
         check_out(args)?;
         Some(OutClaim::take(&out)?)
@@ -124,7 +149,8 @@ pub fn run(global: &GlobalArgs, args: &EvalArgs) -> anyhow::Result<ExitCode> {
         let made = c.made.clone();
         crate::interrupt::on_abort(move || OutClaim::remove_made(&made))
     });
-    let evaluated = evaluate(&config, &registry, &target, device, &ranks);
+    let evaluated =
+        evaluate(&config, &registry, &target, device, &ranks).map_err(|e| name_model(e, &config));
     let evaluation = match evaluated {
         Ok(evaluation) => evaluation,
         Err(e) => {
@@ -146,13 +172,10 @@ pub fn run(global: &GlobalArgs, args: &EvalArgs) -> anyhow::Result<ExitCode> {
     if !ranks.is_writer() {
         return Ok(ExitCode::SUCCESS);
     }
-    let mut metrics: Metrics = std::fs::read_to_string(out.file("metrics.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_else(|| Metrics {
-            status: RunStatus::Evaluated,
-            ..Default::default()
-        });
+    let mut metrics: Metrics = recorded.unwrap_or_else(|| Metrics {
+        status: RunStatus::Evaluated,
+        ..Default::default()
+    });
     evaluation.record(&mut metrics);
     crate::interrupt::exclusive(|| out.write_metrics(&metrics))
         .with_context(|| format!("writing the results into {}", out.path.display()))?;

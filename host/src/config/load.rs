@@ -259,13 +259,15 @@ pub fn load(
 ) -> Result<(RunConfig, ConfigSource), ConfigError> {
     let source = match path {
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
-                location: Location {
-                    file: p.display().to_string(),
-                    line_col: None,
-                },
-                message: format!("cannot read the config file: {e}"),
-            })?;
+            // A regular file of at most 16 MiB: a FIFO or /dev/zero is refused, not read.
+            let text =
+                sat_input::read_text(p, sat_input::Kind::Config).map_err(|e| ConfigError {
+                    location: Location {
+                        file: p.display().to_string(),
+                        line_col: None,
+                    },
+                    message: format!("cannot read the config file: {}", e.reason()),
+                })?;
             ConfigSource {
                 path: Some(p.to_owned()),
                 text,

@@ -252,6 +252,19 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Cross-checks the recorded epochs against the run's `[train] epochs`.
+    pub fn check_epochs(&self, epochs: u32) -> Result<(), String> {
+        if self.epochs.len() > epochs as usize {
+            return Err(format!(
+                "epochs records {} epochs, more than [train] epochs = {epochs} in the run's config",
+                self.epochs.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl EpochMetrics {
     /// Checks the figures of the `index`-th (0-based) recorded epoch.
     fn check(&self, index: usize) -> Result<(), String> {

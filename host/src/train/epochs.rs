@@ -45,6 +45,24 @@ struct Epoch<'a, 'o> {
     oracle: &'a OracleRef<'o>,
 }
 
+/// What training starts from.
+struct Start {
+    train: Data,
+    test: Data,
+    net: Network,
+    step: TrainingStep,
+    pipeline: Pipeline,
+    /// The first epoch to train (0-based; after the finished ones when resuming).
+    first_epoch: u32,
+}
+
+/// A resumed run that could not start (its data, model, state file or components do not
+/// fit the config given): the error's context, so the run's record can be left as it
+/// was.
+#[derive(Debug, thiserror::Error)]
+#[error("resuming {} is refused", .0.display())]
+pub(crate) struct RefusedResume(pub std::path::PathBuf);
+
 /// Running sums over an epoch's steps.
 #[derive(Default)]
 struct Totals {
@@ -71,45 +89,29 @@ impl Totals {
 
 impl Session<'_> {
     /// Trains the remaining epochs (all, or those after the state file's with `resume`),
-    /// then evaluates.
+    /// then evaluates. A resumed run that cannot start (its data, model, state or
+    /// components do not fit) fails with [`RefusedResume`] before it writes anything.
     pub fn train_and_evaluate(&mut self, resume: bool) -> anyhow::Result<Outcome> {
         let (config, t) = (self.config, &self.config.train);
-        let Some((train, test)) = self.load()? else {
-            return self.record_interruption();
+        let start = match self.start(resume) {
+            Ok(Some(start)) => start,
+            Ok(None) => return self.record_interruption(),
+            Err(e) if resume && !crate::interrupt::is_interrupted(&e) => {
+                return Err(e.context(RefusedResume(self.run.path.clone())))
+            }
+            Err(e) => return Err(e),
         };
-        if config.model.torchscript.is_some() {
-            bail!("[model] torchscript: a TorchScript model can be evaluated and attacked (`sat-host eval --config ...`), not trained here; use [model] arch");
-        }
-        let mut net = build_network(config, train.num_classes(), self.device)?;
-        let amp = mixed_precision(t, self.device);
-        let optimizer =
-            super::optimizer::Optimizer::new(&net.vs, super::optimizer::Rule::from_config(t));
-        let mut step = TrainingStep::new(optimizer, amp, self.ranks.gradient_sync());
-        // Only rank 0 reads the state file; the others get its state by broadcast.
-        let first_epoch = if resume && self.ranks.is_writer() {
-            self.resume(&mut net, &mut step)?
-        } else {
-            0
-        };
-        let first_epoch = self
-            .ranks
-            .synchronize_state(&net.vs, &mut step, first_epoch)?;
-        self.metrics.epochs.truncate(first_epoch as usize);
-        if self.ranks.is_distributed() {
-            log::info!(
-                "data-parallel: {} ranks × batch {} = global batch {}; {} of {} training images per rank per epoch",
-                self.ranks.world_size(),
-                t.batch_size,
-                self.ranks.world_size() * t.batch_size,
-                crate::distributed::shard_len(train.len() as usize, self.ranks.world_size()),
-                train.len()
-            );
-        }
-        let mut pipeline = Pipeline::for_training(self.registry, config)?;
+        let Start {
+            train,
+            test,
+            net,
+            mut step,
+            mut pipeline,
+            first_epoch,
+        } = start;
         if resume && self.ranks.is_writer() {
-            // The resume is accepted (state, model and components): only now does the
-            // run directory take the new config (`--set`), so a refused one changes
-            // nothing.
+            // The resume is accepted: only now does the run directory take the new
+            // config (`--set`), so a refused one changes nothing.
             crate::interrupt::exclusive(|| {
                 write_atomic(&self.run.file("config.toml"), config.to_toml().as_bytes())
             })
@@ -139,6 +141,52 @@ impl Session<'_> {
         }
         self.evaluate(net.model.as_ref(), &test)?;
         Ok(Outcome::Completed)
+    }
+
+    /// The data, the model (restored from the state file with `resume`), its training
+    /// step and the pipeline; `None` when a stop request ended the data loading.
+    fn start(&mut self, resume: bool) -> anyhow::Result<Option<Start>> {
+        let (config, t) = (self.config, &self.config.train);
+        let Some((train, test)) = self.load()? else {
+            return Ok(None);
+        };
+        if config.model.torchscript.is_some() {
+            bail!("[model] torchscript: a TorchScript model can be evaluated and attacked (`sat-host eval --config ...`), not trained here; use [model] arch");
+        }
+        let mut net = build_network(config, train.num_classes(), self.device)?;
+        let amp = mixed_precision(t, self.device);
+        let optimizer =
+            super::optimizer::Optimizer::new(&net.vs, super::optimizer::Rule::from_config(t));
+        let mut step = TrainingStep::new(optimizer, amp, self.ranks.gradient_sync());
+        // Only rank 0 reads the state file; the others get its state by broadcast.
+        let first_epoch = if resume && self.ranks.is_writer() {
+            self.resume(&mut net, &mut step)?
+        } else {
+            0
+        };
+        let first_epoch = self
+            .ranks
+            .synchronize_state(&net.vs, &mut step, first_epoch)?;
+        self.metrics.epochs.truncate(first_epoch as usize);
+        if self.ranks.is_distributed() {
+            log::info!(
+                "data-parallel: {} ranks × batch {} = global batch {}; {} of {} training images per rank per epoch",
+                self.ranks.world_size(),
+                t.batch_size,
+                self.ranks.world_size() * t.batch_size,
+                crate::distributed::shard_len(train.len() as usize, self.ranks.world_size()),
+                train.len()
+            );
+        }
+        let pipeline = Pipeline::for_training(self.registry, config)?;
+        Ok(Some(Start {
+            train,
+            test,
+            net,
+            step,
+            pipeline,
+            first_epoch,
+        }))
     }
 
     /// The training and test sets, logged; `None` when a stop request ended the
@@ -196,6 +244,12 @@ impl Session<'_> {
             &mut net.vs,
             &mut step.optimizer,
             &mut step.scaler,
+            &state_file,
+        )?;
+        checkpoint::check_resume(
+            done,
+            self.config.train.epochs,
+            self.metrics.epochs.len(),
             &state_file,
         )?;
         self.metrics.epochs.truncate(done as usize);

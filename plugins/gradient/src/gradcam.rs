@@ -98,8 +98,10 @@ pub struct GradCamPP {
 impl Configurable for GradCamPP {
     type Config = GradCamConfig;
     fn from_config(c: GradCamConfig) -> Result<Self, PluginError> {
+        let teacher = c.teacher_config();
+        crate::ranges::check_teacher("gradcam++", &teacher)?;
         Ok(Self {
-            teacher: Teacher::new(c.teacher_config())?,
+            teacher: Teacher::new(teacher)?,
             layer: c.layer,
             output: c.output,
         })
@@ -136,8 +138,10 @@ pub struct GuidedGradCamPP {
 impl Configurable for GuidedGradCamPP {
     type Config = GuidedGradCamConfig;
     fn from_config(c: GuidedGradCamConfig) -> Result<Self, PluginError> {
+        let teacher = c.teacher_config();
+        crate::ranges::check_teacher("guided-gradcam++", &teacher)?;
         Ok(Self {
-            teacher: Teacher::new(c.teacher_config())?,
+            teacher: Teacher::new(teacher)?,
             layer: c.layer,
             output: c.output,
         })
