@@ -226,7 +226,7 @@ fn a_refused_resume_keeps_the_config() {
     let before = std::fs::read(&config).unwrap();
     // Another model width: the state file does not fit, the resume is refused.
     sat(cwd.path(), &["run", "--resume", "runs/c", "--set", "model.width=8"], &[])
-        .fails_with(&["shape"]);
+        .fails_with(&["resuming runs/c is refused", "shape"]);
     assert_eq!(std::fs::read(&config).unwrap(), before, "config.toml unchanged");
     // An accepted one records its extension.
     sat(cwd.path(), &["run", "--resume", "runs/c", "--set", "train.epochs=2"], &[]).success();
