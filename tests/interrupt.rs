@@ -72,8 +72,15 @@ fn wait_for_text(path: &Path, needle: &str, seconds: u64, process: &mut Running)
             return;
         }
         let ended = process.0.as_mut().and_then(|c| c.try_wait().ok().flatten());
-        assert!(ended.is_none(), "sat-host ended ({ended:?}) before saying {needle:?}:\n{text}");
-        assert!(Instant::now() < deadline, "{} never said {needle:?}:\n{text}", path.display());
+        assert!(
+            ended.is_none(),
+            "sat-host ended ({ended:?}) before saying {needle:?}:\n{text}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{} never said {needle:?}:\n{text}",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -98,20 +105,38 @@ fn text(path: &Path) -> String {
 fn sigterm_stops_a_long_attack(attack: &str, settings: &[&str]) {
     let cwd = tempfile::tempdir().unwrap();
     let attacks = format!("eval.attacks=[\"{attack}\"]");
-    let mut extra = vec!["--set", "name=r", "--set", &attacks, "--set", "eval.alignment=false"];
+    let mut extra = vec![
+        "--set",
+        "name=r",
+        "--set",
+        &attacks,
+        "--set",
+        "eval.alignment=false",
+    ];
     for s in settings {
         extra.extend(["--set", s]);
     }
     let mut run = start_run(cwd.path(), &extra);
     let dir = cwd.path().join("runs/r");
-    wait_for_text(&dir.join("log.txt"), &format!("evaluating {attack} at eps"), 120, &mut run);
+    wait_for_text(
+        &dir.join("log.txt"),
+        &format!("evaluating {attack} at eps"),
+        120,
+        &mut run,
+    );
     sigterm(&run);
     let (status, took) = run.wait_within(STOP_WITHIN);
     let stderr = text(&cwd.path().join("stderr.txt"));
     assert_eq!(status.code(), Some(143), "{stderr}");
     assert_eq!(metrics(&dir)["status"], "interrupted", "{stderr}");
-    assert!(stderr.contains("the host is stopping (SIGTERM): no more model calls"), "{stderr}");
-    assert!(stderr.contains("evaluation interrupted by SIGTERM"), "{stderr}");
+    assert!(
+        stderr.contains("the host is stopping (SIGTERM): no more model calls"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("evaluation interrupted by SIGTERM"),
+        "{stderr}"
+    );
     eprintln!("{attack}: stopped {took:?} after SIGTERM");
 }
 
@@ -134,7 +159,10 @@ fn sigterm_stops_square_inside_its_loop() {
 fn sigterm_stops_cw_inside_its_loop() {
     sigterm_stops_a_long_attack(
         "cw-l2",
-        &["eval.components.cw-l2.steps=5000", "eval.components.cw-l2.binary_search_steps=20"],
+        &[
+            "eval.components.cw-l2.steps=5000",
+            "eval.components.cw-l2.binary_search_steps=20",
+        ],
     );
 }
 
@@ -144,7 +172,14 @@ fn sigterm_stops_the_data_loading() {
     // 10 000 generated images of 256 px: tens of seconds of work.
     let mut run = start_run(
         cwd.path(),
-        &["--set", "name=d", "--set", "data.train_size=10000", "--set", "data.image_size=256"],
+        &[
+            "--set",
+            "name=d",
+            "--set",
+            "data.train_size=10000",
+            "--set",
+            "data.image_size=256",
+        ],
     );
     let dir = cwd.path().join("runs/d");
     wait_for_text(&dir.join("log.txt"), "run directory", 60, &mut run);
@@ -152,8 +187,14 @@ fn sigterm_stops_the_data_loading() {
     let (status, took) = run.wait_within(STOP_WITHIN);
     let stderr = text(&cwd.path().join("stderr.txt"));
     assert_eq!(status.code(), Some(143), "{stderr}");
-    assert!(stderr.contains("interrupted while loading dataset `shapes`"), "{stderr}");
-    assert!(!stderr.contains("training:"), "stopped before training: {stderr}");
+    assert!(
+        stderr.contains("interrupted while loading dataset `shapes`"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("training:"),
+        "stopped before training: {stderr}"
+    );
     assert_eq!(metrics(&dir)["status"], "interrupted");
     eprintln!("data loading: stopped {took:?} after SIGTERM");
 }
@@ -166,11 +207,16 @@ fn a_second_sigterm_ends_the_process_at_once_and_records_the_interruption() {
     let mut run = start_run(
         cwd.path(),
         &[
-            "--set", "name=s",
-            "--set", "data.train_size=512",
-            "--set", "data.image_size=256",
-            "--set", "train.batch_size=128",
-            "--set", "model.width=16",
+            "--set",
+            "name=s",
+            "--set",
+            "data.train_size=512",
+            "--set",
+            "data.image_size=256",
+            "--set",
+            "train.batch_size=128",
+            "--set",
+            "model.width=16",
         ],
     );
     let dir = cwd.path().join("runs/s");
@@ -192,43 +238,124 @@ fn a_second_sigterm_ends_the_process_at_once_and_records_the_interruption() {
 #[test]
 fn a_failed_or_interrupted_eval_out_leaves_nothing_and_runs_again() {
     let cwd = tempfile::tempdir().unwrap();
-    tiny_run(cwd.path(), &["--set", "name=a", "--set", "eval.attacks=[]", "--set", "eval.alignment=false"], &[]).success();
+    tiny_run(
+        cwd.path(),
+        &[
+            "--set",
+            "name=a",
+            "--set",
+            "eval.attacks=[]",
+            "--set",
+            "eval.alignment=false",
+        ],
+        &[],
+    )
+    .success();
     // A failure after the directory was made and locked (weights of another width).
-    sat(cwd.path(), &["eval", "--run", "runs/a", "--out", "out/fresh", "--set", "model.width=8"], &[])
-        .fails_with(&["another [model] arch or width"]);
-    assert!(!cwd.path().join("out").exists(), "the directories made were removed");
+    sat(
+        cwd.path(),
+        &[
+            "eval",
+            "--run",
+            "runs/a",
+            "--out",
+            "out/fresh",
+            "--set",
+            "model.width=8",
+        ],
+        &[],
+    )
+    .fails_with(&["another [model] arch or width"]);
+    assert!(
+        !cwd.path().join("out").exists(),
+        "the directories made were removed"
+    );
     // Interrupted: the same.
     let mut eval = start(
         cwd.path(),
-        &["eval", "--run", "runs/a", "--out", "out/fresh", "--attack", "apgd-ce", "--set", "eval.components.apgd-ce.steps=5000"],
+        &[
+            "eval",
+            "--run",
+            "runs/a",
+            "--out",
+            "out/fresh",
+            "--attack",
+            "apgd-ce",
+            "--set",
+            "eval.components.apgd-ce.steps=5000",
+        ],
     );
-    wait_for_text(&cwd.path().join("stderr.txt"), "evaluating apgd-ce at eps", 60, &mut eval);
+    wait_for_text(
+        &cwd.path().join("stderr.txt"),
+        "evaluating apgd-ce at eps",
+        60,
+        &mut eval,
+    );
     sigterm(&eval);
     let (status, _) = eval.wait_within(STOP_WITHIN);
-    assert_eq!(status.code(), Some(143), "{}", text(&cwd.path().join("stderr.txt")));
+    assert_eq!(
+        status.code(),
+        Some(143),
+        "{}",
+        text(&cwd.path().join("stderr.txt"))
+    );
     assert!(!cwd.path().join("out").exists());
     // A lock file left behind by a process killed outright does not refuse the command.
     std::fs::create_dir_all(cwd.path().join("out/fresh")).unwrap();
     std::fs::write(cwd.path().join("out/fresh/.lock"), "").unwrap();
-    sat(cwd.path(), &["eval", "--run", "runs/a", "--out", "out/fresh"], &[]).success();
+    sat(
+        cwd.path(),
+        &["eval", "--run", "runs/a", "--out", "out/fresh"],
+        &[],
+    )
+    .success();
     assert!(cwd.path().join("out/fresh/metrics.json").exists());
     // `--out` naming a file says so, with its path.
     std::fs::write(cwd.path().join("file"), "").unwrap();
-    sat(cwd.path(), &["eval", "--run", "runs/a", "--out", "file"], &[])
-        .fails_with(&["--out file: it exists and is not a directory"]);
+    sat(
+        cwd.path(),
+        &["eval", "--run", "runs/a", "--out", "file"],
+        &[],
+    )
+    .fails_with(&["--out file: it exists and is not a directory"]);
 }
 
 #[test]
 fn a_refused_resume_keeps_the_config() {
     let cwd = tempfile::tempdir().unwrap();
-    tiny_run(cwd.path(), &["--set", "name=c", "--set", "eval.attacks=[]", "--set", "eval.alignment=false"], &[]).success();
+    tiny_run(
+        cwd.path(),
+        &[
+            "--set",
+            "name=c",
+            "--set",
+            "eval.attacks=[]",
+            "--set",
+            "eval.alignment=false",
+        ],
+        &[],
+    )
+    .success();
     let config = cwd.path().join("runs/c/config.toml");
     let before = std::fs::read(&config).unwrap();
     // Another model width: the state file does not fit, the resume is refused.
-    sat(cwd.path(), &["run", "--resume", "runs/c", "--set", "model.width=8"], &[])
-        .fails_with(&["resuming runs/c is refused", "shape"]);
-    assert_eq!(std::fs::read(&config).unwrap(), before, "config.toml unchanged");
+    sat(
+        cwd.path(),
+        &["run", "--resume", "runs/c", "--set", "model.width=8"],
+        &[],
+    )
+    .fails_with(&["resuming runs/c is refused", "shape"]);
+    assert_eq!(
+        std::fs::read(&config).unwrap(),
+        before,
+        "config.toml unchanged"
+    );
     // An accepted one records its extension.
-    sat(cwd.path(), &["run", "--resume", "runs/c", "--set", "train.epochs=2"], &[]).success();
+    sat(
+        cwd.path(),
+        &["run", "--resume", "runs/c", "--set", "train.epochs=2"],
+        &[],
+    )
+    .success();
     assert!(text(&config).contains("epochs = 2"), "{}", text(&config));
 }
