@@ -12,6 +12,8 @@ pub mod config;
 pub mod device;
 pub mod distributed;
 pub mod eval;
+#[cfg(test)]
+mod hostile_inputs;
 pub mod interrupt;
 pub mod logging;
 pub mod plugins;

@@ -40,9 +40,9 @@ pub struct GlobalArgs {
     #[arg(long = "plugin-dir", value_name = "DIR", global = true)]
     pub plugin_dirs: Vec<PathBuf>,
     /// Load plugin libraries that fail the trust check (file or a directory on its way
-    /// writable by others, or owned by another user), with a warning. Does not apply to
-    /// the `[plugins] paths` of a run directory's config.toml (`eval --run`,
-    /// `run --resume`): give those with --plugin-dir.
+    /// writable by others, or owned by another user), with a warning. The `[plugins]
+    /// paths` of a run directory's config.toml (`eval --run`, `run --resume`) are never
+    /// loaded on its authority: give those with --plugin-dir or SAT_PLUGIN_PATH.
     #[arg(long, global = true)]
     pub allow_insecure_plugins: bool,
     /// More log output (-v debug, -vv trace); SAT_LOG overrides.
@@ -159,7 +159,8 @@ fn load_registry(global: &GlobalArgs, config_paths: &[PathBuf]) -> anyhow::Resul
 }
 
 /// As [`load_registry`]; with `recorded_in` (a run directory's config.toml), the
-/// config's `[plugins] paths` must pass the trust check or be given with `--plugin-dir`.
+/// config's `[plugins] paths` are loaded only if also given with `--plugin-dir` or in
+/// `SAT_PLUGIN_PATH`.
 fn load_registry_from(
     global: &GlobalArgs,
     config_paths: &[PathBuf],
