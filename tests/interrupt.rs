@@ -85,6 +85,44 @@ fn wait_for_text(path: &Path, needle: &str, seconds: u64, process: &mut Running)
     }
 }
 
+/// The CPU time the process has used, in clock ticks (`/proc/PID/stat`: utime + stime).
+fn cpu_ticks(process: &Running) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", process.id())).unwrap_or_default();
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+/// Waits until the process has worked `ticks` more clock ticks of CPU time (it is busy
+/// in the phase it just announced, not between phases), failing after `seconds`.
+fn wait_for_work(process: &mut Running, ticks: u64, seconds: u64) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let start = cpu_ticks(process);
+    while cpu_ticks(process) < start + ticks {
+        let ended = process.0.as_mut().and_then(|c| c.try_wait().ok().flatten());
+        assert!(
+            ended.is_none(),
+            "sat-host ended ({ended:?}) while it should work"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "sat-host did no work for {seconds} s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn sigterm(process: &Running) {
     let ok = Command::new("kill")
         .args(["-TERM", &process.id().to_string()])
@@ -124,6 +162,7 @@ fn sigterm_stops_a_long_attack(attack: &str, settings: &[&str]) {
         120,
         &mut run,
     );
+    wait_for_work(&mut run, 30, 60);
     sigterm(&run);
     let (status, took) = run.wait_within(STOP_WITHIN);
     let stderr = text(&cwd.path().join("stderr.txt"));
@@ -183,6 +222,7 @@ fn sigterm_stops_the_data_loading() {
     );
     let dir = cwd.path().join("runs/d");
     wait_for_text(&dir.join("log.txt"), "run directory", 60, &mut run);
+    wait_for_work(&mut run, 10, 60);
     sigterm(&run);
     let (status, took) = run.wait_within(STOP_WITHIN);
     let stderr = text(&cwd.path().join("stderr.txt"));
@@ -222,6 +262,7 @@ fn a_second_sigterm_ends_the_process_at_once_and_records_the_interruption() {
     let dir = cwd.path().join("runs/s");
     let log = dir.join("log.txt");
     wait_for_text(&log, "training:", 60, &mut run);
+    wait_for_work(&mut run, 10, 60);
     sigterm(&run);
     wait_for_text(&log, "send it again to stop at once", 10, &mut run);
     sigterm(&run);
@@ -291,6 +332,7 @@ fn a_failed_or_interrupted_eval_out_leaves_nothing_and_runs_again() {
         60,
         &mut eval,
     );
+    wait_for_work(&mut eval, 30, 60);
     sigterm(&eval);
     let (status, _) = eval.wait_within(STOP_WITHIN);
     assert_eq!(
