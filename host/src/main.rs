@@ -19,7 +19,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             log::logger().flush();
-            eprintln!("{}error: {e:#}", sat_host::logging::rank_prefix());
+            // libtorch's C++ frame traces are for libtorch's developers, not the user.
+            let message = sat_models::without_frames(&format!("{e:#}"));
+            eprintln!("{}error: {message}", sat_host::logging::rank_prefix());
             commands::exit_code(&e)
         }
     }

@@ -12,7 +12,7 @@ mod torchscript;
 pub use arch::Arch;
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
-pub use torchscript::{torch_message, TorchScriptModel};
+pub use torchscript::{torch_message, without_frames, TorchScriptModel};
 
 /// Why a model cannot be built or used.
 #[derive(Debug, thiserror::Error)]

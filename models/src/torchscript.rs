@@ -73,6 +73,19 @@ pub fn torch_message(e: &TchError) -> String {
     shorten(&line, MESSAGE_CHARS)
 }
 
+/// `text` without libtorch's C++ frame traces: each `Exception raised from …` line and
+/// the `frame #N: …` lines after it are dropped, the rest kept as it was.
+pub fn without_frames(text: &str) -> String {
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            let l = l.trim_start();
+            !l.starts_with("frame #") && !l.starts_with("Exception raised from")
+        })
+        .collect();
+    kept.join("\n").trim_end().to_string()
+}
+
 /// `text` cut to at most `chars` characters, with `…` where it was cut.
 fn shorten(text: &str, chars: usize) -> String {
     match text.char_indices().nth(chars) {
@@ -101,6 +114,13 @@ mod tests {
         let m = torch_message(&plain);
         assert!(m.starts_with("open file failed") && m.ends_with('…') && !m.contains('\n'));
         assert_eq!(m.chars().count(), MESSAGE_CHARS + 1);
+    }
+
+    #[test]
+    fn frame_traces_are_dropped_from_any_message() {
+        let text = "[model] eval: boom (TorchScript model m.pt)\nException raised from f at x.cpp:1 (most recent call first):\nframe #0: a + 0x1\n  frame #1: b";
+        assert_eq!(without_frames(text), "[model] eval: boom (TorchScript model m.pt)");
+        assert_eq!(without_frames("two\nlines"), "two\nlines");
     }
 
     #[test]
