@@ -138,10 +138,11 @@ fn text(path: &Path) -> String {
 
 /// Trains the tiny run `name` for one epoch, then evaluates it with `attack` set up
 /// (`settings`, as `--set` values) to run for minutes (on 2 cores of dev-2c, 32 test
-/// images, extrapolated from short runs: APGD-CE 5000 steps ~13 min, FAB 10 000 steps × 5 restarts ~17 min, Square
-/// 10⁶ queries ~18 min, CW-L2 20 × 10 000 steps ~12 min); SIGTERM once that attack is at
-/// work must stop the run within seconds, status `interrupted`, exit 143, the stop
-/// noticed inside the attack (its next model call refused).
+/// images, extrapolated from short runs: APGD-CE 5000 steps ~13 min, FAB 10 000 steps ×
+/// 5 restarts ~17 min, Square 10⁶ queries ~18 min, CW-L2 20 × 10 000 steps ~12 min);
+/// SIGTERM once that attack is at work must stop the run within seconds, status
+/// `interrupted`, exit 143, the stop noticed inside the attack (its next model call
+/// refused).
 fn sigterm_stops_a_long_attack(attack: &str, settings: &[&str]) {
     let cwd = tempfile::tempdir().unwrap();
     let attacks = format!("eval.attacks=[\"{attack}\"]");
