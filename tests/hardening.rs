@@ -84,6 +84,10 @@ fn a_link_planted_in_a_run_directory_is_never_written_through() {
         std::os::unix::fs::symlink(&victim, run.join(name)).unwrap();
     }
     let _ = std::fs::remove_file(run.join(".lock"));
+    // What eval reads back (metrics.json) is input: the victim's text is refused by name.
+    sat(cwd.path(), &["eval", "--run", "runs/a"], &[])
+        .fails_with(&["metrics.json", "not a sat metrics.json"]);
+    std::fs::remove_file(run.join("metrics.json")).unwrap();
     sat(cwd.path(), &["eval", "--run", "runs/a"], &[]).success();
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
     for name in ["metrics.json", "metrics.csv", "robust_curve.csv"] {
@@ -264,8 +268,12 @@ fn nan_weights_in_a_checkpoint_are_refused() {
         let path = cwd.path().join("runs/n").join(file);
         let mut bytes = std::fs::read(&path).unwrap();
         let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-        // 0xFF bytes are NaN as float32.
-        bytes[8 + header..].fill(0xFF);
+        let meta: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header]).unwrap();
+        // 0xFF bytes are NaN as float32: every float32 tensor (the integers stay valid).
+        for (_, t) in meta.as_object().unwrap().iter().filter(|(_, t)| t["dtype"] == "F32") {
+            let (a, b) = (t["data_offsets"][0].as_u64().unwrap(), t["data_offsets"][1].as_u64().unwrap());
+            bytes[8 + header + a as usize..8 + header + b as usize].fill(0xFF);
+        }
         std::fs::write(&path, bytes).unwrap();
     }
     sat(cwd.path(), &["eval", "--run", "runs/n"], &[])

@@ -389,6 +389,8 @@ fn a_refused_resume_keeps_the_config() {
     .success();
     let config = cwd.path().join("runs/c/config.toml");
     let before = std::fs::read(&config).unwrap();
+    let metrics = cwd.path().join("runs/c/metrics.json");
+    let recorded = std::fs::read(&metrics).unwrap();
     // Another model width: the state file does not fit, the resume is refused.
     sat(
         cwd.path(),
@@ -400,6 +402,10 @@ fn a_refused_resume_keeps_the_config() {
         std::fs::read(&config).unwrap(),
         before,
         "config.toml unchanged"
+    );
+    assert!(
+        std::fs::read(&metrics).unwrap() == recorded,
+        "metrics.json unchanged (no `failed` for a refusal)"
     );
     // An accepted one records its extension.
     sat(

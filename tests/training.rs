@@ -302,7 +302,7 @@ fn a_checkpoint_of_another_architecture_is_refused_by_name() {
         ],
         &[],
     );
-    out.fails_with(&["checkpoint.safetensors has no tensor", "another model"]);
+    out.fails_with(&["checkpoint.safetensors", "written for another model"]);
 }
 
 #[test]

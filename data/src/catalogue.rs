@@ -157,6 +157,8 @@ impl Catalogue {
         bar.set_prefix(self.format.to_string());
         let mut assembler = Assembler::new(self.entries.len(), size, self.annotations);
         for chunk in self.entries.chunks(CHUNK) {
+            // A stop request (Ctrl-C, SIGTERM) ends decoding between chunks.
+            crate::stop::check(self.format)?;
             let samples = parallel_map_with(chunk, &bar, |e| {
                 let decoded = e.read_rgb(size as u32)?;
                 let boxes = e

@@ -284,6 +284,9 @@ impl PackArgs {
 
 fn run_pack(args: &PackArgs) -> anyhow::Result<ExitCode> {
     let options = args.options()?;
+    // Ctrl-C or SIGTERM stops packing at the next sample, leaving no manifest (a second
+    // signal ends the process at once).
+    crate::interrupt::install().context("installing the SIGINT/SIGTERM handler")?;
     let listed = args.catalogues()?;
     let start = Instant::now();
     let report = pack(

@@ -63,6 +63,11 @@ struct Start {
 #[error("resuming {} is refused", .0.display())]
 pub(crate) struct RefusedResume(pub std::path::PathBuf);
 
+/// Whether `error` carries a [`RefusedResume`] (attached as context).
+pub(crate) fn is_refused_resume(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<RefusedResume>().is_some()
+}
+
 /// Running sums over an epoch's steps.
 #[derive(Default)]
 struct Totals {

@@ -184,10 +184,10 @@ pub fn run(
                 metrics.epochs.len()
             );
             metrics.status = RunStatus::Interrupted;
-            run.write_metrics(&metrics)?;
+            crate::interrupt::exclusive(|| run.write_metrics(&metrics))?;
             Ok((Outcome::Interrupted, metrics))
         }
-        Err(e) if checkpoint::is_refused(&e) => {
+        Err(e) if checkpoint::is_refused(&e) || epochs::is_refused_resume(&e) => {
             // The stored state was refused before any training: the run directory keeps
             // the status it had.
             Err(e)
@@ -200,7 +200,7 @@ pub fn run(
             metrics.status = RunStatus::Failed;
             metrics.error = Some(format!("{e:#}"));
             if ranks.is_writer() {
-                if let Err(write) = run.write_metrics(&metrics) {
+                if let Err(write) = crate::interrupt::exclusive(|| run.write_metrics(&metrics)) {
                     log::error!("cannot record the failure in metrics.json: {write}");
                 }
             }
