@@ -140,12 +140,18 @@ void sat_c10d_bytes_free(uint8_t* p) noexcept {
   std::free(p);
 }
 
-// A TCPStore: the server when is_master != 0 (it then waits up to timeout_ms for the
+// A TCPStore: the server when is_server != 0 (it then waits up to timeout_ms for the
 // world_size - 1 clients), a client otherwise (it retries to connect up to timeout_ms).
+// A server with listen_fd >= 0 serves on that socket, already bound to `port` (c10d's
+// documented `masterListenFd`, Python's `master_listen_fd`), and c10d takes the
+// descriptor over (it closes it with the store; a failed start may leave it open, never
+// closes it twice); with listen_fd < 0 c10d binds `port` on every interface itself.
+// A client never binds.
 char* sat_c10d_store_new(
     const char* host,
     uint16_t port,
-    int is_master,
+    int is_server,
+    int listen_fd,
     int world_size,
     int64_t timeout_ms,
     sat_c10d_store** out) noexcept {
@@ -153,10 +159,14 @@ char* sat_c10d_store_new(
     TORCH_CHECK(host != nullptr && out != nullptr, "store_new: null argument");
     TORCH_CHECK(world_size >= 1, "store_new: world size must be >= 1");
     TORCH_CHECK(timeout_ms > 0, "store_new: timeout must be > 0 ms");
+    TORCH_CHECK(listen_fd < 0 || is_server != 0, "store_new: a client takes no listening socket");
     *out = nullptr;
     c10d::TCPStoreOptions opts;
     opts.port = port;
-    opts.isServer = is_master != 0;
+    opts.isServer = is_server != 0;
+    if (listen_fd >= 0) {
+      opts.masterListenFd = listen_fd;
+    }
     opts.numWorkers = static_cast<std::size_t>(world_size);
     opts.waitWorkers = true;
     opts.timeout = std::chrono::milliseconds(timeout_ms);

@@ -7,6 +7,8 @@
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::marker::{PhantomData, PhantomPinned};
+use std::net::TcpListener;
+use std::os::fd::IntoRawFd;
 use std::ptr::{self, NonNull};
 
 use tch::Tensor;
@@ -33,7 +35,8 @@ extern "C" {
     fn sat_c10d_store_new(
         host: *const c_char,
         port: u16,
-        is_master: c_int,
+        is_server: c_int,
+        listen_fd: c_int,
         world_size: c_int,
         timeout_ms: i64,
         out: *mut *mut RawStore,
@@ -121,24 +124,44 @@ pub(crate) struct Store(NonNull<RawStore>);
 // two threads at once.
 unsafe impl Send for Store {}
 
+/// This process's part in a TCPStore.
+pub(crate) enum StoreRole {
+    /// Connects to the server at `host:port`; binds nothing.
+    Client,
+    /// Serves the store; c10d binds the port on every interface.
+    Server,
+    /// Serves the store on this socket, already bound to the port and listening; c10d
+    /// takes it over (`TCPStoreOptions::masterListenFd`).
+    ServerOn(TcpListener),
+}
+
 impl Store {
-    /// Connects to (or, when `is_master`, serves) the TCPStore at `host:port`.
-    pub(crate) fn connect(
+    /// Connects to, or serves, the TCPStore at `host:port` (see [`StoreRole`]).
+    pub(crate) fn new(
         host: &str,
         port: u16,
-        is_master: bool,
+        role: StoreRole,
         world_size: i32,
         timeout_ms: i64,
     ) -> Result<Store, String> {
         let host = c_string("host", host)?;
+        let (is_server, listen_fd): (c_int, c_int) = match role {
+            StoreRole::Client => (0, -1),
+            StoreRole::Server => (1, -1),
+            // The descriptor leaves Rust's ownership here: c10d closes it with the store.
+            StoreRole::ServerOn(listener) => (1, listener.into_raw_fd()),
+        };
         let mut out: *mut RawStore = ptr::null_mut();
-        // SAFETY: `host` is a valid C string for the call; `out` is a valid slot the shim
-        // fills with an owned handle on success and leaves NULL on failure.
+        // SAFETY: `host` is a valid C string for the call; `listen_fd` is -1 or an open
+        // listening socket that nothing in Rust owns any more (`into_raw_fd`), so c10d
+        // may take it over and close it; `out` is a valid slot the shim fills with an
+        // owned handle on success and leaves NULL on failure.
         let err = unsafe {
             sat_c10d_store_new(
                 host.as_ptr(),
                 port,
-                c_int::from(is_master),
+                is_server,
+                listen_fd,
                 world_size,
                 timeout_ms,
                 &mut out,

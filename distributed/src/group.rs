@@ -30,6 +30,33 @@ fn attempt_namespace() -> String {
     format!("sat/attempt_{n}/")
 }
 
+/// This process's TCPStore: a client of torchrun's agent's store (nothing bound), or
+/// rank 0's server (on the loopback address alone when `MASTER_ADDR` is one, else on
+/// every interface, c10d's default), or a client of rank 0's.
+fn connect_store(
+    launch: &Launch,
+    world_size: i32,
+    timeout_ms: i64,
+) -> std::result::Result<ffi::Store, String> {
+    let role = if !launch.serves_store() {
+        ffi::StoreRole::Client
+    } else if let Some(ip) = launch.store_bind_address() {
+        let addr = std::net::SocketAddr::new(ip, launch.master_port);
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("binding the store's socket to {addr}: {e}"))?;
+        ffi::StoreRole::ServerOn(listener)
+    } else {
+        ffi::StoreRole::Server
+    };
+    ffi::Store::new(
+        &launch.master_addr,
+        launch.master_port,
+        role,
+        world_size,
+        timeout_ms,
+    )
+}
+
 /// A c10d communication backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Backend {
@@ -136,9 +163,11 @@ impl fmt::Debug for ProcessGroup {
 }
 
 impl ProcessGroup {
-    /// Joins the group: rank 0 serves a TCPStore at `MASTER_ADDR:MASTER_PORT` and waits
-    /// for the others, which connect to it; then the backend rendezvouses through the
-    /// store. `timeout` bounds every step and every later collective.
+    /// Joins the group: every rank connects to the TCPStore at `MASTER_ADDR:MASTER_PORT`
+    /// — torchrun's agent's when it shares its store (every rank a client, as torch's
+    /// `_create_c10d_store` does), else rank 0's, which rank 0 serves and where it waits
+    /// for the others; then the backend rendezvouses through the store. `timeout`
+    /// bounds every step and every later collective.
     pub fn new(launch: &Launch, backend: Backend, timeout: Duration) -> Result<ProcessGroup> {
         if !backend.is_available() {
             return Err(backend.unavailable());
@@ -169,15 +198,8 @@ impl ProcessGroup {
         };
 
         log::debug!("c10d: joining {launch} with {backend}, timeout {timeout:?}");
-        let store = ffi::Store::connect(
-            &launch.master_addr,
-            launch.master_port,
-            launch.is_master(),
-            world_c,
-            timeout_ms,
-        )
-        .map_err(|m| {
-            let role = if launch.is_master() {
+        let store = connect_store(launch, world_c, timeout_ms).map_err(|m| {
+            let role = if launch.serves_store() {
                 "serving"
             } else {
                 "connecting to"

@@ -26,10 +26,21 @@ pub enum GlooDevice {
     Default,
 }
 
+/// Who serves the c10d TCPStore at `MASTER_ADDR:MASTER_PORT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreServer {
+    /// Rank 0 serves it and the other ranks connect (Slurm, plain launch variables,
+    /// torchrun with `TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`).
+    Rank0,
+    /// torchrun's agent already serves it (`TORCHELASTIC_USE_AGENT_STORE=True`): every
+    /// rank, rank 0 included, connects as a client and none binds a port.
+    Agent,
+}
+
 /// One process's place in a distributed launch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Launch {
-    /// Global rank, `0..world_size`; rank 0 serves the TCPStore.
+    /// Global rank, `0..world_size`.
     pub rank: usize,
     /// Number of processes.
     pub world_size: usize,
@@ -37,10 +48,12 @@ pub struct Launch {
     pub local_rank: Option<usize>,
     /// Processes on this node (`LOCAL_WORLD_SIZE`/`SLURM_NTASKS_PER_NODE`), when known.
     pub local_world_size: Option<usize>,
-    /// Address of rank 0's TCPStore.
+    /// Address of the TCPStore (rank 0's or torchrun's agent's).
     pub master_addr: String,
-    /// Port of rank 0's TCPStore.
+    /// Port of the TCPStore.
     pub master_port: u16,
+    /// Who serves the TCPStore.
+    pub store_server: StoreServer,
     /// Which launcher set the variables.
     pub source: LaunchSource,
     /// The device Gloo binds to.
@@ -73,6 +86,10 @@ impl Launch {
     ///   `SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`, `MASTER_ADDR`, `MASTER_PORT`
     ///   are required; a one-task Slurm job is a single process (`Ok(None)`).
     /// - otherwise `Ok(None)`.
+    ///
+    /// `TORCHELASTIC_USE_AGENT_STORE=True` (torchrun's agent serves the store; the exact
+    /// spelling torch's `_torchelastic_use_agent_store` tests) makes every rank a client
+    /// ([`StoreServer::Agent`]); otherwise rank 0 serves it.
     ///
     /// `GLOO_SOCKET_IFNAME` (its first name) picks Gloo's interface; without it Gloo binds
     /// to the loopback address when `MASTER_ADDR` is a loopback one, else to c10d's
@@ -168,6 +185,14 @@ impl Launch {
             _ => loopback_device(&master_addr),
         };
 
+        // torch/distributed/rendezvous.py: `_torchelastic_use_agent_store()` is
+        // `os.environ.get("TORCHELASTIC_USE_AGENT_STORE", None) == str(True)`.
+        let store_server = if lookup("TORCHELASTIC_USE_AGENT_STORE").as_deref() == Some("True") {
+            StoreServer::Agent
+        } else {
+            StoreServer::Rank0
+        };
+
         Ok(Some(Launch {
             rank,
             world_size,
@@ -175,14 +200,38 @@ impl Launch {
             local_world_size,
             master_addr,
             master_port,
+            store_server,
             source,
             gloo_device,
         }))
     }
 
-    /// Whether this process is rank 0 (the TCPStore server).
+    /// Whether this process is rank 0.
     pub fn is_master(&self) -> bool {
         self.rank == 0
+    }
+
+    /// Whether this process serves the TCPStore: rank 0, unless torchrun's agent serves it.
+    pub fn serves_store(&self) -> bool {
+        self.is_master() && self.store_server == StoreServer::Rank0
+    }
+
+    /// The one address the store's server binds, when narrower than every interface:
+    /// the loopback address `MASTER_ADDR` names (`127.x.y.z`, `::1`, or `localhost` as
+    /// `127.0.0.1`, the address Gloo binds too), since every rank is then on this host.
+    /// `None` for any other `MASTER_ADDR`, whose server binds every interface (c10d's
+    /// default): a host name may resolve to another address on rank 0's node than on the
+    /// others (Debian maps a host's own name to 127.0.1.1), and an address seen by the
+    /// other nodes may not be one rank 0 can bind (NAT, containers). `None` also when
+    /// this process serves no store.
+    pub fn store_bind_address(&self) -> Option<std::net::IpAddr> {
+        if !self.serves_store() {
+            return None;
+        }
+        match loopback_device(&self.master_addr) {
+            GlooDevice::Hostname(h) => h.parse().ok(),
+            _ => None,
+        }
     }
 }
 
@@ -289,6 +338,7 @@ mod tests {
                 local_world_size: Some(2),
                 master_addr: "127.0.0.1".into(),
                 master_port: 29500,
+                store_server: StoreServer::Rank0,
                 source: LaunchSource::Torchrun,
                 gloo_device: GlooDevice::Hostname("127.0.0.1".into()),
             }
@@ -461,5 +511,56 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(l.gloo_device, GlooDevice::Interface("eth0".into()));
+    }
+
+    #[test]
+    fn torchruns_agent_store_makes_every_rank_a_client() {
+        for rank in ["0", "1"] {
+            let vars = with(
+                &with(TORCHRUN, "RANK", rank),
+                "TORCHELASTIC_USE_AGENT_STORE",
+                "True",
+            );
+            let l = launch(&vars).unwrap().unwrap();
+            assert_eq!(l.store_server, StoreServer::Agent);
+            assert!(!l.serves_store(), "rank {rank}");
+            assert_eq!(l.store_bind_address(), None);
+        }
+        // torch tests `== str(True)`: any other value (torchrun writes `False` when the
+        // agent shares no store) leaves the store to rank 0.
+        for value in ["False", "true", "1", ""] {
+            let vars = with(
+                &with(TORCHRUN, "RANK", "0"),
+                "TORCHELASTIC_USE_AGENT_STORE",
+                value,
+            );
+            let l = launch(&vars).unwrap().unwrap();
+            assert_eq!(l.store_server, StoreServer::Rank0, "{value:?}");
+            assert!(l.serves_store());
+        }
+        let l = launch(&with(TORCHRUN, "RANK", "0")).unwrap().unwrap();
+        assert_eq!(l.store_server, StoreServer::Rank0);
+        assert!(l.serves_store());
+    }
+
+    #[test]
+    fn the_store_binds_the_loopback_only_when_master_addr_is_one() {
+        let bind = |addr: &'static str| {
+            launch(&with(&with(TORCHRUN, "RANK", "0"), "MASTER_ADDR", addr))
+                .unwrap()
+                .unwrap()
+                .store_bind_address()
+                .map(|ip| ip.to_string())
+        };
+        assert_eq!(bind("127.0.0.1").as_deref(), Some("127.0.0.1"));
+        assert_eq!(bind("127.0.0.2").as_deref(), Some("127.0.0.2"));
+        assert_eq!(bind("localhost").as_deref(), Some("127.0.0.1"));
+        assert_eq!(bind("::1").as_deref(), Some("::1"));
+        assert_eq!(bind("[::1]").as_deref(), Some("::1"));
+        assert_eq!(bind("10.1.2.3"), None);
+        assert_eq!(bind("node001"), None);
+        // Rank 1 serves nothing, so it binds nothing.
+        let l = launch(TORCHRUN).unwrap().unwrap();
+        assert_eq!(l.store_bind_address(), None);
     }
 }

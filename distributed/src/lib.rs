@@ -33,4 +33,4 @@ mod launch;
 
 pub use error::{Error, Result};
 pub use group::{Backend, ProcessGroup};
-pub use launch::{GlooDevice, Launch, LaunchSource};
+pub use launch::{GlooDevice, Launch, LaunchSource, StoreServer};
