@@ -423,13 +423,24 @@ fn two_ranks_stream_shards_as_one_process_with_augmentation() {
 fn ranks_without_evaluation_batches_still_agree_with_one_process() {
     let cwd = tempfile::tempdir().unwrap();
     config(cwd.path(), "");
-    sat(cwd.path(), &["run", "--config", "c.toml", "--set", "name=base"], &[]).success();
+    sat(
+        cwd.path(),
+        &["run", "--config", "c.toml", "--set", "name=base"],
+        &[],
+    )
+    .success();
     let run = cwd.path().join("runs/base");
     for (world, samples) in [(2, 1), (3, 2), (2, 7), (3, 41)] {
         let eval = |out: &str| {
             vec![
-                "eval".to_string(), "--run".into(), run.display().to_string(), "--out".into(),
-                out.into(), "--set".into(), format!("eval.max_samples={samples}"), "--set".into(),
+                "eval".to_string(),
+                "--run".into(),
+                run.display().to_string(),
+                "--out".into(),
+                out.into(),
+                "--set".into(),
+                format!("eval.max_samples={samples}"),
+                "--set".into(),
                 "eval.batch_size=4".into(),
             ]
         };
@@ -437,14 +448,25 @@ fn ranks_without_evaluation_batches_still_agree_with_one_process() {
         let args = eval(&many);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         for d in run_ranks(cwd.path(), world, &args, 120) {
-            assert_eq!(d.code, Some(0), "{world} ranks, {samples} samples: {}", d.stderr);
+            assert_eq!(
+                d.code,
+                Some(0),
+                "{world} ranks, {samples} samples: {}",
+                d.stderr
+            );
         }
         let one = format!("one-{world}-{samples}");
         let args = eval(&one);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         sat(cwd.path(), &args, &[]).success();
-        let (a, b) = (metrics(&cwd.path().join(&many)), metrics(&cwd.path().join(&one)));
-        assert_eq!(a["robust_accuracy"], b["robust_accuracy"], "{world} ranks, {samples} samples");
+        let (a, b) = (
+            metrics(&cwd.path().join(&many)),
+            metrics(&cwd.path().join(&one)),
+        );
+        assert_eq!(
+            a["robust_accuracy"], b["robust_accuracy"],
+            "{world} ranks, {samples} samples"
+        );
         assert_eq!(a["clean_accuracy"], b["clean_accuracy"]);
         assert_eq!(a["robust_accuracy"][0]["samples"], samples);
     }
@@ -760,4 +782,192 @@ fn sat_trains_on_two_ranks() {
     assert_eq!(m["status"], "completed");
     assert_eq!(m["world_size"], 2);
     assert_eq!(m["epochs"].as_array().unwrap().len(), 2);
+}
+
+/// Where a rank is killed.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// In epoch 2 (epoch 1's state is on disk).
+    Epoch,
+    /// In the evaluation after the last epoch.
+    Evaluation,
+}
+
+/// `kill -9` of rank 0 or rank 1, in training or in the evaluation: the run ends
+/// `failed` with the reason (rank 0 records a dead rank 1 itself; when rank 0 is the one
+/// killed, rank 1 finds its lock free and records it), and `--resume` then completes
+/// it with the figures of an uninterrupted run. A run left `running` by a writer killed
+/// alone is recorded `failed` by `sat-host compare`. (Rank 1 killed in training, and a
+/// stalled rank: `a_hung_or_killed_rank_fails_the_other_and_the_run_resumes`.)
+#[test]
+fn a_killed_rank_ends_the_run_failed_and_resume_gives_the_uninterrupted_figures() {
+    let cwd = tempfile::tempdir().unwrap();
+    config(cwd.path(), "");
+    let run = |name: &str| -> Vec<String> {
+        [
+            "run",
+            "--config",
+            "c.toml",
+            "--set",
+            "train.epochs=2",
+            "--set",
+            "model.arch=small-cnn",
+            "--set",
+            "model.width=8",
+            "--set",
+            "train.attack=pgd",
+            "--set",
+            "components.pgd.steps=10",
+            "--set",
+            "data.train_size=384",
+            "--set",
+            "eval.attacks=[\"pgd\"]",
+            "--set",
+            "eval.alignment=false",
+            "--set",
+            "eval.components.pgd.steps=300",
+            "--set",
+            &format!("name={name}"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let strs = |v: &[String]| {
+        v.iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\u{1}")
+    };
+    let reference = run("reference");
+    let done = run_ranks(
+        cwd.path(),
+        2,
+        &strs(&reference).split('\u{1}').collect::<Vec<_>>(),
+        240,
+    );
+    assert!(done.iter().all(|d| d.code == Some(0)), "{}", done[0].stderr);
+    let figures = |dir: &Path| {
+        let m = metrics(dir);
+        let losses: Vec<f64> = m["epochs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["train_loss"].as_f64().unwrap())
+            .collect();
+        (
+            m["clean_accuracy"].as_f64(),
+            m["robust_accuracy"][0]["accuracy"].as_f64(),
+            losses,
+        )
+    };
+    let expected = figures(&cwd.path().join("runs/reference"));
+
+    for (victim, phase) in [
+        (0, Phase::Epoch),
+        (0, Phase::Evaluation),
+        (1, Phase::Evaluation),
+    ] {
+        let name = format!("k{victim}-{phase:?}");
+        let dir = cwd.path().join("runs").join(&name);
+        let args = run(&name);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (mut procs, logs) = spawn_ranks(cwd.path(), 2, free_port(), &args, |_| Vec::new());
+        let start = Instant::now();
+        let reached = || match phase {
+            Phase::Epoch => dir.join("state.safetensors").exists(),
+            Phase::Evaluation => std::fs::read_to_string(&logs[0])
+                .unwrap_or_default()
+                .contains("evaluating pgd"),
+        };
+        while !reached() {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "{name}: never reached"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = procs.0[victim].kill();
+        let killed = Instant::now();
+        let survivor = procs.0.remove(1 - victim);
+        let done =
+            Procs(vec![survivor]).wait(Duration::from_secs(40), &logs[1 - victim..2 - victim]);
+        drop(procs);
+        assert_eq!(done[0].code, Some(1), "{name}: {}", done[0].stderr);
+        let m = metrics(&dir);
+        eprintln!(
+            "{name}: the survivor ended {:.1} s after the kill",
+            killed.elapsed().as_secs_f64()
+        );
+        assert_eq!(m["status"], "failed", "{name}: {m}");
+        let error = m["error"].as_str().unwrap();
+        let needle = if victim == 0 {
+            "rank 0 is gone; rank 1 failed"
+        } else {
+            "rank 1"
+        };
+        assert!(error.contains(needle), "{name}: {error}");
+        // Two ranks resume and end where the uninterrupted run ended.
+        let resume = ["run", "--resume", &format!("runs/{name}")];
+        let done = run_ranks(cwd.path(), 2, &resume, 240);
+        assert!(
+            done.iter().all(|d| d.code == Some(0)),
+            "{name}: {}",
+            done[0].stderr
+        );
+        assert_eq!(metrics(&dir)["status"], "completed");
+        assert_eq!(figures(&dir), expected, "{name}: resumed figures differ");
+    }
+
+    // One process killed without a word: `compare` tells the dead run from a live one.
+    let args = run("alone");
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend(["--set", "train.epochs=50"]);
+    let mut alone = Command::new(sat_host())
+        .args(&args)
+        .current_dir(cwd.path())
+        .env_remove("SAT_PLUGIN_PATH")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let dir = cwd.path().join("runs/alone");
+    let start = Instant::now();
+    while !dir.join("state.safetensors").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no epoch finished"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let live = sat(
+        cwd.path(),
+        &["compare", "runs/alone", "--format", "csv"],
+        &[],
+    )
+    .success();
+    assert!(live.stdout.contains("running"), "{}", live.stdout);
+    alone.kill().unwrap();
+    alone.wait().unwrap();
+    assert_eq!(metrics(&dir)["status"], "running");
+    let dead = sat(
+        cwd.path(),
+        &["compare", "runs/alone", "--format", "csv"],
+        &[],
+    )
+    .success();
+    assert!(
+        dead.stdout.contains("failed") && !dead.stdout.contains("running"),
+        "{}",
+        dead.stdout
+    );
+    let m = metrics(&dir);
+    assert_eq!(m["status"], "failed");
+    assert!(
+        m["error"]
+            .as_str()
+            .unwrap()
+            .contains("found by sat-host compare"),
+        "{m}"
+    );
 }

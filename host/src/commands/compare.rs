@@ -176,7 +176,10 @@ pub fn run(_global: &GlobalArgs, args: &CompareArgs) -> anyhow::Result<ExitCode>
         .runs
         .iter()
         .enumerate()
-        .map(|(i, dir)| read_run(dir, args.names.get(i).cloned()))
+        .map(|(i, dir)| {
+            settle_if_dead(dir);
+            read_run(dir, args.names.get(i).cloned())
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let table = Table::new(rows, !args.no_time);
     let text = match args.format {
@@ -204,6 +207,24 @@ pub fn run(_global: &GlobalArgs, args: &CompareArgs) -> anyhow::Result<ExitCode>
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A run whose `metrics.json` says `running` while no process holds its lock is dead
+/// (its writer was killed): it is recorded as `failed` before it is listed. A live run
+/// (lock held) is left alone; a directory compare cannot write is listed as it is.
+fn settle_if_dead(dir: &Path) {
+    let run = crate::report::RunDir {
+        path: dir.to_path_buf(),
+    };
+    let running = crate::report::Metrics::read(&run.file("metrics.json"))
+        .is_ok_and(|m| m.status == RunStatus::Running);
+    if !running {
+        return;
+    }
+    if let Err(e) = run.settle_if_abandoned("found by sat-host compare", std::time::Duration::ZERO)
+    {
+        log::warn!("{}: cannot record the dead run: {e:#}", dir.display());
+    }
 }
 
 /// Reads the run directory `dir` (named `name`, or the directory's name).

@@ -139,7 +139,7 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
         let run = run_dir.clone();
         crate::interrupt::on_abort(move || mark_interrupted(&run))
     });
-    let (outcome, metrics) = train::run(
+    let result = train::run(
         &config,
         &registry,
         &run_dir,
@@ -147,7 +147,11 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
         interrupted,
         resuming,
         &ranks,
-    )?;
+    );
+    if !ranks.is_writer() {
+        settle_for_a_dead_writer(&run_dir, ranks.rank(), &result);
+    }
+    let (outcome, metrics) = result?;
     log::logger().flush();
     if !ranks.is_writer() {
         return Ok(if outcome == Outcome::Interrupted {
@@ -167,6 +171,30 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
     }
     print_summary(&metrics, &run_dir.path);
     Ok(ExitCode::SUCCESS)
+}
+
+/// On a rank other than 0 that stops early (an error: a collective with a dead rank 0;
+/// or a signal: torchrun stopping the job after rank 0 died), the run is recorded as
+/// `failed` if rank 0 is gone without recording an outcome: its lock is free (taken
+/// within 3 s) and `metrics.json` still says `running`. A live rank 0 holds the lock and
+/// records the outcome itself.
+fn settle_for_a_dead_writer(
+    run_dir: &RunDir,
+    rank: usize,
+    result: &anyhow::Result<(Outcome, Metrics)>,
+) {
+    let seen = match result {
+        Ok((Outcome::Completed, _)) => return,
+        Ok((Outcome::Interrupted, _)) => "was interrupted".to_string(),
+        Err(e) => format!("failed: {e:#}"),
+    };
+    let reason = format!("rank 0 is gone; rank {rank} {seen}");
+    if let Err(e) = run_dir.settle_if_abandoned(&reason, std::time::Duration::from_secs(3)) {
+        log::error!(
+            "cannot record the dead rank 0 in {}: {e:#}",
+            run_dir.path.display()
+        );
+    }
 }
 
 /// After a torchrun restart (`TORCHELASTIC_RESTART_COUNT` > 0), the run directory this
@@ -234,6 +262,10 @@ fn open_run_dir(
     let lock = run_dir
         .lock()
         .with_context(|| format!("locking {}", run_dir.path.display()))?;
+    if resume.is_some() {
+        // A run whose writer died says `running`: record that before continuing it.
+        run_dir.settle_abandoned(&lock, "found by run --resume")?;
+    }
     if resume.is_none() {
         write_atomic(&run_dir.file("config.toml"), config.to_toml().as_bytes())?;
     }

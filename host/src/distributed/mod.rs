@@ -239,6 +239,61 @@ impl Ranks {
         self.sum(&all, device)
     }
 
+    /// Makes every rank's buffers (the variables that are not trained: BatchNorm's
+    /// running statistics) rank 0's, as torch DDP's `broadcast_buffers` does before each
+    /// forward pass. Called before every training step and before the evaluation, so every
+    /// rank attacks and evaluates the model rank 0 checkpoints, and a resumed run (whose
+    /// ranks all start from rank 0's state) computes what the uninterrupted run did. The
+    /// float32 buffers go in one broadcast; others one each. Nothing in one process.
+    pub fn broadcast_buffers(&self, vs: &nn::VarStore) -> anyhow::Result<()> {
+        let Some(group) = &self.group else {
+            return Ok(());
+        };
+        let mut buffers: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| !t.requires_grad())
+            .collect();
+        if buffers.is_empty() {
+            return Ok(());
+        }
+        buffers.sort_by(|a, b| a.0.cmp(&b.0));
+        let fail =
+            |e: sat_distributed::Error| self.explain(e.into(), "broadcasting rank 0's buffers");
+        let on_backend = |t: &Tensor| match group.backend() {
+            Backend::Gloo => t.to_device(Device::Cpu),
+            Backend::Nccl => t.shallow_clone(),
+        };
+        let (floats, others): (Vec<_>, Vec<_>) = buffers
+            .iter()
+            .partition(|(_, t)| t.kind() == tch::Kind::Float);
+        if !floats.is_empty() {
+            let flat = Tensor::cat(
+                &floats
+                    .iter()
+                    .map(|(_, t)| on_backend(t).reshape([-1]))
+                    .collect::<Vec<_>>(),
+                0,
+            );
+            group.broadcast(&flat, 0).map_err(fail)?;
+            let mut offset = 0;
+            tch::no_grad(|| {
+                for (_, t) in &floats {
+                    let n = t.numel() as i64;
+                    let part = flat.narrow(0, offset, n).view(t.size().as_slice());
+                    t.shallow_clone().copy_(&part);
+                    offset += n;
+                }
+            });
+        }
+        for (_, t) in others {
+            let buffer = on_backend(t).contiguous().copy();
+            group.broadcast(&buffer, 0).map_err(fail)?;
+            tch::no_grad(|| t.shallow_clone().copy_(&buffer));
+        }
+        Ok(())
+    }
+
     /// Makes every rank's model, optimiser and loss scale rank 0's (broadcast: every
     /// variable of `vs` by name, the optimiser's state, the loss scale) and returns rank
     /// 0's `epochs_done`. Called at the start and after a resume, so only rank 0 needs to

@@ -206,17 +206,67 @@ impl RunDir {
         let file = open_append_no_follow(&path)?;
         match file.try_lock() {
             Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(std::io::Error::new(
-                std::io::ErrorKind::WouldBlock,
-                format!(
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    format!(
                     "{} is in use by another sat-host process (it holds {}); wait for it to end",
                     self.path.display(),
                     path.display()
                 ),
-            )),
+                ))
+            }
             Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
         Ok(RunLock { _file: file })
+    }
+
+    /// Records a run abandoned by its writer: when `metrics.json` says `running` but no
+    /// process holds the run's lock (the caller holds it now), the writer ended without
+    /// recording an outcome (`kill -9`, out of memory, a lost node). The status becomes
+    /// `failed` with `reason`; `true` if it was changed. Any other status stays.
+    pub fn settle_abandoned(&self, _lock: &RunLock, reason: &str) -> anyhow::Result<bool> {
+        let path = self.file("metrics.json");
+        if !path.exists() {
+            return Ok(false);
+        }
+        let mut metrics = Metrics::read(&path)?;
+        if metrics.status != RunStatus::Running {
+            return Ok(false);
+        }
+        metrics.status = RunStatus::Failed;
+        metrics.error = Some(format!(
+            "the process writing this run ended without recording an outcome (killed, out of memory, or its machine stopped); {reason}"
+        ));
+        self.write_metrics(&metrics)?;
+        log::warn!(
+            "{}: the run had no live writer; recorded as failed ({reason})",
+            self.path.display()
+        );
+        Ok(true)
+    }
+
+    /// [`RunDir::settle_abandoned`] if the run's lock can be taken within `wait` (polled
+    /// every 20 ms: a writer that just died releases it as the kernel closes its files);
+    /// `false` when a live process holds it.
+    pub fn settle_if_abandoned(
+        &self,
+        reason: &str,
+        wait: std::time::Duration,
+    ) -> anyhow::Result<bool> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match self.lock() {
+                Ok(lock) => return self.settle_abandoned(&lock, reason),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if std::time::Instant::now() >= deadline {
+                        return Ok(false);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// A file in the run directory.
@@ -393,6 +443,38 @@ mod tests {
         );
         drop(held);
         run.lock().unwrap();
+    }
+
+    #[test]
+    fn a_running_run_without_a_live_writer_is_recorded_as_failed() {
+        let root = tempfile::tempdir().unwrap();
+        let run = RunDir::create(root.path(), "r").unwrap();
+        run.write_metrics(&Metrics::default()).unwrap();
+        let status = || Metrics::read(&run.file("metrics.json")).unwrap();
+        // A live writer holds the lock: nothing changes, even after waiting.
+        let held = run.lock().unwrap();
+        let wait = std::time::Duration::from_millis(60);
+        assert!(!run.settle_if_abandoned("found by a test", wait).unwrap());
+        assert_eq!(status().status, RunStatus::Running);
+        // Gone (lock free): failed, with the reason.
+        drop(held);
+        assert!(run.settle_if_abandoned("found by a test", wait).unwrap());
+        let m = status();
+        assert_eq!(m.status, RunStatus::Failed);
+        let error = m.error.unwrap();
+        assert!(
+            error.contains("without recording an outcome") && error.ends_with("found by a test"),
+            "{error}"
+        );
+        // A finished status stays.
+        assert!(!run.settle_if_abandoned("again", wait).unwrap());
+        let done = Metrics {
+            status: RunStatus::Completed,
+            ..Metrics::default()
+        };
+        run.write_metrics(&done).unwrap();
+        assert!(!run.settle_if_abandoned("again", wait).unwrap());
+        assert_eq!(status().status, RunStatus::Completed);
     }
 
     #[test]

@@ -144,6 +144,8 @@ impl Session<'_> {
                 return self.record_interruption();
             }
         }
+        // Every rank evaluates the model rank 0 checkpoints.
+        self.ranks.broadcast_buffers(&net.vs)?;
         self.evaluate(net.model.as_ref(), &test)?;
         Ok(Outcome::Completed)
     }
@@ -341,6 +343,10 @@ impl Session<'_> {
                     )
                 }
             };
+            // DDP's broadcast_buffers: every rank's BatchNorm statistics are rank 0's.
+            self.ranks
+                .broadcast_buffers(&e.net.vs)
+                .map_err(|err| self.explain(err, index))?;
             let model = e.net.model.as_ref();
             let out = match e
                 .step
