@@ -416,9 +416,12 @@ fn two_ranks_stream_shards_as_one_process_with_augmentation() {
     assert_eq!(a["clean_accuracy"], b["clean_accuracy"]);
 }
 
-/// An evaluation set smaller than one batch per rank: the ranks without a batch still
-/// take part in every collective with the same shapes (it used to abort in gloo with a
-/// collective mismatch), and 2 or 3 ranks give one process's figures.
+/// Every evaluation collective has one shape on every rank, whatever a rank's share:
+/// 2 and 3 ranks with 1 to 10, 64, 100 and 113 (a prime) test images (ranks without a
+/// batch, with one sample, without some classes, without a successful attack) give one
+/// process's figures: clean and robust accuracy, per class, confusion, median norms,
+/// targeted counts and the alignment (it used to abort in gloo with a collective
+/// mismatch when the evaluation set was small).
 #[test]
 fn ranks_without_evaluation_batches_still_agree_with_one_process() {
     let cwd = tempfile::tempdir().unwrap();
@@ -430,7 +433,8 @@ fn ranks_without_evaluation_batches_still_agree_with_one_process() {
     )
     .success();
     let run = cwd.path().join("runs/base");
-    for (world, samples) in [(2, 1), (3, 2), (2, 7), (3, 41)] {
+    let sizes = (1..=10).chain([64, 100, 113]);
+    for (world, samples) in sizes.flat_map(|n| [(2, n), (3, n)]) {
         let eval = |out: &str| {
             vec![
                 "eval".to_string(),
@@ -442,6 +446,8 @@ fn ranks_without_evaluation_batches_still_agree_with_one_process() {
                 format!("eval.max_samples={samples}"),
                 "--set".into(),
                 "eval.batch_size=4".into(),
+                "--set".into(),
+                "data.test_size=128".into(),
             ]
         };
         let many = format!("many-{world}-{samples}");
@@ -467,7 +473,11 @@ fn ranks_without_evaluation_batches_still_agree_with_one_process() {
             a["robust_accuracy"], b["robust_accuracy"],
             "{world} ranks, {samples} samples"
         );
-        assert_eq!(a["clean_accuracy"], b["clean_accuracy"]);
+        for key in ["clean_accuracy", "clean_per_class", "class_names"] {
+            assert_eq!(a[key], b[key], "{world} ranks, {samples} samples: {key}");
+        }
+        let (x, y) = (a["alignment"].as_f64().unwrap(), b["alignment"].as_f64().unwrap());
+        assert!((x - y).abs() <= 1e-6 * y.abs().max(1.0), "{world} ranks, {samples} samples: alignment {x} vs {y}");
         assert_eq!(a["robust_accuracy"][0]["samples"], samples);
     }
 }
