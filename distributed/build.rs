@@ -1,4 +1,5 @@
-//! Build script of `sat-distributed`: compiles the C++ shim `shim/c10d_shim.cpp` against
+//! Build script of `sat-distributed`: compiles the C++ shim (`shim/c10d_shim.cpp`, the
+//! gradient reducer `shim/reducer.cpp`, their header `shim/shim.hpp`) against
 //! the headers of the libtorch in `$LIBTORCH` and links it to that libtorch.
 //!
 //! # Backends
@@ -42,6 +43,10 @@ use std::env;
 use std::path::{Path, PathBuf};
 
 const SHIM: &str = "shim/c10d_shim.cpp";
+/// The gradient reducer (bucketed all-reduces launched from autograd hooks).
+const REDUCER: &str = "shim/reducer.cpp";
+/// What the shim's files share.
+const SHIM_HEADER: &str = "shim/shim.hpp";
 const GLOO_HEADERS: &[&str] = &[
     "gloo/algorithm.h",
     "gloo/common/error.h",
@@ -76,6 +81,8 @@ fn main() {
         println!("cargo:rerun-if-env-changed={var}");
     }
     println!("cargo:rerun-if-changed={SHIM}");
+    println!("cargo:rerun-if-changed={REDUCER}");
+    println!("cargo:rerun-if-changed={SHIM_HEADER}");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rustc-check-cfg=cfg(sat_gloo)");
     println!("cargo:rustc-check-cfg=cfg(sat_nccl)");
@@ -156,6 +163,7 @@ fn compile(libtorch: &Path, abi: &str, backends: &Backends) -> Result<(), String
     build
         .cpp(true)
         .file(SHIM)
+        .file(REDUCER)
         .std("c++17")
         .include(libtorch.join("include"))
         .include(libtorch.join("include/torch/csrc/api/include"))

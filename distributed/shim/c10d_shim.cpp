@@ -3,7 +3,7 @@
 //
 // Rules kept by every function here:
 // - `extern "C"` and `noexcept`: nothing but plain C values cross the boundary.
-// - Every body runs inside `guarded(...)`, which turns any C++ exception into a
+// - Every body runs inside `guarded(...)` (shim.hpp), which turns any C++ exception into a
 //   heap string (`malloc`) returned to Rust; NULL means success. Rust frees it with
 //   `sat_c10d_string_free`.
 // - Tensors are tch's handles: torch-sys's `libtch/torch_api.h` defines
@@ -41,6 +41,8 @@
 #include <torch/csrc/distributed/c10d/Types.hpp>
 #include <torch/csrc/distributed/c10d/Work.hpp>
 
+#include "shim.hpp"
+
 #ifdef SAT_WITH_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #endif
@@ -48,66 +50,9 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
-namespace {
-
-char* dup_string(const std::string& s) noexcept {
-  char* out = static_cast<char*>(std::malloc(s.size() + 1));
-  if (out == nullptr) {
-    return nullptr;
-  }
-  std::memcpy(out, s.data(), s.size());
-  out[s.size()] = '\0';
-  return out;
-}
-
-// A static string for the rare case where even the error could not be allocated.
-char* oom_error() noexcept {
-  static char msg[] = "sat-distributed shim: out of memory while reporting an error";
-  return msg;
-}
-
-template <typename F>
-char* guarded(F&& body) noexcept {
-  std::string message;
-  try {
-    body();
-    return nullptr;
-  } catch (const c10::Error& e) {
-    message = e.what_without_backtrace();
-  } catch (const std::exception& e) {
-    message = e.what();
-  } catch (...) {
-    message = "unknown C++ exception";
-  }
-  try {
-    if (message.empty()) {
-      message = "C++ exception without a message";
-    }
-    char* out = dup_string(message);
-    return out != nullptr ? out : oom_error();
-  } catch (...) {
-    return oom_error();
-  }
-}
-
-at::Tensor& tensor_ref(void* handle, const char* what) {
-  TORCH_CHECK(handle != nullptr, what, ": null tensor handle");
-  auto* t = static_cast<at::Tensor*>(handle);
-  TORCH_CHECK(t->defined(), what, ": undefined tensor");
-  return *t;
-}
-
-}  // namespace
-
-struct sat_c10d_store {
-  c10::intrusive_ptr<c10d::Store> store;
-};
-
-struct sat_c10d_group {
-  // Keeps the store alive as long as the backend that rendezvoused through it.
-  c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::Backend> backend;
-};
+using sat_shim::guarded;
+using sat_shim::oom_error;
+using sat_shim::tensor_ref;
 
 extern "C" {
 
