@@ -3,6 +3,7 @@
 //! methods can run their own backward rule through the activations.
 pub mod activation;
 pub mod arch;
+mod batch_norm;
 pub mod export;
 mod preact;
 pub mod relu_backprop;
@@ -10,6 +11,7 @@ mod resnet;
 mod torchscript;
 
 pub use arch::Arch;
+pub use batch_norm::{BatchNorm, BatchStats, StatsReducer};
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 pub use torchscript::{torch_message, without_frames, TorchScriptModel};
@@ -41,12 +43,24 @@ pub const ARCHITECTURES: [&str; 9] = [
 /// Builds `arch` with `width` channels in its first stage under `vs` (WRNs take their
 /// width from their name). The name, `width` and `classes` are ranged (see [`arch`]),
 /// and on the CPU the model must fit in the memory available, before anything is
-/// allocated.
+/// allocated. BatchNorm layers use their local batch ([`build_with`] for others).
 pub fn build(
     vs: &nn::Path,
     arch: &str,
     width: i64,
     classes: i64,
+) -> Result<Box<dyn ModuleT>, ModelError> {
+    build_with(vs, arch, width, classes, &BatchStats::local())
+}
+
+/// [`build`], with BatchNorm layers taking their training-mode batch statistics from
+/// `bn` (synchronised BatchNorm in a data-parallel run). Variables are [`build`]'s.
+pub fn build_with(
+    vs: &nn::Path,
+    arch: &str,
+    width: i64,
+    classes: i64,
+    bn: &BatchStats,
 ) -> Result<Box<dyn ModuleT>, ModelError> {
     let parsed = Arch::parse(arch)?;
     arch::check_sizes(width, classes)?;
@@ -59,12 +73,14 @@ pub fn build(
         )?;
     }
     Ok(match parsed {
-        Arch::SmallCnn => Box::new(small_cnn(vs, width, classes)),
+        Arch::SmallCnn => Box::new(small_cnn_with(vs, bn, width, classes)),
         Arch::Mlp => Box::new(mlp(vs, width, classes)),
-        Arch::ResNet(blocks) => Box::new(resnet::resnet(vs, blocks, width, classes)),
-        Arch::Bottleneck(blocks) => Box::new(resnet::bottleneck_resnet(vs, blocks, width, classes)),
-        Arch::PreActResNet18 => Box::new(preact::preact_resnet18(vs, width, classes)),
-        Arch::Wrn { depth, widen } => Box::new(preact::wide_resnet(vs, depth, widen, classes)?),
+        Arch::ResNet(blocks) => Box::new(resnet::resnet(vs, bn, blocks, width, classes)),
+        Arch::Bottleneck(blocks) => {
+            Box::new(resnet::bottleneck_resnet(vs, bn, blocks, width, classes))
+        }
+        Arch::PreActResNet18 => Box::new(preact::preact_resnet18(vs, bn, width, classes)),
+        Arch::Wrn { depth, widen } => Box::new(preact::wide_resnet(vs, bn, depth, widen, classes)?),
     })
 }
 
@@ -230,7 +246,7 @@ pub fn check_logits(
     Ok(())
 }
 
-fn conv_bn(vs: &nn::Path, c_in: i64, c_out: i64) -> nn::SequentialT {
+fn conv_bn(vs: &nn::Path, bn: &BatchStats, c_in: i64, c_out: i64) -> nn::SequentialT {
     let conv = nn::ConvConfig {
         padding: 1,
         bias: false,
@@ -238,7 +254,7 @@ fn conv_bn(vs: &nn::Path, c_in: i64, c_out: i64) -> nn::SequentialT {
     };
     nn::seq_t()
         .add(nn::conv2d(vs / "conv", c_in, c_out, 3, conv))
-        .add(nn::batch_norm2d(vs / "bn", c_out, Default::default()))
+        .add(bn.layer2d(vs / "bn", c_out))
         .add_fn(activation::relu)
 }
 
@@ -257,15 +273,19 @@ pub fn mlp(vs: &nn::Path, width: i64, classes: i64) -> nn::SequentialT {
 /// A small VGG-style network for CPU runs: three stages of conv-BN-ReLU, global
 /// average pooling, a linear head.
 pub fn small_cnn(vs: &nn::Path, width: i64, classes: i64) -> nn::SequentialT {
+    small_cnn_with(vs, &BatchStats::local(), width, classes)
+}
+
+fn small_cnn_with(vs: &nn::Path, bn: &BatchStats, width: i64, classes: i64) -> nn::SequentialT {
     let (w1, w2, w3) = (width, 2 * width, 4 * width);
     nn::seq_t()
-        .add(conv_bn(&(vs / "c1"), 3, w1))
-        .add(conv_bn(&(vs / "c2"), w1, w1))
+        .add(conv_bn(&(vs / "c1"), bn, 3, w1))
+        .add(conv_bn(&(vs / "c2"), bn, w1, w1))
         .add_fn(|x| x.max_pool2d_default(2))
-        .add(conv_bn(&(vs / "c3"), w1, w2))
-        .add(conv_bn(&(vs / "c4"), w2, w2))
+        .add(conv_bn(&(vs / "c3"), bn, w1, w2))
+        .add(conv_bn(&(vs / "c4"), bn, w2, w2))
         .add_fn(|x| x.max_pool2d_default(2))
-        .add(conv_bn(&(vs / "c5"), w2, w3))
+        .add(conv_bn(&(vs / "c5"), bn, w2, w3))
         .add_fn(|x| x.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
         .add(nn::linear(vs / "head", w3, classes, Default::default()))
 }

@@ -2,6 +2,7 @@
 //! ResNet-50 with bottleneck blocks (7×7 stride-2 stem and a max-pool; the stride in
 //! the 3×3 convolution, as torchvision's v1.5).
 use crate::activation::relu;
+use crate::batch_norm::{BatchNorm, BatchStats};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
@@ -19,25 +20,25 @@ pub(crate) fn conv(vs: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64) -> 
 #[derive(Debug)]
 struct Block {
     c1: nn::Conv2D,
-    b1: nn::BatchNorm,
+    b1: BatchNorm,
     c2: nn::Conv2D,
-    b2: nn::BatchNorm,
-    shortcut: Option<(nn::Conv2D, nn::BatchNorm)>,
+    b2: BatchNorm,
+    shortcut: Option<(nn::Conv2D, BatchNorm)>,
 }
 
 impl Block {
-    fn new(vs: &nn::Path, c_in: i64, c_out: i64, stride: i64) -> Self {
+    fn new(vs: &nn::Path, bn: &BatchStats, c_in: i64, c_out: i64, stride: i64) -> Self {
         let shortcut = (stride != 1 || c_in != c_out).then(|| {
             (
                 conv(vs / "sc", c_in, c_out, 1, stride),
-                nn::batch_norm2d(vs / "sc_bn", c_out, Default::default()),
+                bn.layer2d(vs / "sc_bn", c_out),
             )
         });
         Self {
             c1: conv(vs / "c1", c_in, c_out, 3, stride),
-            b1: nn::batch_norm2d(vs / "b1", c_out, Default::default()),
+            b1: bn.layer2d(vs / "b1", c_out),
             c2: conv(vs / "c2", c_out, c_out, 3, 1),
-            b2: nn::batch_norm2d(vs / "b2", c_out, Default::default()),
+            b2: bn.layer2d(vs / "b2", c_out),
             shortcut,
         }
     }
@@ -57,10 +58,16 @@ impl ModuleT for Block {
 }
 
 /// A ResNet with `blocks[i]` basic blocks in stage `i` and `width` channels in stage 0.
-pub fn resnet(vs: &nn::Path, blocks: [usize; 4], width: i64, classes: i64) -> nn::SequentialT {
+pub fn resnet(
+    vs: &nn::Path,
+    bn: &BatchStats,
+    blocks: [usize; 4],
+    width: i64,
+    classes: i64,
+) -> nn::SequentialT {
     let mut net = nn::seq_t()
         .add(conv(vs / "stem", 3, width, 3, 1))
-        .add(nn::batch_norm2d(vs / "stem_bn", width, Default::default()))
+        .add(bn.layer2d(vs / "stem_bn", width))
         .add_fn(relu);
     let mut c_in = width;
     for (stage, &count) in blocks.iter().enumerate() {
@@ -69,6 +76,7 @@ pub fn resnet(vs: &nn::Path, blocks: [usize; 4], width: i64, classes: i64) -> nn
             let stride = if stage > 0 && i == 0 { 2 } else { 1 };
             net = net.add(Block::new(
                 &(vs / format!("s{stage}b{i}")),
+                bn,
                 c_in,
                 c_out,
                 stride,
@@ -82,17 +90,17 @@ pub fn resnet(vs: &nn::Path, blocks: [usize; 4], width: i64, classes: i64) -> nn
 
 #[derive(Debug)]
 struct Bottleneck {
-    convs: [(nn::Conv2D, nn::BatchNorm); 3],
-    shortcut: Option<(nn::Conv2D, nn::BatchNorm)>,
+    convs: [(nn::Conv2D, BatchNorm); 3],
+    shortcut: Option<(nn::Conv2D, BatchNorm)>,
 }
 
 /// Channels out of a bottleneck block per channel of its 3×3 convolution.
 const EXPANSION: i64 = 4;
 
 impl Bottleneck {
-    fn new(vs: &nn::Path, c_in: i64, mid: i64, stride: i64) -> Self {
+    fn new(vs: &nn::Path, stats: &BatchStats, c_in: i64, mid: i64, stride: i64) -> Self {
         let c_out = mid * EXPANSION;
-        let bn = |name: &str, c| nn::batch_norm2d(vs / name, c, Default::default());
+        let bn = |name: &str, c| stats.layer2d(vs / name, c);
         let shortcut = (stride != 1 || c_in != c_out)
             .then(|| (conv(vs / "sc", c_in, c_out, 1, stride), bn("sc_bn", c_out)));
         Self {
@@ -127,6 +135,7 @@ impl ModuleT for Bottleneck {
 /// channels in the stem (ResNet-50: `[3, 4, 6, 3]`, width 64).
 pub fn bottleneck_resnet(
     vs: &nn::Path,
+    bn: &BatchStats,
     blocks: [usize; 4],
     width: i64,
     classes: i64,
@@ -139,7 +148,7 @@ pub fn bottleneck_resnet(
     };
     let mut net = nn::seq_t()
         .add(nn::conv2d(vs / "stem", 3, width, 7, stem))
-        .add(nn::batch_norm2d(vs / "stem_bn", width, Default::default()))
+        .add(bn.layer2d(vs / "stem_bn", width))
         .add_fn(relu)
         .add_fn(|x| x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false));
     let mut c_in = width;
@@ -149,6 +158,7 @@ pub fn bottleneck_resnet(
             let stride = if stage > 0 && i == 0 { 2 } else { 1 };
             net = net.add(Bottleneck::new(
                 &(vs / format!("s{stage}b{i}")),
+                bn,
                 c_in,
                 mid,
                 stride,
