@@ -1,5 +1,6 @@
 //! Build script of `sat-distributed`: compiles the C++ shim (`shim/c10d_shim.cpp`, the
-//! gradient reducer `shim/reducer.cpp`, their header `shim/shim.hpp`) against
+//! gradient reducer `shim/reducer.cpp`, the differentiable all-reduce
+//! `shim/autograd_sum.cpp`, their header `shim/shim.hpp`) against
 //! the headers of the libtorch in `$LIBTORCH` and links it to that libtorch.
 //!
 //! # Backends
@@ -47,6 +48,8 @@ const SHIM: &str = "shim/c10d_shim.cpp";
 const REDUCER: &str = "shim/reducer.cpp";
 /// What the shim's files share.
 const SHIM_HEADER: &str = "shim/shim.hpp";
+/// The differentiable all-reduce (synchronised BatchNorm).
+const AUTOGRAD_SUM: &str = "shim/autograd_sum.cpp";
 const GLOO_HEADERS: &[&str] = &[
     "gloo/algorithm.h",
     "gloo/common/error.h",
@@ -83,6 +86,7 @@ fn main() {
     println!("cargo:rerun-if-changed={SHIM}");
     println!("cargo:rerun-if-changed={REDUCER}");
     println!("cargo:rerun-if-changed={SHIM_HEADER}");
+    println!("cargo:rerun-if-changed={AUTOGRAD_SUM}");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rustc-check-cfg=cfg(sat_gloo)");
     println!("cargo:rustc-check-cfg=cfg(sat_nccl)");
@@ -164,6 +168,7 @@ fn compile(libtorch: &Path, abi: &str, backends: &Backends) -> Result<(), String
         .cpp(true)
         .file(SHIM)
         .file(REDUCER)
+        .file(AUTOGRAD_SUM)
         .std("c++17")
         .include(libtorch.join("include"))
         .include(libtorch.join("include/torch/csrc/api/include"))

@@ -310,3 +310,69 @@ impl Drop for Group {
         unsafe { sat_c10d_group_free(self.0.as_ptr()) }
     }
 }
+
+// ------------------------------------------------ the differentiable all-reduce
+// (shim/autograd_sum.cpp)
+
+/// Opaque `sat_c10d_sum` (a backend reserved for differentiable sums).
+#[repr(C)]
+struct RawSum {
+    _opaque: [u8; 0],
+    _marker: PhantomData<(*mut u8, PhantomPinned)>,
+}
+
+extern "C" {
+    fn sat_c10d_sum_new(g: *mut RawGroup, out: *mut *mut RawSum) -> *mut c_char;
+    fn sat_c10d_sum_free(s: *mut RawSum);
+    fn sat_c10d_sum_apply(s: *mut RawSum, input: *mut c_void, out: *mut *mut c_void)
+        -> *mut c_char;
+}
+
+/// A backend reserved for differentiable sums: [`Sum::apply`] is an all-reduce (sum)
+/// recorded in autograd, whose backward pass all-reduces the incoming gradient.
+pub(crate) struct Sum(NonNull<RawSum>);
+
+// SAFETY: the shim's object is an owned heap object not tied to a thread, and every
+// collective it issues takes the object's own mutex (c10d backends number collectives
+// without one), so it may be used from several threads at once; its backend is used by
+// nothing else (`Sum::new` takes the group over).
+unsafe impl Send for Sum {}
+// SAFETY: as for `Send`: `apply` issues under the shim's mutex; nothing else is shared.
+unsafe impl Sync for Sum {}
+
+impl Sum {
+    /// Takes `group` over for differentiable sums (its backend then serves nothing else).
+    pub(crate) fn new(group: Group) -> Result<Sum, String> {
+        let mut out: *mut RawSum = ptr::null_mut();
+        // SAFETY: the group handle is live (owned by `group`, freed after the call when
+        // `group` drops; the shim keeps its own references to the backend and store);
+        // `out` is a valid slot filled with an owned handle on success.
+        let err = unsafe { sat_c10d_sum_new(group.0.as_ptr(), &mut out) };
+        take_error(err)?;
+        NonNull::new(out)
+            .map(Sum)
+            .ok_or_else(|| "sum_new returned no handle".to_owned())
+    }
+
+    /// `input` summed over the ranks: a new tensor with a gradient function.
+    pub(crate) fn apply(&self, input: &Tensor) -> Result<Tensor, String> {
+        let mut out: *mut c_void = ptr::null_mut();
+        // SAFETY: the handle is live; `input` is a valid `at::Tensor*` borrowed for the
+        // call (the shim only reads it); `out` is a valid slot the shim fills on success.
+        take_error(unsafe { sat_c10d_sum_apply(self.0.as_ptr(), tensor_ptr(input), &mut out) })?;
+        if out.is_null() {
+            return Err("sum_apply returned no tensor".to_owned());
+        }
+        // SAFETY: on success `out` is a `new at::Tensor` (tch's handle type, torch-sys's
+        // `typedef torch::Tensor *tensor`) that nothing else owns; tch frees it with
+        // `delete` (torch-sys's `at_free`) when the Tensor drops.
+        Ok(unsafe { Tensor::from_ptr(out.cast()) })
+    }
+}
+
+impl Drop for Sum {
+    fn drop(&mut self) {
+        // SAFETY: the handle is owned by self and freed exactly once, here.
+        unsafe { sat_c10d_sum_free(self.0.as_ptr()) }
+    }
+}

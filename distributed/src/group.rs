@@ -9,7 +9,7 @@ use std::time::Duration;
 use tch::Tensor;
 
 use crate::ffi::{self, DeviceArg};
-use crate::{Error, GlooDevice, Launch, Result};
+use crate::{DifferentiableSum, Error, GlooDevice, Launch, Result};
 
 /// Key prefix of the backend's own rendezvous keys in the store (after the attempt's).
 const PG_PREFIX: &str = "pg/";
@@ -17,6 +17,8 @@ const PG_PREFIX: &str = "pg/";
 const USER_PREFIX: &str = "user/";
 /// Key prefix of [`ProcessGroup::exchange_digest`] keys.
 const EXCHANGE_PREFIX: &str = "exchange/";
+/// Key prefix of the rendezvous of [`ProcessGroup::differentiable_sum`]'s backends.
+const SUM_PREFIX: &str = "sum/";
 
 /// The store namespace of this attempt: `sat/attempt_<n>/`, `n` being torchrun's
 /// `TORCHELASTIC_RESTART_COUNT` (0 without it). Under torchrun the store is the agent's
@@ -149,6 +151,8 @@ pub struct ProcessGroup {
     timeout: Duration,
     exchanges: Cell<u64>,
     namespace: String,
+    gloo_device: GlooDevice,
+    sums: Cell<u64>,
 }
 
 impl fmt::Debug for ProcessGroup {
@@ -235,6 +239,8 @@ impl ProcessGroup {
             timeout,
             exchanges: Cell::new(0),
             namespace,
+            gloo_device: launch.gloo_device.clone(),
+            sums: Cell::new(0),
         })
     }
 
@@ -318,6 +324,39 @@ impl ProcessGroup {
     /// Waits until every rank reaches the barrier.
     pub fn barrier(&self) -> Result<()> {
         self.group.barrier().map_err(|m| self.fail("barrier", m))
+    }
+
+    /// A differentiable all-reduce (sum) on a backend of its own, joined now: a
+    /// collective, so every rank calls it at the same point. Its collectives are matched
+    /// only with each other, never with this group's. See [`DifferentiableSum`].
+    pub fn differentiable_sum(&self) -> Result<DifferentiableSum> {
+        let round = self.sums.get();
+        self.sums.set(round + 1);
+        let device = match &self.gloo_device {
+            GlooDevice::Hostname(h) => DeviceArg::Hostname(h),
+            GlooDevice::Interface(i) => DeviceArg::Interface(i),
+            GlooDevice::Default => DeviceArg::Default,
+        };
+        // Both fit: checked in `new`.
+        let (rank, world_size) = (self.rank as i32, self.world_size as i32);
+        let timeout_ms = self.timeout.as_millis() as i64;
+        let group = ffi::Group::new(
+            &self.store,
+            &format!("{}{SUM_PREFIX}{round}/", self.namespace),
+            self.backend.code(),
+            device,
+            rank,
+            world_size,
+            timeout_ms,
+        )
+        .map_err(|m| self.fail("differentiable_sum", format!("{}: {m}", self.backend)))?;
+        let sum = ffi::Sum::new(group).map_err(|m| self.fail("differentiable_sum", m))?;
+        Ok(DifferentiableSum::new(
+            sum,
+            self.rank,
+            self.world_size,
+            self.timeout,
+        ))
     }
 
     /// Sets `key` to `value` in the shared store (keys live in a namespace of their own).

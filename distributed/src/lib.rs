@@ -30,7 +30,9 @@ mod error;
 mod ffi;
 mod group;
 mod launch;
+mod sum;
 
 pub use error::{Error, Result};
 pub use group::{Backend, ProcessGroup};
 pub use launch::{GlooDevice, Launch, LaunchSource, StoreServer};
+pub use sum::DifferentiableSum;
