@@ -166,6 +166,10 @@ pub struct TrainConfig {
     /// Mixed precision (float16 autocast with dynamic loss scaling) on CUDA; ignored,
     /// with a warning, on the CPU.
     pub amp: bool,
+    /// Synchronised BatchNorm in a data-parallel run: training-mode batch statistics over
+    /// the global batch (every rank's), as `torch.nn.SyncBatchNorm`; a no-op in one
+    /// process. Not for a TorchScript model. See docs/SCALING.md.
+    pub sync_batchnorm: bool,
     /// Saliency sources; with several, one is drawn per batch (weights below).
     pub saliency: Vec<String>,
     /// Drawing weights of the saliency sources (empty = equal).
@@ -198,6 +202,7 @@ impl Default for TrainConfig {
             milestones: Vec::new(),
             gamma: 0.1,
             amp: false,
+            sync_batchnorm: false,
             saliency: Vec::new(),
             saliency_weights: Vec::new(),
             saliency_draw: SaliencyDraw::Batch,

@@ -168,6 +168,7 @@ fn model_and_train_ranges() -> Vec<RangeRow> {
         row(&["train.gamma"], POSITIVE.describe("")),
         row(&["train.saliency_weights"], format!("one per `train.saliency` entry; {}, not all 0 (empty = equal)", NON_NEGATIVE.describe(""))),
         row(&["train.mix_probability"], PROBABILITY.describe("")),
+        row(&["train.sync_batchnorm"], "`false` (default) or `true`: BatchNorm statistics over every rank's batch in a data-parallel run (a no-op in one process); not with `model.torchscript`"),
     ]
 }
 
@@ -352,6 +353,7 @@ pub fn validate(c: &RunConfig, source: &ConfigSource) -> Result<(), ConfigError>
         .and_then(|()| check_data(&c.data))
         .and_then(|()| check_model(&c.model))
         .and_then(|()| check_train(&c.train))
+        .and_then(|()| check_sync_batchnorm(c))
         .and_then(|()| check_eval(c))
         .and_then(|()| check_distributed(&c.distributed))
         .and_then(|()| check_prefetch_memory(c))
@@ -669,6 +671,18 @@ fn check_train(t: &TrainConfig) -> Checked {
     }
     real_in("train.mix_probability", t.mix_probability, PROBABILITY)?;
     check_saliency_weights(t)
+}
+
+/// `train.sync_batchnorm`: only the built-in architectures' BatchNorm layers can be
+/// synchronised.
+fn check_sync_batchnorm(c: &RunConfig) -> Checked {
+    if c.train.sync_batchnorm && c.model.torchscript.is_some() {
+        return refuse(
+            "train.sync_batchnorm",
+            "train.sync_batchnorm = true needs a model of `[model] arch`: a TorchScript model's BatchNorm layers cannot be synchronised (set it to false)",
+        );
+    }
+    Ok(())
 }
 
 /// `train.saliency_weights`: empty (equal), or one drawing weight per source.
@@ -1120,5 +1134,27 @@ mod tests {
         assert!(accepted(
             "[distributed]\ntimeout_seconds = 1\nbackend = \"nccl\"\n"
         ));
+    }
+
+    #[test]
+    fn sync_batchnorm_is_refused_with_a_torchscript_model() {
+        let e = refused(
+            "[model]\ntorchscript = \"m.pt\"\n[train]\nsync_batchnorm = true\n",
+            &[],
+        );
+        assert!(
+            e.contains("/c.toml:4:1: train.sync_batchnorm = true needs a model of `[model] arch`"),
+            "{e}"
+        );
+        let e = refused(
+            "[model]\ntorchscript = \"m.pt\"\n",
+            &["train.sync_batchnorm=true"],
+        );
+        assert!(e.contains("train.sync_batchnorm"), "{e}");
+        assert!(accepted("[train]\nsync_batchnorm = true\n"));
+        assert!(accepted(
+            "[model]\narch = \"mlp\"\n[train]\nsync_batchnorm = true\n"
+        ));
+        assert!(!RunConfig::default().train.sync_batchnorm);
     }
 }

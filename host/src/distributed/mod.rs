@@ -132,6 +132,12 @@ impl Ranks {
         self.group.is_some()
     }
 
+    /// The process group (`None` in one process), for what issues collectives of its
+    /// own: synchronised BatchNorm's sums ([`crate::train::build_network_for`]).
+    pub fn process_group(&self) -> Option<&ProcessGroup> {
+        self.group.as_deref()
+    }
+
     /// What the trainer calls where the gradients are final: nothing in one process,
     /// [`AllReduceMean`] with several.
     pub fn gradient_sync(&self) -> Box<dyn GradientSync> {

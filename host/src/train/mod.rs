@@ -36,8 +36,58 @@ pub struct Network {
 
 /// Builds the model of `config` for `classes` on `device`, initialised from the seed's
 /// initialisation stream (or loaded from `[model] torchscript`), and checks it on one
-/// batch.
+/// batch. Its BatchNorm layers use their local batch (see [`build_network_for`]).
 pub fn build_network(config: &RunConfig, classes: i64, device: Device) -> anyhow::Result<Network> {
+    build_network_with(config, classes, device, &sat_models::BatchStats::local())
+}
+
+/// [`build_network`] for training on `ranks`: with `[train] sync_batchnorm` in a
+/// data-parallel run, the BatchNorm layers take their training-mode batch statistics
+/// over every rank's batch, through a differentiable all-reduce on a process group of
+/// its own that every rank joins here. In one process the key changes nothing (logged).
+pub fn build_network_for(
+    config: &RunConfig,
+    classes: i64,
+    device: Device,
+    ranks: &Ranks,
+) -> anyhow::Result<Network> {
+    let stats = batch_stats(config, ranks)?;
+    build_network_with(config, classes, device, &stats)
+}
+
+/// Where the BatchNorm layers of a training run take their batch statistics from.
+fn batch_stats(config: &RunConfig, ranks: &Ranks) -> anyhow::Result<sat_models::BatchStats> {
+    if !config.train.sync_batchnorm {
+        return Ok(sat_models::BatchStats::local());
+    }
+    let Some(group) = ranks.process_group() else {
+        log::info!("[train] sync_batchnorm: one process, whose batch is the global batch: nothing to synchronise");
+        return Ok(sat_models::BatchStats::local());
+    };
+    let sum = std::sync::Arc::new(group.differentiable_sum().with_context(|| {
+        "[train] sync_batchnorm: joining the process group of the BatchNorm statistics"
+    })?);
+    log::info!(
+        "[train] sync_batchnorm: BatchNorm statistics over the {} ranks' batches (a global batch of {})",
+        ranks.world_size(),
+        ranks.world_size() * config.train.batch_size
+    );
+    // A failed sum (a rank died or stalled) can only unwind out of the forward pass, as
+    // a failing libtorch operation does; the run then fails with this message.
+    Ok(sat_models::BatchStats::synchronised(std::sync::Arc::new(
+        move |t: &Tensor| match sum.all_reduce(t) {
+            Ok(total) => total,
+            Err(e) => panic!("synchronised BatchNorm: {e}"),
+        },
+    )))
+}
+
+fn build_network_with(
+    config: &RunConfig,
+    classes: i64,
+    device: Device,
+    stats: &sat_models::BatchStats,
+) -> anyhow::Result<Network> {
     tch::manual_seed(torch_seed(config.seed, Purpose::Initialisation, 0));
     let vs = nn::VarStore::new(device);
     let m = &config.model;
@@ -46,14 +96,8 @@ pub fn build_network(config: &RunConfig, classes: i64, device: Device) -> anyhow
             sat_models::TorchScriptModel::load(path, device)
                 .map_err(|e| anyhow::anyhow!("[model] torchscript: {e}"))?,
         ),
-        None => sat_models::build(&vs.root(), &m.arch, m.width, classes).map_err(|e| match e {
-            sat_models::ModelError::UnknownArch(arch) => anyhow::anyhow!(
-                "[model] arch: unknown model arch `{arch}`{}; accepted: {}",
-                crate::config::suggest::did_you_mean(&arch, sat_models::ARCHITECTURES),
-                sat_models::ARCHITECTURES.join(", ")
-            ),
-            other => anyhow::anyhow!("[model] {other}"),
-        })?,
+        None => sat_models::build_with(&vs.root(), &m.arch, m.width, classes, stats)
+            .map_err(model_error)?,
     };
     let model: Box<dyn ModuleT> = if m.mean.is_empty() && m.std.is_empty() {
         model
@@ -84,6 +128,18 @@ pub fn build_network(config: &RunConfig, classes: i64, device: Device) -> anyhow
         None => model,
     };
     Ok(Network { vs, model })
+}
+
+/// Why `[model]` could not be built, naming the key.
+fn model_error(e: sat_models::ModelError) -> anyhow::Error {
+    match e {
+        sat_models::ModelError::UnknownArch(arch) => anyhow::anyhow!(
+            "[model] arch: unknown model arch `{arch}`{}; accepted: {}",
+            crate::config::suggest::did_you_mean(&arch, sat_models::ARCHITECTURES),
+            sat_models::ARCHITECTURES.join(", ")
+        ),
+        other => anyhow::anyhow!("[model] {other}"),
+    }
 }
 
 /// A loaded model whose failures name it: an unwind out of its forward pass (a
