@@ -393,6 +393,16 @@ impl ProcessGroup {
             .collect()
     }
 
+    /// The shim's group, for the crate's other wrappers ([`crate::GradientReducer`]).
+    pub(crate) fn raw_group(&self) -> &ffi::Group {
+        &self.group
+    }
+
+    /// An [`Error::C10d`] of this rank for `op`.
+    pub(crate) fn failure(&self, op: &'static str, message: String) -> Error {
+        self.fail(op, message)
+    }
+
     /// [`exchange_digest`](Self::exchange_digest), then [`Error::DigestMismatch`] unless
     /// every rank holds the same digest.
     pub fn ensure_same_digest(&self, digest: &str) -> Result<()> {

@@ -30,9 +30,11 @@ mod error;
 mod ffi;
 mod group;
 mod launch;
+mod reducer;
 mod sum;
 
 pub use error::{Error, Result};
 pub use group::{Backend, ProcessGroup};
 pub use launch::{GlooDevice, Launch, LaunchSource, StoreServer};
+pub use reducer::{plan_buckets, Finalized, GradientReducer, FIRST_BUCKET_BYTES};
 pub use sum::DifferentiableSum;

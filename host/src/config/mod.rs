@@ -230,6 +230,15 @@ pub struct DistributedConfig {
     /// stretch one rank works alone: rank 0's checkpoint writes and its share of the
     /// evaluation.
     pub timeout_seconds: u64,
+    /// Overlap the gradient all-reduce with the backward pass (`true`, the default):
+    /// buckets of the flat gradient are all-reduced from autograd hooks as soon as their
+    /// gradients are accumulated, as torch DDP does. `false`: one all-reduce of the whole
+    /// flat gradient after backward. Both give the same weights (identical bits on two
+    /// ranks). See docs/SCALING.md.
+    pub overlap: bool,
+    /// Most megabytes (MiB, 2^20 bytes) of gradient in one overlapped all-reduce (torch
+    /// DDP's `bucket_cap_mb`, default 25); the first bucket holds at most 1 MiB, as DDP's.
+    pub bucket_mb: f64,
 }
 
 impl Default for DistributedConfig {
@@ -237,6 +246,8 @@ impl Default for DistributedConfig {
         Self {
             backend: "auto".into(),
             timeout_seconds: 300,
+            overlap: true,
+            bucket_mb: 25.0,
         }
     }
 }

@@ -69,6 +69,8 @@ pub const NON_NEGATIVE: Interval = Interval::closed_open(0.0, f64::INFINITY);
 pub const TIMEOUT_SECONDS: RangeInclusive<u64> = 1..=86_400;
 /// `distributed.backend`.
 pub const BACKENDS: [&str; 3] = ["auto", "gloo", "nccl"];
+/// `distributed.bucket_mb` (MiB): more than nothing, at most 1000.
+pub const BUCKET_MB: Interval = Interval::open_closed(0.0, 1000.0);
 
 /// One row of the table of ranges: the keys and their valid values.
 #[derive(Debug, Clone, PartialEq)]
@@ -140,6 +142,8 @@ pub fn ranges() -> Vec<RangeRow> {
         row(&["eval.max_samples"], format!("{} (all) to {}", EVAL_SAMPLES.start(), spaced(EVAL_SAMPLES.end()))),
         row(&["distributed.timeout_seconds"], format!("{}, in every run (also of one process)", span(&TIMEOUT_SECONDS))),
         row(&["distributed.backend"], format!("{} (`nccl` needs a CUDA device)", ticked(&BACKENDS))),
+        row(&["distributed.overlap"], "`true` (default: bucketed all-reduces under the backward pass) or `false` (one all-reduce after it)"),
+        row(&["distributed.bucket_mb"], format!("{} (MiB; default 25, the first bucket at most 1)", BUCKET_MB.describe("bucket_mb"))),
         row(&["seed"], "any 64-bit unsigned integer"),
     ]);
     rows
@@ -369,6 +373,7 @@ fn check_distributed(d: &DistributedConfig) -> Checked {
         d.timeout_seconds,
         TIMEOUT_SECONDS,
     )?;
+    real_in("distributed.bucket_mb", d.bucket_mb, BUCKET_MB)?;
     if !BACKENDS.contains(&d.backend.trim()) {
         return refuse(
             "distributed.backend",
@@ -1124,6 +1129,9 @@ mod tests {
             ("[distributed]\ntimeout_seconds = 0\n", "/c.toml:2:1: distributed.timeout_seconds = 0 is outside [1, 86400]"),
             ("[distributed]\ntimeout_seconds = 86401\n", "distributed.timeout_seconds = 86401 is outside [1, 86400]"),
             ("[distributed]\nbackend = \"ncl\"\n", "/c.toml:2:1: distributed.backend: unknown backend `ncl`; did you mean `nccl`?; accepted: auto, gloo, nccl"),
+            ("[distributed]\nbucket_mb = 0\n", "/c.toml:2:1: distributed.bucket_mb = 0 is outside (0, 1000]"),
+            ("[distributed]\nbucket_mb = 1001\n", "distributed.bucket_mb = 1001 is outside (0, 1000]"),
+            ("[distributed]\nbucket_mb = nan\n", "distributed.bucket_mb = NaN is outside (0, 1000]"),
         ] {
             let e = refused(text, &[]);
             assert!(e.contains(needle), "{text:?}\n  got  {e}\n  want {needle}");
@@ -1134,6 +1142,10 @@ mod tests {
         assert!(accepted(
             "[distributed]\ntimeout_seconds = 1\nbackend = \"nccl\"\n"
         ));
+        assert!(accepted(
+            "[distributed]\noverlap = false\nbucket_mb = 0.0001\n"
+        ));
+        assert!(accepted("[distributed]\noverlap = true\nbucket_mb = 1000\n"));
     }
 
     #[test]

@@ -11,8 +11,11 @@
 //!   multiple of the world size, then rank `r` takes positions `r, r + W, r + 2W, …`. Every
 //!   rank has the same number of samples and batches; a global batch of `W × batch_size`
 //!   is the single-process batch of that size, shared out.
-//! - **Gradients** ([`AllReduceMean`], the trainer's [`GradientSync`]): one all-reduce of
-//!   the optimiser's flat gradient per step, then a division by the world size, timed.
+//! - **Gradients** ([`AllReduceMean`], the trainer's [`GradientSync`]): the optimiser's
+//!   flat gradient summed over the ranks and divided by the world size, timed. With
+//!   `[distributed] overlap` (the default) in buckets of `bucket_mb`, all-reduced from
+//!   autograd hooks while the backward pass runs ([`sat_distributed::GradientReducer`],
+//!   attached by [`Ranks::synchronize_state`]); else in one all-reduce after it.
 //! - **State** ([`Ranks::synchronize_state`]): parameters, buffers, optimiser state and
 //!   loss scale are broadcast from rank 0 at the start and after a resume.
 //! - **Figures** ([`Ranks::sum`]): epoch totals and evaluation counts are summed, so the
@@ -21,11 +24,11 @@
 //!   configs' digests must match; rank 0 makes the run directory and tells the others.
 use crate::config::{DistributedConfig, RunConfig};
 use crate::data::epoch::Fnv1a;
-use crate::train::optimizer::LossScale;
+use crate::train::optimizer::{LossScale, Optimizer};
 use crate::train::step::{GradientSync, TrainingStep};
 use anyhow::{bail, Context};
-use sat_distributed::{Backend, Launch, ProcessGroup};
-use std::cell::Cell;
+use sat_distributed::{Backend, GradientReducer, Launch, ProcessGroup};
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -43,6 +46,11 @@ pub struct Ranks {
     world_size: usize,
     group: Option<Rc<ProcessGroup>>,
     timing: Rc<SyncTiming>,
+    /// The bucket size in bytes when `[distributed] overlap` is on.
+    overlap: Option<usize>,
+    /// The overlapped reducer, once [`Ranks::synchronize_state`] attached it; shared with
+    /// the [`AllReduceMean`] of [`Ranks::gradient_sync`].
+    reducer: Rc<RefCell<Option<GradientReducer>>>,
 }
 
 impl std::fmt::Debug for Ranks {
@@ -69,6 +77,8 @@ impl Ranks {
             world_size: 1,
             group: None,
             timing: Rc::default(),
+            overlap: None,
+            reducer: Rc::default(),
         }
     }
 
@@ -92,6 +102,8 @@ impl Ranks {
             world_size: launch.world_size,
             group: Some(Rc::new(group)),
             timing: Rc::default(),
+            overlap: config.overlap.then(|| bucket_bytes(config.bucket_mb)),
+            reducer: Rc::default(),
         })
     }
 
@@ -139,15 +151,48 @@ impl Ranks {
     }
 
     /// What the trainer calls where the gradients are final: nothing in one process,
-    /// [`AllReduceMean`] with several.
+    /// [`AllReduceMean`] with several (bucketed and overlapped once
+    /// [`Ranks::synchronize_state`] attached the reducer, when `[distributed] overlap`).
     pub fn gradient_sync(&self) -> Box<dyn GradientSync> {
         match &self.group {
             None => Box::new(crate::train::step::SingleProcess),
             Some(group) => Box::new(AllReduceMean {
                 group: group.clone(),
                 timing: self.timing.clone(),
+                reducer: self.reducer.clone(),
+                overlap: self.overlap,
+                steps: 0,
             }),
         }
+    }
+
+    /// With `[distributed] overlap`, registers the bucketed reducer's hooks on the
+    /// parameters of `optimizer` (replacing an earlier reducer), so that the next
+    /// backward passes all-reduce their buckets as they finish; nothing otherwise or in
+    /// one process. A collective setup: every rank calls it at the same point.
+    pub fn attach_reducer(&self, optimizer: &Optimizer) -> anyhow::Result<()> {
+        let (Some(group), Some(bytes)) = (&self.group, self.overlap) else {
+            return Ok(());
+        };
+        // The old reducer's hooks go first: a parameter takes one reducer's hook.
+        self.reducer.borrow_mut().take();
+        let params: Vec<Tensor> = optimizer
+            .parameters()
+            .iter()
+            .map(|(_, p)| p.shallow_clone())
+            .collect();
+        let reducer = GradientReducer::new(group, &params, optimizer.flat_gradient(), bytes)
+            .map_err(|e| self.explain(e.into(), "setting up the overlapped gradient all-reduce"))?;
+        if self.is_writer() {
+            log::info!(
+                "data-parallel: gradient all-reduce overlapped with backward, {} bucket(s) of at most {} ({} of gradient)",
+                reducer.bucket_count(),
+                in_bytes(bytes as f64),
+                in_bytes(optimizer.flat_gradient().numel() as f64 * 4.0)
+            );
+        }
+        *self.reducer.borrow_mut() = Some(reducer);
+        Ok(())
     }
 
     /// Seconds spent in the gradient all-reduce and its calls since the last call
@@ -303,7 +348,8 @@ impl Ranks {
     /// Makes every rank's model, optimiser and loss scale rank 0's (broadcast: every
     /// variable of `vs` by name, the optimiser's state, the loss scale) and returns rank
     /// 0's `epochs_done`. Called at the start and after a resume, so only rank 0 needs to
-    /// read the state file.
+    /// read the state file. Then attaches the overlapped reducer
+    /// ([`Ranks::attach_reducer`]) to the optimiser's parameters.
     pub fn synchronize_state(
         &self,
         vs: &nn::VarStore,
@@ -358,6 +404,7 @@ impl Ranks {
         step.optimizer
             .load_state(&named)
             .map_err(|e| anyhow::anyhow!("rank 0's optimiser state: {e}"))?;
+        self.attach_reducer(&step.optimizer)?;
         Ok(v[2] as u32)
     }
 
@@ -401,18 +448,36 @@ impl Ranks {
     }
 }
 
-/// The data-parallel [`GradientSync`]: the flat gradient summed over the ranks in one
-/// all-reduce, then divided by their number (with mixed precision this is the scaled
-/// gradient, as [`GradientSync`] says). Its time is added up for the epoch's figures.
+/// The data-parallel [`GradientSync`]: the flat gradient summed over the ranks, then
+/// divided by their number (with mixed precision this is the scaled gradient, as
+/// [`GradientSync`] says). With the overlapped reducer attached, the hooks have launched
+/// most buckets during backward and this waits for them (and launches the rest); without
+/// it, one all-reduce of the whole flat gradient. The time spent here — with overlap, the
+/// communication the backward pass did not hide — is added up for the epoch's figures.
 pub struct AllReduceMean {
     group: Rc<ProcessGroup>,
     timing: Rc<SyncTiming>,
+    reducer: Rc<RefCell<Option<GradientReducer>>>,
+    overlap: Option<usize>,
+    steps: u64,
 }
 
 impl GradientSync for AllReduceMean {
     fn synchronize(&mut self, flat_gradient: &Tensor) -> anyhow::Result<()> {
         let start = Instant::now();
-        let result = tch::no_grad(|| self.group.all_reduce_mean(flat_gradient));
+        let result = match self.reducer.borrow_mut().as_mut() {
+            Some(reducer) => tch::no_grad(|| reducer.finalize(flat_gradient)).map(|f| {
+                if self.steps == 0 && self.group.rank() == 0 {
+                    log::debug!(
+                        "first step: {} of {} gradient buckets all-reduced during backward",
+                        f.launched_during_backward,
+                        f.buckets
+                    );
+                }
+            }),
+            None => tch::no_grad(|| self.group.all_reduce_mean(flat_gradient)),
+        };
+        self.steps += 1;
         self.timing
             .seconds
             .set(self.timing.seconds.get() + start.elapsed().as_secs_f64());
@@ -423,10 +488,27 @@ impl GradientSync for AllReduceMean {
                 world_size: self.group.world_size(),
                 group: Some(self.group.clone()),
                 timing: self.timing.clone(),
+                overlap: self.overlap,
+                reducer: self.reducer.clone(),
             };
             ranks.explain(e.into(), "the gradient all-reduce")
         })
     }
+}
+
+/// `bytes` for a log line: `512 B`, `12.5 KiB`, `25.0 MiB`.
+fn in_bytes(bytes: f64) -> String {
+    match bytes {
+        b if b < 1024.0 => format!("{b:.0} B"),
+        b if b < 1024.0 * 1024.0 => format!("{:.1} KiB", b / 1024.0),
+        b => format!("{:.1} MiB", b / (1024.0 * 1024.0)),
+    }
+}
+
+/// `[distributed] bucket_mb` in bytes (2^20 bytes a megabyte, as DDP's `bucket_cap_mb`),
+/// at least one.
+pub fn bucket_bytes(bucket_mb: f64) -> usize {
+    ((bucket_mb * (1u64 << 20) as f64).round() as usize).max(1)
 }
 
 pub use crate::data::epoch::{shard, shard_len};

@@ -228,6 +228,13 @@ impl Optimizer {
         &self.flat.grads
     }
 
+    /// The trainable parameters by name, in the order of [`Optimizer::flat_gradient`]
+    /// (each one's gradient is the view of it at the sum of the sizes before it): what a
+    /// data-parallel driver registers its gradient hooks on.
+    pub fn parameters(&self) -> &[(String, Tensor)] {
+        &self.params
+    }
+
     /// One update at learning rate `lr` from the current gradients. With `scaler` (mixed
     /// precision) the gradients are those of the scaled loss: a step whose gradients are
     /// not all finite is skipped and halves the scale; otherwise they are divided by the
