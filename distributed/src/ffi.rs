@@ -335,6 +335,70 @@ impl Drop for Group {
     }
 }
 
+/// An owned gradient reducer (`shim/reducer.cpp`): one post-accumulate-grad hook per
+/// parameter launches each bucket's all-reduce once its gradients are accumulated;
+/// [`Reducer::finalize`] ends the step. It holds its own reference to the group's backend.
+pub(crate) struct Reducer(NonNull<RawReducer>);
+
+impl Reducer {
+    /// Registers the hooks on `params` (in flat order; their gradients are views of
+    /// `flat`), bucket `k` being parameters `first[k]..first[k] + count[k]`.
+    pub(crate) fn new(
+        group: &Group,
+        params: &[Tensor],
+        flat: &Tensor,
+        first: &[usize],
+        count: &[usize],
+    ) -> Result<Reducer, String> {
+        if first.len() != count.len() {
+            return Err("bucket bounds of unequal lengths".to_owned());
+        }
+        let ptrs: Vec<*mut c_void> = params.iter().map(tensor_ptr).collect();
+        let mut out: *mut RawReducer = ptr::null_mut();
+        // SAFETY: the group handle is live; `ptrs` holds `ptrs.len()` valid `at::Tensor*`
+        // borrowed from `params` for the call (the shim copies the refcounted handles it
+        // keeps); `flat` is one too; `first` and `count` are valid for reads of
+        // `first.len()` elements (checked equal above); `out` is a valid slot filled with
+        // an owned handle on success.
+        let err = unsafe {
+            sat_c10d_reducer_new(
+                group.0.as_ptr(),
+                ptrs.as_ptr(),
+                ptrs.len(),
+                tensor_ptr(flat),
+                first.as_ptr(),
+                count.as_ptr(),
+                first.len(),
+                &mut out,
+            )
+        };
+        take_error(err)?;
+        NonNull::new(out)
+            .map(Reducer)
+            .ok_or_else(|| "reducer_new returned no handle".to_owned())
+    }
+
+    /// Launches the buckets the hooks did not, waits for all, divides `flat` by the world
+    /// size; returns how many buckets the hooks launched during backward.
+    pub(crate) fn finalize(&mut self, flat: &Tensor) -> Result<usize, String> {
+        let mut launched = 0usize;
+        // SAFETY: the reducer handle is live and used by one thread at a time (`&mut`);
+        // `flat` is a valid `at::Tensor*` borrowed for the call; `launched` is a valid slot.
+        let err =
+            unsafe { sat_c10d_reducer_finalize(self.0.as_ptr(), tensor_ptr(flat), &mut launched) };
+        take_error(err)?;
+        Ok(launched)
+    }
+}
+
+impl Drop for Reducer {
+    fn drop(&mut self) {
+        // SAFETY: the handle is owned by self and freed exactly once, here (the shim
+        // removes its hooks from the parameters first).
+        unsafe { sat_c10d_reducer_free(self.0.as_ptr()) }
+    }
+}
+
 // ------------------------------------------------ the differentiable all-reduce
 // (shim/autograd_sum.cpp)
 
@@ -398,69 +462,5 @@ impl Drop for Sum {
     fn drop(&mut self) {
         // SAFETY: the handle is owned by self and freed exactly once, here.
         unsafe { sat_c10d_sum_free(self.0.as_ptr()) }
-    }
-}
-
-/// An owned gradient reducer (`shim/reducer.cpp`): one post-accumulate-grad hook per
-/// parameter launches each bucket's all-reduce once its gradients are accumulated;
-/// [`Reducer::finalize`] ends the step. It holds its own reference to the group's backend.
-pub(crate) struct Reducer(NonNull<RawReducer>);
-
-impl Reducer {
-    /// Registers the hooks on `params` (in flat order; their gradients are views of
-    /// `flat`), bucket `k` being parameters `first[k]..first[k] + count[k]`.
-    pub(crate) fn new(
-        group: &Group,
-        params: &[Tensor],
-        flat: &Tensor,
-        first: &[usize],
-        count: &[usize],
-    ) -> Result<Reducer, String> {
-        if first.len() != count.len() {
-            return Err("bucket bounds of unequal lengths".to_owned());
-        }
-        let ptrs: Vec<*mut c_void> = params.iter().map(tensor_ptr).collect();
-        let mut out: *mut RawReducer = ptr::null_mut();
-        // SAFETY: the group handle is live; `ptrs` holds `ptrs.len()` valid `at::Tensor*`
-        // borrowed from `params` for the call (the shim copies the refcounted handles it
-        // keeps); `flat` is one too; `first` and `count` are valid for reads of
-        // `first.len()` elements (checked equal above); `out` is a valid slot filled with
-        // an owned handle on success.
-        let err = unsafe {
-            sat_c10d_reducer_new(
-                group.0.as_ptr(),
-                ptrs.as_ptr(),
-                ptrs.len(),
-                tensor_ptr(flat),
-                first.as_ptr(),
-                count.as_ptr(),
-                first.len(),
-                &mut out,
-            )
-        };
-        take_error(err)?;
-        NonNull::new(out)
-            .map(Reducer)
-            .ok_or_else(|| "reducer_new returned no handle".to_owned())
-    }
-
-    /// Launches the buckets the hooks did not, waits for all, divides `flat` by the world
-    /// size; returns how many buckets the hooks launched during backward.
-    pub(crate) fn finalize(&mut self, flat: &Tensor) -> Result<usize, String> {
-        let mut launched = 0usize;
-        // SAFETY: the reducer handle is live and used by one thread at a time (`&mut`);
-        // `flat` is a valid `at::Tensor*` borrowed for the call; `launched` is a valid slot.
-        let err =
-            unsafe { sat_c10d_reducer_finalize(self.0.as_ptr(), tensor_ptr(flat), &mut launched) };
-        take_error(err)?;
-        Ok(launched)
-    }
-}
-
-impl Drop for Reducer {
-    fn drop(&mut self) {
-        // SAFETY: the handle is owned by self and freed exactly once, here (the shim
-        // removes its hooks from the parameters first).
-        unsafe { sat_c10d_reducer_free(self.0.as_ptr()) }
     }
 }
