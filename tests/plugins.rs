@@ -158,7 +158,7 @@ fn another_abi_is_refused() {
     .fails_with(&[
         "libsat_fixture_other_abi.so",
         "incompatible sat plugin ABI",
-        "sat-core 0.1.0",
+        "sat-core 0.2.0",
     ]);
 }
 

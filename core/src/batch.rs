@@ -1,4 +1,5 @@
 //! The training or evaluation batch handed to saliency sources and attacks.
+use crate::draw::{DrawKeys, Draws};
 use crate::tensor::{RTensor, TensorRef};
 use abi_stable::{std_types::ROption, StableAbi};
 use tch::Tensor;
@@ -40,6 +41,9 @@ pub struct Batch {
     pub epochs: u32,
     /// Why this batch is processed.
     pub phase: Phase,
+    /// What keys the batch's random draws (see [`crate::draw`]): given by the host, so a
+    /// sample's draws do not depend on the batch or the rank it is in.
+    pub draws: ROption<DrawKeys>,
 }
 
 impl Batch {
@@ -55,7 +59,22 @@ impl Batch {
             epoch,
             epochs,
             phase,
+            draws: ROption::RNone,
         }
+    }
+    /// Keys the batch's random draws by the run's `seed` and the samples' global indices
+    /// (`[N]` int64, CPU).
+    pub fn with_draws(mut self, seed: u64, samples: &Tensor) -> Self {
+        self.draws = ROption::RSome(DrawKeys {
+            seed,
+            samples: RTensor::from_ref(samples),
+        });
+        self
+    }
+    /// The batch's random draws: keyed by sample when the host gave keys, else
+    /// libtorch's generator.
+    pub fn draws(&self) -> Draws<'_> {
+        Draws::new(self.draws.as_ref().into_option(), self.epoch)
     }
     /// Adds boxes `[N, B, 4]`.
     pub fn with_boxes(mut self, boxes: &Tensor) -> Self {

@@ -22,6 +22,7 @@ pub mod attack;
 pub mod batch;
 pub mod component;
 pub mod config;
+pub mod draw;
 pub mod error;
 pub mod module;
 pub mod objective;
@@ -37,13 +38,14 @@ pub use component::{
     check_registrations, ComponentBox, ComponentInfo, ComponentKind, Configurable, Registration,
 };
 pub use config::{parse_config, Epsilon};
+pub use draw::{DrawKeys, Draws};
 pub use error::{CoreError, ErrorKind, PluginError};
 pub use module::{BuildInfo, PluginModule, PluginModuleRef, BUILD_INFO};
 pub use objective::{Loss, LossAbi, ObjectiveAbi_TO, ObjectiveBox, TrainingObjective};
 pub use oracle::{differentiable_gradient, objective_gradient, objective_value};
 pub use oracle::{
-    Gradient, GradientAbi, Objective, Oracle, OracleAbi_TO, OracleAdapter, OracleBackend, OracleRef,
-    TrainingModel,
+    Gradient, GradientAbi, Objective, Oracle, OracleAbi_TO, OracleAdapter, OracleBackend,
+    OracleRef, TrainingModel,
 };
 pub use saliency::{SaliencyBox, SaliencySource, SaliencySourceAbi_TO};
 pub use target::Target;

@@ -95,6 +95,7 @@ pub fn apply(samples: &Samples, padding: i64, crops: &[Crop]) -> Samples {
             .masks
             .as_ref()
             .map(|(_, p)| (Tensor::stack(&out_masks, 0), p.shallow_clone())),
+        ids: samples.ids.as_ref().map(Tensor::shallow_clone),
     }
 }
 
@@ -133,6 +134,7 @@ mod tests {
             labels: Tensor::from_slice(&[0i64]),
             boxes: Some(Tensor::from_slice(&[0.0f32, 1.0, 2.0, 4.0]).reshape([1, 1, 4])),
             masks: Some((mask, Tensor::from_slice(&[true]))),
+            ids: None,
         }
     }
 

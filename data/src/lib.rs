@@ -394,6 +394,9 @@ pub struct Samples {
     pub boxes: Option<Tensor>,
     /// Masks and presence flags.
     pub masks: Option<(Tensor, Tensor)>,
+    /// The samples' indices in their split (`[N]` int64, CPU), which key their random
+    /// draws (see `sat_core::draw`); `None` where unknown.
+    pub ids: Option<Tensor>,
 }
 
 impl Dataset {
@@ -414,6 +417,7 @@ impl Dataset {
         Samples {
             images: unit_float(self.images.index_select(0, index)),
             labels: self.labels.index_select(0, index),
+            ids: Some(index.to_kind(Kind::Int64)),
             boxes: self.boxes.as_ref().map(|b| b.index_select(0, index)),
             masks: self.masks.as_ref().map(|(m, p)| {
                 (
@@ -507,6 +511,23 @@ impl Samples {
             masks: self
                 .masks
                 .map(|(m, p)| (unit_float(move_to(m)), move_to(p))),
+            ids: self.ids,
+        }
+    }
+    /// The core batch over these samples, its random draws keyed by `seed` and the
+    /// samples' indices (when known), so a sample draws the same in any batch, on any
+    /// rank.
+    pub fn keyed_batch(
+        &self,
+        seed: u64,
+        epoch: u32,
+        epochs: u32,
+        phase: sat_core::Phase,
+    ) -> sat_core::Batch {
+        let batch = self.batch(epoch, epochs, phase);
+        match &self.ids {
+            Some(ids) => batch.with_draws(seed, ids),
+            None => batch,
         }
     }
     /// The core batch over these samples.

@@ -43,6 +43,8 @@ pub struct RawBatch {
     labels: Vec<i64>,
     boxes: Option<Vec<Vec<[f32; 4]>>>,
     masks: Option<(Vec<u8>, Vec<bool>)>,
+    /// The samples' global indices in the split.
+    ids: Vec<i64>,
     /// Samples left out (`on_corrupt = skip`), each with its shard, key and reason.
     pub skipped: Vec<String>,
 }
@@ -65,6 +67,7 @@ impl RawBatch {
         Samples {
             images: Tensor::from_slice(&self.pixels).reshape([n, 3, s, s]),
             labels: Tensor::from_slice(&self.labels),
+            ids: Some(Tensor::from_slice(&self.ids)),
             boxes,
             masks: self.masks.map(|(m, p)| {
                 (
@@ -177,6 +180,7 @@ impl ShardSource {
             labels: Vec::with_capacity(indices.len()),
             boxes: boxes.then(Vec::new),
             masks: masks.then(|| (Vec::new(), Vec::new())),
+            ids: Vec::with_capacity(indices.len()),
             skipped: Vec::new(),
         };
         for &i in indices {
@@ -201,6 +205,7 @@ impl ShardSource {
             }
             out.pixels.extend_from_slice(&p.pixels);
             out.labels.push(p.label);
+            out.ids.push(global as i64);
             if let Some(b) = out.boxes.as_mut() {
                 b.push(p.boxes);
             }

@@ -141,6 +141,9 @@ pub struct Pipeline {
     per_epoch: Option<u64>,
     /// The training objective (training pipelines only).
     pub objective: Option<ObjectiveComponent>,
+    /// The run's seed: with each sample's index it keys the sample's random draws in the
+    /// components (`sat_core::draw`), so they do not depend on the batch or the rank.
+    pub seed: u64,
 }
 
 /// The model's inputs for a batch, and the saliency maps drawn for it.
@@ -259,6 +262,7 @@ impl Pipeline {
             mix: None,
             per_epoch: (train.saliency_draw == SaliencyDraw::Epoch).then_some(config.seed),
             objective: None,
+            seed: config.seed,
         };
         if let Some(a) = &pipeline.attack {
             pipeline.check_saliency(a)?;
@@ -315,9 +319,11 @@ impl Pipeline {
             Some((_, p)) => rng.uniform() < *p,
             None => false,
         };
-        let needs_saliency = self.attack_for(use_mix).is_some_and(|a| a.requires_saliency)
+        let needs_saliency = self
+            .attack_for(use_mix)
+            .is_some_and(|a| a.requires_saliency)
             || self.objective.as_ref().is_some_and(|o| o.requires_saliency);
-        let mut batch = samples.batch(epoch, epochs, phase);
+        let mut batch = samples.keyed_batch(self.seed, epoch, epochs, phase);
         let mut saliency = None;
         if needs_saliency {
             let index = match self.epoch_source(epoch) {

@@ -60,6 +60,8 @@ pub struct LossInputs<'a> {
     pub classes: i64,
     /// Forward passes under float16 autocast (mixed precision).
     pub amp: bool,
+    /// The run's seed, which keys the objective's random draws with the samples' indices.
+    pub seed: u64,
 }
 
 /// The loss of a step and the logits on its inputs.
@@ -77,7 +79,9 @@ pub fn training_loss(
     x: &LossInputs<'_>,
     objective: &mut ObjectiveComponent,
 ) -> anyhow::Result<Loss> {
-    let mut batch = x.samples.batch(x.at.epoch, x.at.epochs, Phase::Training);
+    let mut batch = x
+        .samples
+        .keyed_batch(x.seed, x.at.epoch, x.at.epochs, Phase::Training);
     if let Some(map) = x.saliency {
         batch = batch.with_saliency(map);
     }
@@ -201,6 +205,7 @@ impl TrainingStep {
             at,
             classes: i64::from(oracle.num_classes().into_result()?),
             amp: self.amp,
+            seed: pipeline.seed,
         };
         let loss = training_loss(&x, objective)?;
         self.inject_fault(at);

@@ -1,5 +1,5 @@
 //! Projections onto the perturbation budget and the `[0, 1]` image box.
-use sat_core::{Norm, PluginError};
+use sat_core::{Draws, Norm, PluginError};
 use tch::Tensor;
 
 /// Projects `x` onto the `norm`-ball of radius `epsilon` around `origin`, then onto
@@ -46,18 +46,25 @@ pub fn ascent_direction(gradient: &Tensor, norm: Norm) -> Result<Tensor, PluginE
 }
 
 /// A random start inside the ball: uniform per element for ℓ∞; for ℓ2 a uniformly
-/// random direction with a radius uniform in `[0, ε]`.
-pub fn random_start(images: &Tensor, norm: Norm, epsilon: f64) -> Result<Tensor, PluginError> {
+/// random direction with a radius uniform in `[0, ε]`. Drawn from `draws` (keyed by
+/// sample when the host keys them) under `purpose`.
+pub fn random_start(
+    draws: Draws<'_>,
+    purpose: &str,
+    images: &Tensor,
+    norm: Norm,
+    epsilon: f64,
+) -> Result<Tensor, PluginError> {
     let delta = match norm {
-        Norm::Linf => images
-            .f_rand_like()?
+        Norm::Linf => draws
+            .uniform_like(purpose, images)?
             .f_mul_scalar(2.0 * epsilon)?
             .f_sub_scalar(epsilon)?,
         Norm::L2 => {
-            let direction = images.f_randn_like()?;
+            let direction = draws.normal_like(&format!("{purpose}.direction"), images)?;
             let unit = direction.f_div(&per_sample_l2(&direction)?.f_clamp_min(1e-12)?)?;
-            let radius = per_sample_l2(images)?
-                .f_rand_like()?
+            let radius = draws
+                .uniform_like(&format!("{purpose}.radius"), &per_sample_l2(images)?)?
                 .f_mul_scalar(epsilon)?;
             unit.f_mul(&radius)?
         }

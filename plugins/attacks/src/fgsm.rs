@@ -3,8 +3,8 @@
 use crate::ball::{ascent_direction, project, random_start};
 use crate::pgd::choose_targets;
 use sat_core::{
-    component::Configurable, Attack, Batch, Epsilon, Norm, Objective, Oracle, PluginError,
-    Target, ThreatModel,
+    component::Configurable, Attack, Batch, Epsilon, Norm, Objective, Oracle, PluginError, Target,
+    ThreatModel,
 };
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
@@ -64,8 +64,7 @@ impl Attack for Fgsm {
             Some(t) => (t.shallow_clone(), -eps),
         };
         let g = oracle.input_gradient(&x, Objective::cross_entropy(&classes))?;
-        let step =
-            x.f_add(&ascent_direction(&g.gradient, Norm::Linf)?.f_mul_scalar(step_size)?)?;
+        let step = x.f_add(&ascent_direction(&g.gradient, Norm::Linf)?.f_mul_scalar(step_size)?)?;
         project(&step, &x, Norm::Linf, eps)
     }
     fn targets(&self) -> Option<Tensor> {
@@ -121,7 +120,7 @@ impl Attack for FgsmRs {
     fn perturb(&mut self, batch: &Batch, oracle: Oracle<'_, '_>) -> Result<Tensor, PluginError> {
         let x = batch.images();
         let eps = self.config.epsilon.0;
-        let start = random_start(&x, Norm::Linf, eps)?;
+        let start = random_start(batch.draws(), "fgsm-rs.start", &x, Norm::Linf, eps)?;
         let g = oracle.input_gradient(&start, Objective::cross_entropy(&batch.labels()))?;
         let step = start.f_add(
             &ascent_direction(&g.gradient, Norm::Linf)?.f_mul_scalar(self.config.step_size.0)?,

@@ -43,7 +43,13 @@ impl Attack for Noise {
         }
     }
     fn perturb(&mut self, batch: &Batch, _oracle: Oracle<'_, '_>) -> Result<Tensor, PluginError> {
-        random_start(&batch.images(), Norm::Linf, self.config.epsilon.0)
+        random_start(
+            batch.draws(),
+            "noise",
+            &batch.images(),
+            Norm::Linf,
+            self.config.epsilon.0,
+        )
     }
 }
 

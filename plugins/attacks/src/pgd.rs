@@ -2,7 +2,7 @@
 //! untargeted (ascent on the label's cross-entropy) or targeted (descent on the target's).
 use crate::ball::{ascent_direction, project, random_start};
 use sat_core::{
-    component::Configurable, Attack, Batch, Epsilon, Norm, Objective, Oracle, PluginError,
+    component::Configurable, Attack, Batch, Draws, Epsilon, Norm, Objective, Oracle, PluginError,
     Target, ThreatModel,
 };
 use serde::{Deserialize, Serialize};
@@ -107,6 +107,7 @@ impl Pgd {
         classes: &Tensor,
         descend: bool,
         oracle: Oracle<'_, '_>,
+        start: (Draws<'_>, u32),
     ) -> Result<Tensor, PluginError> {
         let c = &self.config;
         let (norm, eps) = (Norm::from(c.norm), c.epsilon.0);
@@ -116,14 +117,14 @@ impl Pgd {
             c.step_size.0
         };
         let mut adv = if c.random_start {
-            random_start(x, norm, eps)?
+            let (draws, restart) = start;
+            random_start(draws, &format!("pgd.start.{restart}"), x, norm, eps)?
         } else {
             x.f_detach_copy()?
         };
         for _ in 0..c.steps {
             let g = oracle.input_gradient(&adv, Objective::cross_entropy(classes))?;
-            let step =
-                adv.f_add(&ascent_direction(&g.gradient, norm)?.f_mul_scalar(step_size)?)?;
+            let step = adv.f_add(&ascent_direction(&g.gradient, norm)?.f_mul_scalar(step_size)?)?;
             adv = project(&step, x, norm, eps)?;
         }
         Ok(adv)
@@ -145,7 +146,8 @@ impl Attack for Pgd {
             None => (labels.shallow_clone(), false),
             Some(t) => (t.shallow_clone(), true),
         };
-        let mut best = self.run(&x, &classes, descend, oracle)?;
+        let draws = batch.draws();
+        let mut best = self.run(&x, &classes, descend, oracle, (draws, 0))?;
         if self.config.restarts == 1 {
             // One run: no loss to compare, no extra forward pass.
             return Ok(best.f_to_kind(Kind::Float)?);
@@ -160,8 +162,8 @@ impl Attack for Pgd {
             )?)
         };
         let mut best_loss = loss_of(&best)?;
-        for _ in 1..self.config.restarts {
-            let adv = self.run(&x, &classes, descend, oracle)?;
+        for restart in 1..self.config.restarts {
+            let adv = self.run(&x, &classes, descend, oracle, (draws, restart))?;
             let loss = loss_of(&adv)?;
             // Untargeted: the highest label loss wins; targeted: the lowest target loss.
             let better = if descend {
@@ -347,7 +349,7 @@ mod tests {
         let (norm, eps) = (Norm::from(c.norm), c.epsilon.0);
         let run = || {
             let mut adv = if c.random_start {
-                random_start(x, norm, eps).unwrap()
+                random_start(Draws::new(None, 0), "", x, norm, eps).unwrap()
             } else {
                 x.detach_copy()
             };
@@ -410,8 +412,14 @@ mod tests {
 
     /// The share of `adv` the model classifies as `targets`.
     fn on_target(oracle: Oracle<'_, '_>, adv: &Tensor, targets: &Tensor) -> f64 {
-        let hits = oracle.logits(adv).unwrap().argmax(-1, false).eq_tensor(targets);
-        hits.to_kind(Kind::Float).mean(Kind::Float).double_value(&[])
+        let hits = oracle
+            .logits(adv)
+            .unwrap()
+            .argmax(-1, false)
+            .eq_tensor(targets);
+        hits.to_kind(Kind::Float)
+            .mean(Kind::Float)
+            .double_value(&[])
     }
 
     #[test]

@@ -94,8 +94,12 @@ impl Attack for Sat {
         // g = (1 − w)·r + w·s with w ∈ {0, 1}: a selection, not arithmetic. Few
         // operations, since on CUDA each is a kernel launch on every batch.
         let eps = self.config.epsilon.0;
-        let signs = Tensor::f_where_scalar(&x.f_rand_like()?.f_lt(0.5)?, eps, -eps)?;
-        let w = x.f_rand_like()?.f_lt(self.probability(batch.epoch))?;
+        let draws = batch.draws();
+        let signs =
+            Tensor::f_where_scalar(&draws.uniform_like("sat.sign", &x)?.f_lt(0.5)?, eps, -eps)?;
+        let w = draws
+            .uniform_like("sat.mix", &x)?
+            .f_lt(self.probability(batch.epoch))?;
         let mut step = s.f_mul_scalar(eps)?.f_where_self(&w, &signs)?;
         let _ = step.f_neg_()?.f_add_(&x)?.f_clamp_(0.0, 1.0)?;
         Ok(step)

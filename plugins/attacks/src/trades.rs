@@ -56,7 +56,12 @@ impl Attack for Trades {
         let x = batch.images();
         let eps = self.config.epsilon.0;
         let reference = oracle.logits(&x)?;
-        let start = x.f_add(&x.f_randn_like()?.f_mul_scalar(0.001)?)?;
+        let start = x.f_add(
+            &batch
+                .draws()
+                .normal_like("trades.start", &x)?
+                .f_mul_scalar(0.001)?,
+        )?;
         let mut adv = project(&start, &x, Norm::Linf, eps)?;
         for _ in 0..self.config.steps {
             let g = oracle.input_gradient(&adv, Objective::kl_divergence(&reference))?;

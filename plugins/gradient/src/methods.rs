@@ -204,9 +204,11 @@ impl SmoothGrad {
         let x = batch.images().shallow_clone();
         let target = self.teacher.targets(&x, &batch.labels(), oracle)?;
         let mut sum = x.f_zeros_like()?;
-        for _ in 0..self.config.samples {
+        let draws = batch.draws();
+        for i in 0..self.config.samples {
             let noisy = if self.config.sigma > 0.0 {
-                x.f_add(&x.f_randn_like()?.f_mul_scalar(self.config.sigma)?)?
+                let noise = draws.normal_like(&format!("smoothgrad.{i}"), &x)?;
+                x.f_add(&noise.f_mul_scalar(self.config.sigma)?)?
             } else {
                 x.shallow_clone()
             };

@@ -65,8 +65,9 @@ impl TrainingObjective for GradAlign {
     ) -> Result<Loss, PluginError> {
         let (images, labels) = (batch.images(), batch.labels());
         let eps = self.config.epsilon.0;
-        let noise = images
-            .f_rand_like()?
+        let noise = batch
+            .draws()
+            .uniform_like("gradalign.noise", &images)?
             .f_mul_scalar(2.0 * eps)?
             .f_sub_scalar(eps)?;
         let shifted = images.f_add(&noise)?.f_clamp(0.0, 1.0)?;
