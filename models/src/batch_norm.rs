@@ -280,25 +280,27 @@ mod tests {
         let _ = b.forward_t(&one, true);
     }
 
-    /// Every architecture built with a reducer has the variables (names, shapes,
-    /// initial values) of the plain build, so checkpoints are interchangeable; with the
-    /// identity it trains as the plain model does.
+    /// Every architecture built with a reducer has the variables (names, shapes) of the
+    /// plain build, so checkpoints are interchangeable; with the identity it trains as
+    /// the plain model does.
     #[test]
     fn models_with_a_reducer_keep_their_variables() {
         let identity: StatsReducer = Arc::new(|t: &Tensor| t.shallow_clone());
         let synchronised = BatchStats::synchronised(identity);
         for arch in crate::ARCHITECTURES {
-            tch::manual_seed(7);
             let vs_a = nn::VarStore::new(Device::Cpu);
             let a = crate::build(&vs_a.root(), arch, 4, 3).unwrap();
-            tch::manual_seed(7);
-            let vs_b = nn::VarStore::new(Device::Cpu);
+            let mut vs_b = nn::VarStore::new(Device::Cpu);
             let b = crate::build_with(&vs_b.root(), arch, 4, 3, &synchronised).unwrap();
             let (va, vb) = (vs_a.variables(), vs_b.variables());
             assert_eq!(va.len(), vb.len(), "{arch}");
             for (name, t) in &va {
-                assert_eq!(max_diff(t, &vb[name]), 0.0, "{arch}: {name}");
+                assert_eq!(t.size(), vb[name].size(), "{arch}: {name}");
             }
+            // (Equal initial values for one seed: host/tests/sync_batchnorm_ranks.rs, in a
+            // process of its own; here other tests share libtorch's generator.)
+            vs_b.copy(&vs_a).unwrap();
+            let vb = vs_b.variables();
             if arch.starts_with("wrn") || arch == "resnet50" {
                 continue; // large; the smaller ones cover the layers
             }
