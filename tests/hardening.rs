@@ -287,8 +287,10 @@ fn nan_weights_in_a_checkpoint_are_refused() {
 #[test]
 fn an_interruption_in_epoch_1_resumes_from_the_start() {
     let cwd = tempfile::tempdir().unwrap();
+    // 8 batches of PGD-200: the signal lands inside epoch 1, before or after a batch.
+    let epoch = ["--attack", "pgd", "--set", "components.pgd.steps=200", "--set", "data.train_size=256"];
     let mut extra = vec!["--set", "name=i"];
-    extra.extend_from_slice(SLOW_EPOCH);
+    extra.extend_from_slice(&epoch);
     let child = spawn_run(cwd.path(), &extra);
     let run = cwd.path().join("runs/i");
     wait_for_text(&run.join("log.txt"), "training:", 60);
@@ -296,17 +298,19 @@ fn an_interruption_in_epoch_1_resumes_from_the_start() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130));
     let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
-    assert!(log.contains("no epoch has finished and no checkpoint is written"), "{log}");
-    assert!(!log.contains("checkpoint of the last finished epoch is kept"), "{log}");
+    assert!(log.contains("interrupted in epoch 1 after"), "{log}");
+    assert!(log.contains("no epoch has finished, so no checkpoint is written"), "{log}");
     assert_eq!(metrics(&run)["status"], "interrupted");
-    assert!(!run.join("state.safetensors").exists());
-    let out = sat(
-        cwd.path(),
-        &["run", "--resume", "runs/i", "--set", "data.train_size=64", "--set", "components.pgd.steps=1"],
-        &[],
-    )
-    .success();
-    assert!(out.stderr.contains("training starts again from epoch 1"), "{}", out.stderr);
+    assert!(!run.join("checkpoint.safetensors").exists());
+    // After a finished batch, a mid-epoch state: the resume continues after it;
+    // before any, there is none and epoch 1 starts again.
+    let mid_epoch = log.contains("stopped after batch");
+    assert_eq!(run.join("state.safetensors").exists(), mid_epoch, "{log}");
+    let mut resume = vec!["run", "--resume", "runs/i"];
+    resume.extend_from_slice(&epoch[2..]);
+    let out = sat(cwd.path(), &resume, &[]).success();
+    let said = if mid_epoch { "resuming epoch 1 of 1 after its batch" } else { "training starts again from epoch 1" };
+    assert!(out.stderr.contains(said), "{}", out.stderr);
     let m = metrics(&run);
     assert_eq!(m["status"], "completed");
     assert_eq!(m["epochs"].as_array().unwrap().len(), 1);

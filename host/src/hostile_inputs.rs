@@ -121,6 +121,15 @@ fn valid_files(dir: &Path, target: Target) -> PathBuf {
         &optimizer,
         &LossScale::default(),
         1,
+        // A mid-epoch state: its fields are mutated too.
+        Some(&checkpoint::WithinEpoch {
+            batches: 3,
+            loss: 2.5,
+            correct: 4,
+            seen: 8,
+            seconds: 1.0,
+            of: 10,
+        }),
         &dir.join("state.safetensors"),
     )
     .unwrap();

@@ -183,12 +183,46 @@ pub const STATE_FILE: &str = "state.safetensors";
 /// The model's weights after the last finished epoch (what `eval --run` reads).
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 
-/// Writes the state file (model, optimiser, loss scale, finished epochs) atomically.
+/// Where an interrupted epoch stopped, as a mid-epoch state file records it: the
+/// batches it finished and their running sums, so `--resume` continues at the next
+/// batch and reports the whole epoch's figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WithinEpoch {
+    /// Batches of the epoch finished (≥ 1).
+    pub batches: u32,
+    /// Sum of the per-sample training loss over them.
+    pub loss: f64,
+    /// Training inputs classified right.
+    pub correct: i64,
+    /// Training inputs seen.
+    pub seen: i64,
+    /// Wall time spent on them.
+    pub seconds: f64,
+    /// The epoch's batches in all: a resume whose config makes another number is
+    /// refused (its order would differ).
+    pub of: u32,
+}
+
+/// What a state file restores.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Restored {
+    /// Epochs finished.
+    pub epochs_done: u32,
+    /// The epoch after them, when it was interrupted part-way (a mid-epoch state).
+    pub within: Option<WithinEpoch>,
+}
+
+/// The most batches an epoch may have in a state file (2³¹).
+const MAX_BATCHES: i64 = 1 << 31;
+
+/// Writes the state file (model, optimiser, loss scale, finished epochs and, for an
+/// epoch interrupted part-way, `within`) atomically.
 pub fn save_state(
     vs: &nn::VarStore,
     optimizer: &Optimizer,
     scaler: &LossScale,
     epochs_done: u32,
+    within: Option<&WithinEpoch>,
     path: &Path,
 ) -> anyhow::Result<()> {
     let mut named: Vec<(String, Tensor)> = model_tensors(vs)
@@ -205,6 +239,22 @@ pub fn save_state(
         "amp.good_steps".into(),
         Tensor::from_slice(&[scaler.good_steps as i64]),
     ));
+    if let Some(w) = within {
+        named.push((
+            "trainer.batches_done".into(),
+            Tensor::from_slice(&[i64::from(w.batches)]),
+        ));
+        named.push((
+            "trainer.partial".into(),
+            Tensor::from_slice(&[
+                w.loss,
+                w.correct as f64,
+                w.seen as f64,
+                w.seconds,
+                f64::from(w.of),
+            ]),
+        ));
+    }
     write_tensors(&named, path)
 }
 
@@ -220,13 +270,13 @@ pub fn is_refused(error: &anyhow::Error) -> bool {
 }
 
 /// Restores model and optimiser from the state file, every field checked (see
-/// [`Refused`]); returns the finished epochs.
+/// [`Refused`]); returns the finished epochs and where an interrupted one stopped.
 pub fn load_state(
     vs: &mut nn::VarStore,
     optimizer: &mut Optimizer,
     scaler: &mut LossScale,
     path: &Path,
-) -> anyhow::Result<u32> {
+) -> anyhow::Result<Restored> {
     restore_state(vs, optimizer, scaler, path).map_err(|e| Refused(format!("{e:#}")).into())
 }
 
@@ -235,34 +285,96 @@ fn restore_state(
     optimizer: &mut Optimizer,
     scaler: &mut LossScale,
     path: &Path,
-) -> anyhow::Result<u32> {
+) -> anyhow::Result<Restored> {
     let named = read_tensors(path)?;
     let in_file = |e: String| anyhow::anyhow!("{}: {e}", path.display());
     let trainer = |k: &str| {
         k.starts_with("optimizer.")
-            || matches!(k, "trainer.epochs_done" | "amp.scale" | "amp.good_steps")
+            || matches!(
+                k,
+                "trainer.epochs_done"
+                    | "trainer.batches_done"
+                    | "trainer.partial"
+                    | "amp.scale"
+                    | "amp.good_steps"
+            )
     };
     if let Some(key) = unexpected_key(&named, &vs.variables(), "model.", trainer) {
         return Err(in_file(format!(
             "`{key}` is neither a variable of this model nor trainer state: it was written for another model"
         )));
     }
-    let done = stored_integer(&named, "trainer.epochs_done", 1..=i64::from(MAX_EPOCHS))
-        .map_err(in_file)?;
+    let within = stored_within(&named).map_err(in_file)?;
+    // A mid-epoch state may come from epoch 1 (none finished); a whole one has ≥ 1.
+    let fewest = if within.is_some() { 0 } else { 1 };
+    let done = stored_integer(
+        &named,
+        "trainer.epochs_done",
+        fewest..=i64::from(MAX_EPOCHS),
+    )
+    .map_err(in_file)?;
     let loss_scale = stored_loss_scale(&named).map_err(in_file)?;
     copy_into(vs, &named, "model.", path)?;
     optimizer.load_state(&named).map_err(in_file)?;
     if let Some(loss_scale) = loss_scale {
         *scaler = loss_scale;
     }
-    Ok(done as u32)
+    Ok(Restored {
+        epochs_done: done as u32,
+        within,
+    })
+}
+
+/// Where an interrupted epoch stopped, if the state file says: `trainer.batches_done`
+/// in [1, 2³¹] and `trainer.partial` five finite float64 ≥ 0 (loss sum, correct, seen,
+/// seconds, the epoch's batches), correct ≤ seen, counts whole, batches done < batches.
+fn stored_within(named: &HashMap<String, Tensor>) -> Result<Option<WithinEpoch>, String> {
+    if !named.contains_key("trainer.batches_done") && !named.contains_key("trainer.partial") {
+        return Ok(None);
+    }
+    let batches = stored_integer(named, "trainer.batches_done", 1..=MAX_BATCHES)?;
+    let partial = named
+        .get("trainer.partial")
+        .ok_or("has `trainer.batches_done` but no `trainer.partial`")?;
+    if partial.size() != [5] || partial.kind() != tch::Kind::Double {
+        return Err("`trainer.partial` is not five float64".into());
+    }
+    let v = Vec::<f64>::try_from(partial).map_err(|e| e.to_string())?;
+    let whole = |x: f64| x.fract() == 0.0 && x < 9.0e15;
+    let counts = whole(v[1]) && whole(v[2]) && whole(v[4]) && v[1] <= v[2];
+    if v.iter().any(|x| !x.is_finite() || *x < 0.0) || !counts || v[4] <= batches as f64 {
+        return Err(format!(
+            "`trainer.partial` = {v:?} is not a loss sum, correct ≤ seen counts, seconds and more batches than `trainer.batches_done` = {batches}"
+        ));
+    }
+    Ok(Some(WithinEpoch {
+        batches: batches as u32,
+        loss: v[0],
+        correct: v[1] as i64,
+        seen: v[2] as i64,
+        seconds: v[3],
+        of: v[4] as u32,
+    }))
 }
 
 /// Cross-checks a state file's finished epochs against the run: at most `[train]
 /// epochs`, and recorded in `metrics.json` (which is written before the state, so it has
 /// `done` or, after a crash between the two writes, `done + 1` epochs).
-pub fn check_resume(done: u32, epochs: u32, recorded: usize, state: &Path) -> anyhow::Result<()> {
+pub fn check_resume(
+    restored: &Restored,
+    epochs: u32,
+    recorded: usize,
+    state: &Path,
+) -> anyhow::Result<()> {
     let refuse = |m: String| Err(Refused(m).into());
+    let done = restored.epochs_done;
+    if restored.within.is_some() && done >= epochs {
+        return refuse(format!(
+            "{}: an interrupted epoch {} but [train] epochs = {epochs}",
+            state.display(),
+            done + 1
+        ));
+    }
     if done > epochs {
         return refuse(format!(
             "{}: `trainer.epochs_done` = {done} is more than [train] epochs = {epochs}",
@@ -293,5 +405,12 @@ pub fn save_epoch(
 ) -> anyhow::Result<()> {
     save_checkpoint(vs, &run.file(CHECKPOINT_FILE))?;
     run.write_metrics(metrics)?;
-    save_state(vs, optimizer, scaler, epochs_done, &run.file(STATE_FILE))
+    save_state(
+        vs,
+        optimizer,
+        scaler,
+        epochs_done,
+        None,
+        &run.file(STATE_FILE),
+    )
 }

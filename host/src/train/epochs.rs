@@ -2,10 +2,10 @@
 //! augmentation from their own random streams), one [`TrainingStep`] per batch, a
 //! checkpoint and the metrics after every epoch, the evaluation at the end, a clean stop
 //! on Ctrl-C.
-use super::checkpoint::{self, CHECKPOINT_FILE, STATE_FILE};
+use super::checkpoint::{self, Restored, WithinEpoch, CHECKPOINT_FILE, STATE_FILE};
 use super::schedule::Schedule;
 use super::step::{NonFiniteLoss, StepAt, StepOutput, TrainingStep};
-use super::{build_network, load_datasets, mixed_precision, Network, Outcome};
+use super::{build_network_for, load_datasets, mixed_precision, Network, Outcome};
 use crate::config::{RunConfig, TrainConfig};
 use crate::data::rng::{Purpose, SplitMix};
 use crate::data::stream::EpochPlan;
@@ -20,7 +20,7 @@ use anyhow::{bail, Context};
 use indicatif::ProgressBar;
 use sat_core::{OracleAdapter, OracleRef};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tch::Device;
 
 /// A run being trained, and what it records.
@@ -54,6 +54,16 @@ struct Start {
     pipeline: Pipeline,
     /// The first epoch to train (0-based; after the finished ones when resuming).
     first_epoch: u32,
+    /// Where the first epoch resumes, when a mid-epoch state was restored.
+    within: Option<WithinEpoch>,
+}
+
+/// How an epoch's steps ended.
+enum Steps {
+    /// Every batch ran.
+    Finished(Totals),
+    /// A stop request ended the epoch after `batches` finished batches (one process).
+    Stopped { totals: Totals, batches: u32 },
 }
 
 /// A resumed run that could not start (its data, model, state file or components do not
@@ -69,7 +79,7 @@ pub(crate) fn is_refused_resume(error: &anyhow::Error) -> bool {
 }
 
 /// Running sums over an epoch's steps.
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct Totals {
     loss: f64,
     correct: i64,
@@ -113,6 +123,7 @@ impl Session<'_> {
             mut step,
             mut pipeline,
             first_epoch,
+            within,
         } = start;
         if resume && self.ranks.is_writer() {
             // The resume is accepted: only now does the run directory take the new
@@ -140,7 +151,8 @@ impl Session<'_> {
             oracle: &oracle,
         };
         for index in first_epoch..t.epochs {
-            if !self.train_epoch(&mut epoch, index)? {
+            let resume_at = within.filter(|_| index == first_epoch);
+            if !self.train_epoch(&mut epoch, index, resume_at)? {
                 return self.record_interruption();
             }
         }
@@ -160,20 +172,26 @@ impl Session<'_> {
         if config.model.torchscript.is_some() {
             bail!("[model] torchscript: a TorchScript model can be evaluated and attacked (`sat-host eval --config ...`), not trained here; use [model] arch");
         }
-        let mut net = build_network(config, train.num_classes(), self.device)?;
+        let mut net = build_network_for(config, train.num_classes(), self.device, self.ranks)?;
         let amp = mixed_precision(t, self.device);
         let optimizer =
             super::optimizer::Optimizer::new(&net.vs, super::optimizer::Rule::from_config(t));
         let mut step = TrainingStep::new(optimizer, amp, self.ranks.gradient_sync());
         // Only rank 0 reads the state file; the others get its state by broadcast.
-        let first_epoch = if resume && self.ranks.is_writer() {
+        let restored = if resume && self.ranks.is_writer() {
             self.resume(&mut net, &mut step)?
         } else {
-            0
+            Restored {
+                epochs_done: 0,
+                within: None,
+            }
         };
+        if restored.within.is_some() && self.ranks.is_distributed() {
+            bail!("{STATE_FILE} was saved part-way through epoch {} by one process: resume it with one process (a data-parallel run stops at epoch ends)", restored.epochs_done + 1);
+        }
         let first_epoch = self
             .ranks
-            .synchronize_state(&net.vs, &mut step, first_epoch)?;
+            .synchronize_state(&net.vs, &mut step, restored.epochs_done)?;
         self.metrics.epochs.truncate(first_epoch as usize);
         if self.ranks.is_distributed() {
             log::info!(
@@ -193,6 +211,7 @@ impl Session<'_> {
             step,
             pipeline,
             first_epoch,
+            within: restored.within,
         }))
     }
 
@@ -235,8 +254,9 @@ impl Session<'_> {
     }
 
     /// Restores model, optimiser and loss scale from the state file; returns the
-    /// finished epochs (whose figures are kept, later ones dropped).
-    fn resume(&mut self, net: &mut Network, step: &mut TrainingStep) -> anyhow::Result<u32> {
+    /// finished epochs (whose figures are kept, later ones dropped) and where an
+    /// interrupted epoch stopped.
+    fn resume(&mut self, net: &mut Network, step: &mut TrainingStep) -> anyhow::Result<Restored> {
         let state_file = self.run.file(STATE_FILE);
         if !state_file.exists() {
             // Interrupted (or failed) before the first epoch finished: nothing to resume.
@@ -245,88 +265,182 @@ impl Session<'_> {
                 "no finished epoch in {} (no {STATE_FILE}): training starts again from epoch 1",
                 self.run.path.display()
             );
-            return Ok(0);
+            return Ok(Restored {
+                epochs_done: 0,
+                within: None,
+            });
         }
-        let done = checkpoint::load_state(
+        let restored = checkpoint::load_state(
             &mut net.vs,
             &mut step.optimizer,
             &mut step.scaler,
             &state_file,
         )?;
         checkpoint::check_resume(
-            done,
+            &restored,
             self.config.train.epochs,
             self.metrics.epochs.len(),
             &state_file,
         )?;
+        let done = restored.epochs_done;
         self.metrics.epochs.truncate(done as usize);
-        log::info!(
-            "resuming after epoch {done} of {} from {}",
-            self.config.train.epochs,
-            state_file.display()
-        );
-        Ok(done)
+        match restored.within {
+            Some(w) => log::info!(
+                "resuming epoch {} of {} after its batch {} from {}",
+                done + 1,
+                self.config.train.epochs,
+                w.batches,
+                state_file.display()
+            ),
+            None => log::info!(
+                "resuming after epoch {done} of {} from {}",
+                self.config.train.epochs,
+                state_file.display()
+            ),
+        }
+        Ok(restored)
     }
 
     /// Trains epoch `index` (0-based) and records it (checkpoint, metrics, state);
     /// `false` when Ctrl-C stopped it.
-    fn train_epoch(&mut self, e: &mut Epoch<'_, '_>, index: u32) -> anyhow::Result<bool> {
+    fn train_epoch(
+        &mut self,
+        e: &mut Epoch<'_, '_>,
+        index: u32,
+        resume_at: Option<WithinEpoch>,
+    ) -> anyhow::Result<bool> {
         let (config, ranks) = (self.config, self.ranks);
+        let first = resume_at.map_or(0, |w| w.batches as usize);
         let plan = EpochPlan {
             batch_size: config.train.batch_size,
             seed: config.seed,
             epoch: index,
             rank: ranks.rank(),
             world: ranks.world_size(),
-            start_batch: 0,
+            start_batch: first,
         };
         let mut batches = e.data.epoch(&config.data, plan);
+        if let Some(w) = resume_at.filter(|w| w.of as usize != batches.batch_count()) {
+            bail!(
+                "{STATE_FILE} stopped epoch {} after batch {} of {}, but this config makes {} batches: resume with the run's data and batch size",
+                index + 1,
+                w.batches,
+                w.of,
+                batches.batch_count()
+            );
+        }
         let bar = if ranks.is_writer() {
             progress_bar(batches.batch_count() as u64, index, config.train.epochs)
         } else {
             ProgressBar::hidden()
         };
+        bar.set_position(first as u64);
         let _ = ranks.take_sync_time();
         if let Some(i) = e.pipeline.epoch_source(index) {
             let name = &e.pipeline.sources[i].origin.name;
             log::info!("epoch {}: saliency source `{name}`", index + 1);
         }
-        let start = Instant::now();
-        let Some(totals) = self.run_steps(e, index, &mut batches, &bar, start)? else {
-            return Ok(false);
-        };
-        bar.finish();
-        self.close_epoch(e, index, totals, start, &batches)
+        // A resumed epoch's figures cover it whole: its sums and time so far count.
+        let done_before = resume_at.map_or(Duration::ZERO, |w| Duration::from_secs_f64(w.seconds));
+        let start = Instant::now()
+            .checked_sub(done_before)
+            .unwrap_or_else(Instant::now);
+        let totals = resume_at.map_or_else(Totals::default, |w| Totals {
+            loss: w.loss,
+            correct: w.correct,
+            seen: w.seen,
+        });
+        match self.run_steps(e, index, &mut batches, &bar, (start, first, totals))? {
+            Steps::Finished(totals) => {
+                bar.finish();
+                self.close_epoch(e, index, totals, start, &batches)
+            }
+            Steps::Stopped {
+                totals,
+                batches: done,
+            } => {
+                let of = batches.batch_count() as u64;
+                self.save_within(e, index, totals, (done, of), start)?;
+                Ok(false)
+            }
+        }
     }
 
-    /// The steps of epoch `index` over `batches`, with their running totals; `None`
-    /// when Ctrl-C stopped a single-process run.
+    /// Records where a single-process epoch stopped (a mid-epoch state file: the weights
+    /// and optimiser after `batches` batches and their sums), so `--resume` continues at
+    /// the next batch; the checkpoint stays the last finished epoch's. Nothing when no
+    /// batch finished.
+    fn save_within(
+        &self,
+        e: &Epoch<'_, '_>,
+        index: u32,
+        totals: Totals,
+        (batches, per_epoch): (u32, u64),
+        start: Instant,
+    ) -> anyhow::Result<()> {
+        if batches == 0 || !self.ranks.is_writer() || self.ranks.is_distributed() {
+            return Ok(());
+        }
+        let within = WithinEpoch {
+            batches,
+            of: per_epoch as u32,
+            loss: totals.loss,
+            correct: totals.correct,
+            seen: totals.seen,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        let path = self.run.file(STATE_FILE);
+        crate::interrupt::exclusive(|| {
+            checkpoint::save_state(
+                &e.net.vs,
+                &e.step.optimizer,
+                &e.step.scaler,
+                index,
+                Some(&within),
+                &path,
+            )
+        })
+        .context("recording where the epoch stopped")?;
+        log::warn!(
+            "epoch {} stopped after batch {batches}: --resume continues from batch {}",
+            index + 1,
+            batches + 1
+        );
+        Ok(())
+    }
+
+    /// The steps of epoch `index` over `batches` from batch `first` on, adding to
+    /// `totals`; [`Steps::Stopped`] when Ctrl-C stopped a single-process run.
     fn run_steps(
         &self,
         e: &mut Epoch<'_, '_>,
         index: u32,
         batches: &mut EpochBatches<'_>,
         bar: &ProgressBar,
-        start: Instant,
-    ) -> anyhow::Result<Option<Totals>> {
+        (start, first, mut totals): (Instant, usize, Totals),
+    ) -> anyhow::Result<Steps> {
         let (config, epochs) = (self.config, self.config.train.epochs);
         // Per-batch draws (mixing coin, saliency source) are the same on every rank: a
-        // rank's batch b is its part of the global batch b. libtorch's generator (attack
-        // and saliency draws inside plugins) is seeded per (seed, epoch, rank).
-        let mut draws = SplitMix::stream(config.seed, Purpose::Draws, index);
-        tch::manual_seed(self.ranks.torch_seed(config.seed, Purpose::Attacks, index));
+        // rank's batch b is its part of the global batch b. libtorch's generator (what
+        // plugins still draw from it) is seeded per (seed, epoch, rank, batch). Both are
+        // keyed by the batch, so an epoch resumed at batch b draws what it would have.
+        let draws_key = SplitMix::stream(config.seed, Purpose::Draws, index).next_u64();
+        let torch_key = self.ranks.torch_seed(config.seed, Purpose::Attacks, index) as u64;
         let per_epoch = batches.batch_count() as u64;
-        let mut totals = Totals::default();
         // In a data-parallel run Ctrl-C is agreed on at the end of the epoch (in
         // close_epoch), so no rank leaves the others waiting in a collective; in one
         // process it stops the epoch at once: between batches, or inside one when the
         // attack (refused by the oracle) or the data loader stopped.
         let single = !self.ranks.is_distributed();
         let stopped = |err: &anyhow::Error| single && crate::interrupt::is_interrupted(err);
-        for (b, samples) in batches.by_ref().enumerate() {
+        for (i, samples) in batches.by_ref().enumerate() {
+            let b = first + i;
+            let stop = || stopped_in(bar, index, totals, b as u32, per_epoch);
             if single && self.interrupted.load(Ordering::SeqCst) {
-                return Ok(stopped_in(bar, index));
+                return Ok(stop());
             }
+            let mut draws = SplitMix::new(draws_key, b as u64);
+            tch::manual_seed((SplitMix::new(torch_key, b as u64).next_u64() >> 1) as i64);
             let global_step = index as u64 * per_epoch + b as u64;
             let at = StepAt {
                 epoch: index,
@@ -336,7 +450,7 @@ impl Session<'_> {
             };
             let samples = match samples.map_err(anyhow::Error::from) {
                 Ok(samples) => samples.to(self.device),
-                Err(err) if stopped(&err) => return Ok(stopped_in(bar, index)),
+                Err(err) if stopped(&err) => return Ok(stop()),
                 Err(err) => {
                     return Err(
                         err.context(format!("reading the training data in epoch {}", index + 1))
@@ -353,7 +467,7 @@ impl Session<'_> {
                 .run(model, e.pipeline, &samples, at, e.oracle, &mut draws)
             {
                 Ok(out) => out,
-                Err(err) if stopped(&err) => return Ok(stopped_in(bar, index)),
+                Err(err) if stopped(&err) => return Ok(stop()),
                 Err(err) => {
                     bar.abandon_with_message("stopped");
                     return Err(self.explain(err, index));
@@ -363,7 +477,7 @@ impl Session<'_> {
             bar.set_message(totals.message(start));
             bar.inc(1);
         }
-        Ok(Some(totals))
+        Ok(Steps::Finished(totals))
     }
 
     /// Sums the epoch's totals over the ranks, records its figures, writes the
@@ -462,17 +576,20 @@ impl Session<'_> {
 
 /// Says that epoch `index` (0-based) stopped on a signal, and what is kept; `None`, the
 /// stopped epoch's totals.
-fn stopped_in(bar: &ProgressBar, index: u32) -> Option<Totals> {
+/// The end of an epoch stopped by a signal before its batch `batches` (0-based) of
+/// `count`: logged, with the sums of the batches that ran.
+fn stopped_in(bar: &ProgressBar, index: u32, totals: Totals, batches: u32, count: u64) -> Steps {
     bar.abandon_with_message("interrupted");
-    if index == 0 {
-        log::warn!("interrupted during epoch 1: no epoch has finished and no checkpoint is written; --resume starts from epoch 1");
+    let kept = if index == 0 {
+        "no epoch has finished, so no checkpoint is written".to_string()
     } else {
-        log::warn!(
-            "interrupted during epoch {}; the checkpoint of epoch {index} is kept",
-            index + 1
-        );
-    }
-    None
+        format!("the checkpoint of epoch {index} is kept")
+    };
+    log::warn!(
+        "interrupted in epoch {} after {batches} of {count} batches; {kept}",
+        index + 1
+    );
+    Steps::Stopped { totals, batches }
 }
 
 /// The figures of epoch `index` (0-based), and a warning when the step waited for
