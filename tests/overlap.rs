@@ -192,16 +192,18 @@ fn max_difference(runs: &Path, a: &str, b: &str) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// The overlapped reducer is attached, with `buckets` buckets, and its hooks launched
-/// every bucket during the first backward pass (so the all-reduces did run under it).
+/// The overlapped reducer is attached with `buckets` buckets, and from the second step
+/// (launch order learnt from the first) every bucket but the last to complete was
+/// launched before backward produced its last gradient: it ran under backward.
 fn assert_overlapped(rank0: &str, buckets: usize) {
     assert!(
         rank0.contains(&format!("overlapped with backward, {buckets} bucket(s)")),
         "{rank0}"
     );
+    let under = buckets - 1;
     assert!(
         rank0.contains(&format!(
-            "{buckets} of {buckets} gradient buckets all-reduced during backward"
+            "step 2: {under} of {buckets} gradient buckets launched under backward"
         )),
         "{rank0}"
     );
@@ -271,4 +273,39 @@ fn three_ranks_overlapped_train_as_the_flat_all_reduce() {
     let diff = max_difference(&cwd.path().join("runs"), "tiny", "flat");
     eprintln!("3 ranks, overlap vs flat: largest difference {diff:e}");
     assert!(diff < 1e-6, "overlap changed the weights by {diff}");
+}
+
+/// A ResNet (BatchNorm, per-rank statistics): its flat gradient is in the order of the
+/// parameter names, where `stem` sorts after the stages though its gradient comes last.
+/// The first step launches nothing before backward ends; from the second, the launch
+/// order learnt from the first puts every bucket but the last under backward. Overlap
+/// and the flat fallback still train identical weights.
+#[test]
+fn a_resnet_learns_its_launch_order_and_trains_as_the_flat_all_reduce() {
+    let cwd = tempfile::tempdir().unwrap();
+    config(cwd.path());
+    let deadline = Duration::from_secs(120);
+    let model = ["model.arch=resnet18", "model.width=4", "train.epochs=1"];
+    let mut sets = model.to_vec();
+    sets.push("distributed.bucket_mb=0.02");
+    let tiny = run_ranks(cwd.path(), 2, "tiny", &sets, deadline);
+    let buckets: usize = tiny[0]
+        .split("overlapped with backward, ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{}", tiny[0]));
+    assert!(buckets >= 4, "{}", tiny[0]);
+    assert!(
+        tiny[0].contains(&format!("step 1: 0 of {buckets} gradient buckets")),
+        "{}",
+        tiny[0]
+    );
+    assert_overlapped(&tiny[0], buckets);
+    let mut sets = model.to_vec();
+    sets.push("distributed.overlap=false");
+    run_ranks(cwd.path(), 2, "flat", &sets, deadline);
+    let diff = max_difference(&cwd.path().join("runs"), "tiny", "flat");
+    eprintln!("2 ranks, resnet18, overlap vs flat: largest difference {diff:e}");
+    assert_eq!(diff, 0.0, "overlap changed the weights by {diff}");
 }

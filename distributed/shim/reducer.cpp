@@ -17,9 +17,11 @@
 //   gradient that is not the bucket's view (`!grad.is_alias_of(bucket_view)` there) is
 //   copied into the bucket; the bucket's pending count goes down and, at zero,
 //   `mark_bucket_ready`;
-// - `mark_bucket_ready`: "Buckets are reduced in sequence": bucket i is launched only
-//   after buckets 0..i-1, so every rank issues the same collectives in the same order
-//   whatever order its hooks fire in;
+// - `mark_bucket_ready`: "Buckets are reduced in sequence": a bucket is launched only
+//   after those before it in the launch order, so every rank issues the same collectives
+//   in the same order whatever order its hooks fire in;
+// - `rebuild_buckets` / `sync_bucket_indices`: after the first step the launch order
+//   becomes the order the buckets became ready in, rank 0's (`learn_order`);
 // - `finalize_backward`: waits for every bucket's work. Unlike DDP (whose unused
 //   parameters need `find_unused_parameters`), finalize launches every bucket the hooks
 //   did not: a parameter without a gradient this step keeps the zeros the optimiser put
@@ -78,8 +80,16 @@ struct State {
   std::vector<size_t> bucket_of;  // each parameter's bucket
   std::vector<uint8_t> ready;  // each parameter, this step
   std::vector<Bucket> buckets;
-  size_t next_bucket = 0;  // the first bucket not launched this step
-  size_t launched_by_hooks = 0;  // this step
+  // Launch order: bucket indices. Index order in the first step; from the second on, the
+  // order in which the first step's buckets became ready, as rank 0 saw it.
+  std::vector<size_t> order;
+  std::vector<size_t> completed;  // buckets in the order they became ready, first step
+  bool learned = false;
+  size_t next_bucket = 0;  // the first position in `order` not launched this step
+  size_t pending_params = 0;  // parameters not yet ready this step
+  // Buckets launched this step while some parameter was still waiting for its gradient:
+  // their all-reduce ran under the rest of the backward pass.
+  size_t launched_by_hooks = 0;
   std::string error;  // the first error of this step
 };
 
@@ -91,7 +101,7 @@ at::Tensor slice(const State& s, int64_t offset, int64_t length) {
 // them when `all`), in order (DDP's mark_bucket_ready). Call with the mutex held.
 void launch_ready(State& s, bool all) {
   for (; s.next_bucket < s.buckets.size(); ++s.next_bucket) {
-    Bucket& b = s.buckets[s.next_bucket];
+    Bucket& b = s.buckets[s.order[s.next_bucket]];
     if (!all && b.pending != 0) {
       return;
     }
@@ -122,11 +132,17 @@ void mark_ready(State& s, size_t index, const at::Tensor& param) {
     at::NoGradGuard no_grad;
     view.copy_(grad.reshape({-1}));
   }
+  --s.pending_params;
   Bucket& b = s.buckets[s.bucket_of[index]];
   if (--b.pending == 0) {
+    if (!s.learned) {
+      s.completed.push_back(s.bucket_of[index]);
+    }
     size_t before = s.next_bucket;
     launch_ready(s, false);
-    s.launched_by_hooks += s.next_bucket - before;
+    if (s.pending_params > 0) {
+      s.launched_by_hooks += s.next_bucket - before;
+    }
   }
 }
 
@@ -188,8 +204,10 @@ void reset_step(State& s) {
     b.work.reset();
   }
   s.next_bucket = 0;
+  s.pending_params = s.params.size();
   s.launched_by_hooks = 0;
   s.error.clear();
+  s.completed.clear();
 }
 
 // Waits for every launched bucket; the first failure's message, or "".
@@ -209,6 +227,46 @@ std::string wait_all(State& s) {
     b.work.reset();
   }
   return first;
+}
+
+// After the first step: the launch order becomes the order in which that step's buckets
+// became ready (those that never did last, in index order), rank 0's order on every rank
+// (one broadcast, at the same point on every rank). sat's flat gradient is in the order of
+// the parameters' names, which is not the backward pass's (a ResNet's `stem` sorts after
+// its stages, though its gradient comes last); DDP rebuilds its buckets after the first
+// iteration for the same reason (`rebuild_buckets`, rank 0's `sync_bucket_indices`).
+void learn_order(State& s) {
+  const size_t n = s.buckets.size();
+  std::vector<int64_t> order;
+  std::vector<uint8_t> seen(n, 0);
+  for (size_t k : s.completed) {
+    if (seen[k] == 0) {
+      seen[k] = 1;
+      order.push_back(static_cast<int64_t>(k));
+    }
+  }
+  for (size_t k = 0; k < n; ++k) {
+    if (seen[k] == 0) {
+      order.push_back(static_cast<int64_t>(k));
+    }
+  }
+  at::Tensor t = at::tensor(order, at::kLong).to(s.flat.device());
+  std::vector<at::Tensor> tensors{t};
+  c10d::BroadcastOptions opts;
+  opts.rootRank = 0;
+  opts.rootTensor = 0;
+  s.backend->broadcast(tensors, opts)->wait();
+  at::Tensor agreed = t.cpu();
+  const int64_t* v = agreed.data_ptr<int64_t>();
+  std::vector<uint8_t> check(n, 0);
+  for (size_t i = 0; i < n; ++i) {
+    TORCH_CHECK(v[i] >= 0 && static_cast<size_t>(v[i]) < n && check[v[i]] == 0,
+        "reducer: rank 0's bucket order is not a permutation");
+    check[v[i]] = 1;
+    s.order[i] = static_cast<size_t>(v[i]);
+  }
+  s.learned = true;
+  s.completed.clear();
 }
 
 }  // namespace
@@ -278,6 +336,9 @@ char* sat_c10d_reducer_new(
       TORCH_CHECK(s->bucket_of[i] < n_buckets, "reducer: parameter ", i, " in no bucket");
     }
     s->ready.assign(n, 0);
+    for (size_t k = 0; k < n_buckets; ++k) {
+      s->order.push_back(k);
+    }
     reset_step(*s);
     for (size_t i = 0; i < n; ++i) {
       TORCH_CHECK(
@@ -298,7 +359,7 @@ char* sat_c10d_reducer_new(
 // `flat` (the optimiser's flat gradient now) by the world size. When `flat` is not the
 // tensor the reducer was made with (the optimiser rebound its gradients), the buckets are
 // reduced on `flat` again, from the first. `launched_by_hooks` receives how many buckets
-// the hooks launched during backward.
+// the hooks launched before the step's last gradient was accumulated (under backward).
 char* sat_c10d_reducer_finalize(sat_c10d_reducer* r, void* flat, size_t* launched_by_hooks) noexcept {
   return sat_shim::guarded([&] {
     TORCH_CHECK(r != nullptr && launched_by_hooks != nullptr, "reducer_finalize: null argument");
@@ -328,6 +389,13 @@ char* sat_c10d_reducer_finalize(sat_c10d_reducer* r, void* flat, size_t* launche
     std::string waited = wait_all(s);
     if (error.empty()) {
       error = waited;
+    }
+    if (error.empty() && !s.learned) {
+      try {
+        learn_order(s);
+      } catch (...) {
+        error = sat_shim::current_message();
+      }
     }
     reset_step(s);
     TORCH_CHECK(error.empty(), error);

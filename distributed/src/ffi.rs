@@ -379,7 +379,7 @@ impl Reducer {
     }
 
     /// Launches the buckets the hooks did not, waits for all, divides `flat` by the world
-    /// size; returns how many buckets the hooks launched during backward.
+    /// size; returns how many buckets the hooks launched before the last gradient.
     pub(crate) fn finalize(&mut self, flat: &Tensor) -> Result<usize, String> {
         let mut launched = 0usize;
         // SAFETY: the reducer handle is live and used by one thread at a time (`&mut`);

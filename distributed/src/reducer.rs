@@ -57,7 +57,9 @@ pub fn plan_buckets(
 /// What one step's [`GradientReducer::finalize`] saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Finalized {
-    /// Buckets launched by the hooks during the backward pass.
+    /// Buckets the hooks launched while some parameter still awaited its gradient: their
+    /// all-reduce ran under the rest of the backward pass (a bucket launched by the last
+    /// gradient's hook is not counted).
     pub launched_during_backward: usize,
     /// Buckets in all.
     pub buckets: usize,

@@ -467,9 +467,10 @@ impl GradientSync for AllReduceMean {
         let start = Instant::now();
         let result = match self.reducer.borrow_mut().as_mut() {
             Some(reducer) => tch::no_grad(|| reducer.finalize(flat_gradient)).map(|f| {
-                if self.steps == 0 && self.group.rank() == 0 {
+                if self.steps < 2 && self.group.rank() == 0 {
                     log::debug!(
-                        "first step: {} of {} gradient buckets all-reduced during backward",
+                        "step {}: {} of {} gradient buckets launched under backward (before its last gradient)",
+                        self.steps + 1,
                         f.launched_during_backward,
                         f.buckets
                     );
