@@ -139,6 +139,11 @@ pub struct NonFiniteLoss(pub f64, pub String);
 /// `TORCHELASTIC_RESTART_COUNT` > 0), so a restarted job can show that it resumes.
 pub const DEBUG_PANIC_AT_STEP: &str = "SAT_DEBUG_PANIC_AT_STEP";
 
+/// **Test-only**, like [`DEBUG_PANIC_AT_STEP`]: with `SAT_DEBUG_SIGINT_AT_STEP=N` the
+/// process sends itself SIGINT at global step `N`, so a test stops a run part-way
+/// through an epoch at a known place (the stop lands at the next batch or model call).
+pub const DEBUG_SIGINT_AT_STEP: &str = "SAT_DEBUG_SIGINT_AT_STEP";
+
 /// The training step with its state: optimiser, loss scale and the gradient
 /// synchronisation (the objective is the pipeline's).
 pub struct TrainingStep {
@@ -149,6 +154,7 @@ pub struct TrainingStep {
     amp: bool,
     sync: Box<dyn GradientSync>,
     panic_at: Option<u64>,
+    sigint_at: Option<u64>,
 }
 
 impl TrainingStep {
@@ -159,12 +165,16 @@ impl TrainingStep {
             .ok()
             .and_then(|v| v.trim().parse().ok())
             .filter(|_| crate::distributed::elastic_restart().is_none());
+        let sigint_at = std::env::var(DEBUG_SIGINT_AT_STEP)
+            .ok()
+            .and_then(|v| v.trim().parse().ok());
         Self {
             optimizer,
             scaler: LossScale::default(),
             amp,
             sync,
             panic_at,
+            sigint_at,
         }
     }
 
@@ -231,8 +241,12 @@ impl TrainingStep {
         })
     }
 
-    /// Panics at the step `SAT_DEBUG_PANIC_AT_STEP` names (see [`DEBUG_PANIC_AT_STEP`]).
+    /// Panics at the step `SAT_DEBUG_PANIC_AT_STEP` names (see [`DEBUG_PANIC_AT_STEP`]);
+    /// sends SIGINT at the one `SAT_DEBUG_SIGINT_AT_STEP` names.
     fn inject_fault(&self, at: StepAt) {
+        if self.sigint_at == Some(at.global_step) {
+            let _ = signal_hook::low_level::raise(signal_hook::consts::SIGINT);
+        }
         if self.panic_at == Some(at.global_step) {
             panic!(
                 "{DEBUG_PANIC_AT_STEP}: deliberate panic at global step {} (epoch {})",
