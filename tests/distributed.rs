@@ -2,20 +2,11 @@
 //! plain environment variables and by torchrun. Every multi-process test has a hard
 //! deadline after which its processes are killed, and a guard that kills them when the
 //! test fails, so no process is left behind.
+use sat_tests::ranks::{free_port, max_difference, run_ranks, spawn_ranks, Procs};
 use sat_tests::{image_folder, pack, sat, sat_host, target_dir};
-use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A free TCP port on the loopback address (bound, then released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// A small run: a model without BatchNorm (`mlp`), no augmentation, SGD with momentum;
 /// 256 training images = 4 global batches of 64.
@@ -62,154 +53,8 @@ timeout_seconds = 10
     path
 }
 
-/// Processes killed (and reaped) when dropped: a failing test leaves none behind.
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// What a finished process said.
-struct Done {
-    code: Option<i32>,
-    stderr: String,
-    seconds: f64,
-}
-
-impl Procs {
-    /// Waits for every process, killing all of them after `deadline`; stderr read from
-    /// the files given at spawn.
-    fn wait(mut self, deadline: Duration, logs: &[PathBuf]) -> Vec<Done> {
-        let start = Instant::now();
-        let mut codes: Vec<Option<Option<i32>>> = vec![None; self.0.len()];
-        let mut times = vec![0.0; self.0.len()];
-        while codes.iter().any(Option::is_none) {
-            for (i, c) in self.0.iter_mut().enumerate() {
-                if codes[i].is_none() {
-                    if let Some(status) = c.try_wait().unwrap() {
-                        codes[i] = Some(status.code());
-                        times[i] = start.elapsed().as_secs_f64();
-                    }
-                }
-            }
-            if start.elapsed() > deadline {
-                let logs: Vec<String> = logs
-                    .iter()
-                    .map(|l| std::fs::read_to_string(l).unwrap_or_default())
-                    .collect();
-                panic!(
-                    "processes still running after {deadline:?}; killed\n{}",
-                    logs.join("\n----\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.0.clear();
-        codes
-            .into_iter()
-            .zip(times)
-            .zip(logs)
-            .map(|((code, seconds), log)| Done {
-                code: code.unwrap(),
-                stderr: std::fs::read_to_string(log).unwrap_or_default(),
-                seconds,
-            })
-            .collect()
-    }
-}
-
-/// Starts `world` ranks of `sat-host args…` (plus `per_rank(rank)` arguments) with the
-/// torchrun variables set by hand; stderr of rank r goes to `cwd/rank<r>.log`.
-fn spawn_ranks(
-    cwd: &Path,
-    world: usize,
-    port: u16,
-    args: &[&str],
-    per_rank: impl Fn(usize) -> Vec<String>,
-) -> (Procs, Vec<PathBuf>) {
-    let mut procs = Procs(Vec::new());
-    let mut logs = Vec::new();
-    for rank in 0..world {
-        let log = cwd.join(format!("rank{rank}.log"));
-        let child = Command::new(sat_host())
-            .args(args)
-            .args(per_rank(rank))
-            .current_dir(cwd)
-            .env_remove("SAT_PLUGIN_PATH")
-            .env_remove("SAT_LOG")
-            .env_remove("RUST_LOG")
-            .env("OMP_NUM_THREADS", "1")
-            .env("RANK", rank.to_string())
-            .env("LOCAL_RANK", rank.to_string())
-            .env("WORLD_SIZE", world.to_string())
-            .env("LOCAL_WORLD_SIZE", world.to_string())
-            .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", port.to_string())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start sat-host");
-        procs.0.push(child);
-        logs.push(log);
-    }
-    (procs, logs)
-}
-
-/// Runs `world` ranks to the end within `deadline`.
-fn run_ranks(cwd: &Path, world: usize, args: &[&str], deadline: u64) -> Vec<Done> {
-    let (procs, logs) = spawn_ranks(cwd, world, free_port(), args, |_| Vec::new());
-    procs.wait(Duration::from_secs(deadline), &logs)
-}
-
 fn metrics(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap()
-}
-
-/// The float32 tensors of a safetensors file (header: 8-byte length, JSON), by name.
-fn tensors(path: &Path) -> HashMap<String, Vec<f32>> {
-    let bytes = std::fs::read(path).unwrap();
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    let data = &bytes[8 + n..];
-    header
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(k, v)| *k != "__metadata__" && v["dtype"] == "F32")
-        .map(|(k, v)| {
-            let offsets = &v["data_offsets"];
-            let (a, b) = (
-                offsets[0].as_u64().unwrap() as usize,
-                offsets[1].as_u64().unwrap() as usize,
-            );
-            let values = data[a..b]
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            (k.clone(), values)
-        })
-        .collect()
-}
-
-fn max_difference(a: &Path, b: &Path) -> f32 {
-    let (a, b) = (tensors(a), tensors(b));
-    assert_eq!(a.len(), b.len());
-    assert!(!a.is_empty());
-    a.iter()
-        .flat_map(|(k, x)| {
-            let y = &b[k];
-            assert_eq!(x.len(), y.len(), "{k}");
-            x.iter()
-                .zip(y)
-                .map(|(p, q)| (p - q).abs())
-                .collect::<Vec<_>>()
-        })
-        .fold(0.0, f32::max)
 }
 
 /// 2 ranks × batch 32 train the weights 1 rank × batch 64 trains (within 1e-5); the

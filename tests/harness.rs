@@ -3,6 +3,9 @@
 //! The test script (`scripts/test`) builds the workspace, the fixtures and the example
 //! plugin before `cargo test`, so everything lives in the same target directory as
 //! these test executables.
+#[path = "ranks.rs"]
+pub mod ranks;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

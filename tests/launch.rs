@@ -8,22 +8,14 @@
 //! process has a hard deadline and is stopped when the test fails: torchrun by SIGTERM
 //! (it stops its workers) and then SIGKILL; its workers also give up within their
 //! 30 s store timeout once the agent's store is gone.
+use sat_tests::ranks::free_port;
 use sat_tests::{metrics, sat_host, target_dir, TINY};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The bound on one launch, start to finish.
 const DEADLINE: Duration = Duration::from_secs(120);
-
-/// A free TCP port on the loopback address (bound, then released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// The lines of `text` that read as errors: c10d's glog lines (`[E…`, `[F…`), torch's
 /// Python log lines (`E1207 …`), sat's own (`ERROR`), a traceback, or a bind failure.

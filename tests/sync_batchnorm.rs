@@ -2,12 +2,10 @@
 //! synchronised BatchNorm train a PreAct ResNet as 1 process × batch 64 does, running
 //! statistics included (within 1e-5); without it they do not. Ranks run over Gloo on
 //! 127.0.0.1 under a hard deadline, and are killed if the test fails.
-use sat_tests::{metrics, sat, sat_host};
-use std::collections::HashMap;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use sat_tests::ranks::{run_ranks, worst_difference};
+use sat_tests::{metrics, sat};
+use std::path::Path;
+use std::time::Instant;
 
 /// PreAct ResNet-18 at width 4 on 256 shapes of 16×16 (4 global batches of 64), no
 /// augmentation, SGD with momentum, two epochs, no attack; only clean accuracy at the end.
@@ -46,134 +44,27 @@ timeout_seconds = 20
     .unwrap();
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// Processes killed (and reaped) when dropped.
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// Runs 2 ranks of `sat-host run --config c.toml --set …` to the end (at most
 /// `deadline` seconds); returns each rank's stderr after checking it succeeded.
 fn two_ranks(cwd: &Path, sets: &[&str], deadline: u64) -> Vec<String> {
-    let port = free_port().to_string();
     let mut args = vec!["run", "--config", "c.toml"];
     for s in sets {
         args.extend(["--set", s]);
     }
-    let mut procs = Procs(Vec::new());
-    let logs: Vec<PathBuf> = (0..2).map(|r| cwd.join(format!("rank{r}.log"))).collect();
-    for (rank, log) in logs.iter().enumerate() {
-        let child = Command::new(sat_host())
-            .args(&args)
-            .current_dir(cwd)
-            .env_remove("SAT_PLUGIN_PATH")
-            .env_remove("SAT_LOG")
-            .env_remove("RUST_LOG")
-            .env("OMP_NUM_THREADS", "1")
-            .env("RANK", rank.to_string())
-            .env("LOCAL_RANK", rank.to_string())
-            .env("WORLD_SIZE", "2")
-            .env("LOCAL_WORLD_SIZE", "2")
-            .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", &port)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .expect("start sat-host");
-        procs.0.push(child);
-    }
     let start = Instant::now();
-    let mut codes = vec![None; 2];
-    while codes.iter().any(Option::is_none) {
-        for (c, code) in procs.0.iter_mut().zip(codes.iter_mut()) {
-            if code.is_none() {
-                *code = c.try_wait().unwrap().map(|s| s.code());
-            }
-        }
-        let read = || {
-            logs.iter()
-                .map(|l| std::fs::read_to_string(l).unwrap_or_default())
-                .collect::<Vec<_>>()
-        };
-        assert!(
-            start.elapsed() < Duration::from_secs(deadline),
-            "ranks still running after {deadline} s; killed\n{}",
-            read().join("\n----\n")
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    procs.0.clear();
-    let stderr: Vec<String> = logs
-        .iter()
-        .map(|l| std::fs::read_to_string(l).unwrap_or_default())
-        .collect();
-    for (rank, (code, err)) in codes.iter().zip(&stderr).enumerate() {
-        assert_eq!(*code, Some(Some(0)), "rank {rank} failed:\n{err}");
+    let done = run_ranks(cwd, 2, &args, deadline);
+    for (rank, d) in done.iter().enumerate() {
+        assert_eq!(d.code, Some(0), "rank {rank} failed:\n{}", d.stderr);
     }
     eprintln!("2 ranks {sets:?}: {:.1} s", start.elapsed().as_secs_f64());
-    stderr
-}
-
-/// The float32 tensors of a safetensors file, by name.
-fn tensors(path: &Path) -> HashMap<String, Vec<f32>> {
-    let bytes = std::fs::read(path).unwrap();
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    let data = &bytes[8 + n..];
-    header
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(k, v)| *k != "__metadata__" && v["dtype"] == "F32")
-        .map(|(k, v)| {
-            let (a, b) = (
-                v["data_offsets"][0].as_u64().unwrap() as usize,
-                v["data_offsets"][1].as_u64().unwrap() as usize,
-            );
-            let values = data[a..b]
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            (k.clone(), values)
-        })
-        .collect()
+    done.into_iter().map(|d| d.stderr).collect()
 }
 
 /// The largest absolute difference of the two runs' checkpoints over the tensors whose
 /// names contain `filter`, and that tensor's name.
 fn max_difference(a: &Path, b: &Path, filter: &str) -> (f32, String) {
-    let ckpt = |d: &Path| tensors(&d.join("checkpoint.safetensors"));
-    let (a, b) = (ckpt(a), ckpt(b));
-    assert_eq!(a.len(), b.len());
-    let mut worst = (0.0f32, String::new());
-    let mut compared = 0;
-    for (name, x) in a.iter().filter(|(k, _)| k.contains(filter)) {
-        let y = &b[name];
-        assert_eq!(x.len(), y.len(), "{name}");
-        compared += 1;
-        for (p, q) in x.iter().zip(y) {
-            let d = (p - q).abs();
-            assert!(d.is_finite(), "{name}: {p} vs {q}");
-            if d > worst.0 {
-                worst = (d, name.clone());
-            }
-        }
-    }
-    assert!(compared > 0, "no tensor named *{filter}*");
-    worst
+    let ckpt = |d: &Path| d.join("checkpoint.safetensors");
+    worst_difference(&ckpt(a), &ckpt(b), filter)
 }
 
 #[test]
