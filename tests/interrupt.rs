@@ -416,3 +416,36 @@ fn a_refused_resume_keeps_the_config() {
     .success();
     assert!(text(&config).contains("epochs = 2"), "{}", text(&config));
 }
+
+/// A data-parallel run: SIGTERM to rank 0 alone, in the middle of a long epoch, stops
+/// both ranks within seconds — they agree on the stop before every batch, so neither is
+/// left waiting in a collective — and the run is recorded `interrupted`.
+#[test]
+fn sigterm_stops_a_data_parallel_run_at_the_next_batch() {
+    use sat_tests::ranks::{free_port, spawn_ranks, Procs};
+    let cwd = tempfile::tempdir().unwrap();
+    let mut args = vec!["run"];
+    args.extend_from_slice(TINY);
+    // Epochs of minutes: PGD-50 training on 4096 images.
+    args.extend([
+        "--set", "name=ddp", "--attack", "pgd", "--set", "components.pgd.steps=50",
+        "--set", "data.train_size=4096", "--set", "distributed.timeout_seconds=60",
+    ]);
+    let (mut procs, logs) = spawn_ranks(cwd.path(), 2, free_port(), &args, |_| Vec::new());
+    let start = Instant::now();
+    while !text(&logs[0]).contains("training:") {
+        assert!(start.elapsed() < Duration::from_secs(60), "{}", text(&logs[0]));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rank0 = procs.0[0].id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &rank0]).status().unwrap().success());
+    let signalled = Instant::now();
+    let children = std::mem::take(&mut procs.0);
+    let done = Procs(children).wait(Duration::from_secs(60), &logs);
+    let seconds = signalled.elapsed();
+    assert!(seconds < STOP_WITHIN, "the ranks took {seconds:?} to stop");
+    assert_eq!(done[0].code, Some(143), "{}", done[0].stderr);
+    assert_eq!(done[1].code, Some(130), "{}", done[1].stderr);
+    assert!(done[0].stderr.contains("interrupted in epoch 1 after"), "{}", done[0].stderr);
+    assert_eq!(metrics(&cwd.path().join("runs/ddp"))["status"], "interrupted");
+}

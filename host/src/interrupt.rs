@@ -156,8 +156,8 @@ pub fn requested() -> bool {
     REQUESTED.load(Ordering::SeqCst) || simulated()
 }
 
-/// Set in a data-parallel run: its ranks agree on a stop at the end of an epoch, so no
-/// rank may leave a batch half done while the others wait for it in a collective.
+/// Set in a data-parallel run: its ranks agree on a stop before each batch, so no rank
+/// may leave a batch half done while the others wait for it in a collective.
 static AGREED: AtomicBool = AtomicBool::new(false);
 
 /// Makes [`stop_now`] wait for the ranks' agreement (a data-parallel run).

@@ -427,16 +427,22 @@ impl Session<'_> {
         let draws_key = SplitMix::stream(config.seed, Purpose::Draws, index).next_u64();
         let torch_key = self.ranks.torch_seed(config.seed, Purpose::Attacks, index) as u64;
         let per_epoch = batches.batch_count() as u64;
-        // In a data-parallel run Ctrl-C is agreed on at the end of the epoch (in
-        // close_epoch), so no rank leaves the others waiting in a collective; in one
-        // process it stops the epoch at once: between batches, or inside one when the
-        // attack (refused by the oracle) or the data loader stopped.
+        // In a data-parallel run Ctrl-C is agreed on before every batch (and at the end
+        // of the epoch, in close_epoch), so no rank leaves the others waiting in a
+        // collective; in one process it stops the epoch at once: between batches, or
+        // inside one when the attack (refused by the oracle) or the data loader stopped.
         let single = !self.ranks.is_distributed();
         let stopped = |err: &anyhow::Error| single && crate::interrupt::is_interrupted(err);
         for (i, samples) in batches.by_ref().enumerate() {
             let b = first + i;
             let stop = || stopped_in(bar, index, totals, b as u32, per_epoch);
-            if single && self.interrupted.load(Ordering::SeqCst) {
+            let flag = self.interrupted.load(Ordering::SeqCst);
+            if single && flag {
+                return Ok(stop());
+            }
+            // Data-parallel: the ranks agree on a stop before every batch (one small sum),
+            // so a signal to any of them stops all within a step, none left waiting.
+            if !single && self.ranks.sum(&[f64::from(u8::from(flag))], self.device)?[0] > 0.0 {
                 return Ok(stop());
             }
             let mut draws = SplitMix::new(draws_key, b as u64);
