@@ -155,3 +155,20 @@ fn stored_state_is_checked_field_by_field_and_a_refusal_changes_nothing() {
     sat_tests::sat(c, &resume, &[]).success();
     assert_eq!(metrics(&run)["epochs"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn command_line_counts_are_ranged_and_named_by_their_flag() {
+    let cwd = tempfile::tempdir().unwrap();
+    for (args, needle) in [
+        (&["bench", "--batch", "0"][..], "'--batch <BATCH>': 0 is not in 1..=65536"),
+        (&["bench", "--steps", "100000000"][..], "'--steps <STEPS>': 100000000 is not in 1..=100000"),
+        (&["bench", "--warmup", "99999"][..], "'--warmup <WARMUP>'"),
+        (&["saliency", "--samples", "100000"][..], "'--samples <SAMPLES>': 100000 is not in 1..=1000"),
+        (&["attack", "--attack", "pgd", "--samples", "1000000000"][..], "'--samples <N>'"),
+    ] {
+        let out = Command::new(sat_host()).args(args).current_dir(cwd.path()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}

@@ -45,8 +45,8 @@ pub struct AttackArgs {
     #[arg(long, value_name = "DIR")]
     pub png: Option<PathBuf>,
     /// Test images attacked, spread over the test set as eval picks them (0 = all;
-    /// default: `[eval] max_samples`).
-    #[arg(long, value_name = "N")]
+    /// default: `[eval] max_samples`; at most 100 000 000).
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=100_000_000))]
     pub samples: Option<usize>,
     /// Replace --out, and write into a --png directory that is not empty.
     #[arg(long)]

@@ -42,14 +42,14 @@ pub struct BenchArgs {
         default_value = "standard,sat-masks,sat-gradient,fgsm-rs,pgd-7,trades-10,rrr-masks,input-gradient,fgsm-gradalign,eval-pgd-20,eval-apgd-ce"
     )]
     pub rows: Vec<String>,
-    /// Batch size.
-    #[arg(long, default_value_t = 128)]
+    /// Batch size (1 to 65 536).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(i64).range(1..=65_536))]
     pub batch: i64,
-    /// Untimed steps per row.
-    #[arg(long, default_value_t = 2)]
+    /// Untimed steps per row (0 to 10 000).
+    #[arg(long, default_value_t = 2, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=10_000))]
     pub warmup: usize,
-    /// Timed steps per row.
-    #[arg(long, default_value_t = 5)]
+    /// Timed steps per row (1 to 100 000).
+    #[arg(long, default_value_t = 5, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub steps: usize,
     /// Write the rows as JSON here.
     #[arg(long, value_name = "FILE")]

@@ -28,8 +28,8 @@ pub struct SaliencyArgs {
     /// `teacher = "self"`); default: the freshly initialised model.
     #[arg(long, value_name = "FILE")]
     pub checkpoint: Option<PathBuf>,
-    /// Test images shown.
-    #[arg(long, default_value_t = 6)]
+    /// Test images shown (1 to 1000).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(i64).range(1..=1000))]
     pub samples: i64,
     /// Budget of the perturbed-image column `clip(x − ε·S)`.
     #[arg(long, value_name = "EPS", default_value = "8/255", value_parser = Epsilon::parse)]
