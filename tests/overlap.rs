@@ -3,23 +3,15 @@
 //! all-reduce after backward trains (identical bits on 2 ranks, within 1e-6 on 3), and
 //! the weights one process trains on the global batch (within 1e-5). Ranks run the real
 //! binary over Gloo on 127.0.0.1 with a hard deadline; a guard kills them on failure.
-use sat_tests::{sat, sat_host};
-use std::collections::HashMap;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use sat_tests::ranks::{free_port, spawn_ranks_with};
+use sat_tests::sat;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Tiny buckets (105 bytes): every parameter of the `mlp` gets a bucket of its own
 /// (but `head.bias` shares one with `fc1.weight`), so several all-reduces run per step.
 const TINY_BUCKETS: &str = "distributed.bucket_mb=0.0001";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// A model without BatchNorm (`mlp`: fc1, head), no augmentation, SGD with momentum;
 /// 192 training images = 3 global batches of 64 on 2 ranks, 2 of 96 on 3; no evaluation.
@@ -56,18 +48,6 @@ timeout_seconds = 20
     .unwrap();
 }
 
-/// Processes killed (and reaped) when dropped: a failing test leaves none behind.
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// Runs `world` ranks of `sat-host run --config c.toml --set name=NAME sets…` (debug
 /// log) and returns each rank's stderr; every rank must succeed within `deadline`.
 fn run_ranks(
@@ -77,119 +57,26 @@ fn run_ranks(
     sets: &[&str],
     deadline: Duration,
 ) -> Vec<String> {
-    let port = free_port();
-    let mut procs = Procs(Vec::new());
-    let mut logs: Vec<PathBuf> = Vec::new();
-    for rank in 0..world {
-        let log = cwd.join(format!("{name}.rank{rank}.log"));
-        let mut cmd = Command::new(sat_host());
-        cmd.args([
-            "run",
-            "--config",
-            "c.toml",
-            "--set",
-            &format!("name={name}"),
-        ]);
-        for s in sets {
-            cmd.args(["--set", s]);
-        }
-        let child = cmd
-            .current_dir(cwd)
-            .env_remove("SAT_PLUGIN_PATH")
-            .env_remove("RUST_LOG")
-            .env("SAT_LOG", "debug")
-            .env("OMP_NUM_THREADS", "1")
-            .env("RANK", rank.to_string())
-            .env("LOCAL_RANK", rank.to_string())
-            .env("WORLD_SIZE", world.to_string())
-            .env("LOCAL_WORLD_SIZE", world.to_string())
-            .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", port.to_string())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start sat-host");
-        procs.0.push(child);
-        logs.push(log);
+    let name_set = format!("name={name}");
+    let mut args = vec!["run", "--config", "c.toml", "--set", &name_set];
+    for s in sets {
+        args.extend(["--set", s]);
     }
     let start = Instant::now();
-    let mut codes: Vec<Option<Option<i32>>> = vec![None; world];
-    while codes.iter().any(Option::is_none) {
-        for (i, c) in procs.0.iter_mut().enumerate() {
-            if codes[i].is_none() {
-                codes[i] = c.try_wait().unwrap().map(|s| s.code());
-            }
-        }
-        let read = || -> Vec<String> {
-            logs.iter()
-                .map(|l| std::fs::read_to_string(l).unwrap_or_default())
-                .collect()
-        };
-        assert!(
-            start.elapsed() < deadline,
-            "{name}: ranks still running after {deadline:?}; killed\n{}",
-            read().join("\n----\n")
-        );
-        std::thread::sleep(Duration::from_millis(20));
+    let (procs, logs) =
+        spawn_ranks_with(cwd, world, free_port(), &args, |_| Vec::new(), &[("SAT_LOG", "debug")]);
+    let done = procs.wait(deadline, &logs);
+    for (rank, d) in done.iter().enumerate() {
+        assert_eq!(d.code, Some(0), "{name}: rank {rank}\n{}", d.stderr);
     }
-    procs.0.clear();
-    let stderr: Vec<String> = logs
-        .iter()
-        .map(|l| std::fs::read_to_string(l).unwrap_or_default())
-        .collect();
-    for (rank, code) in codes.iter().enumerate() {
-        assert_eq!(
-            *code,
-            Some(Some(0)),
-            "{name}: rank {rank}\n{}",
-            stderr[rank]
-        );
-    }
-    eprintln!(
-        "{name}: {world} ranks in {:.1} s",
-        start.elapsed().as_secs_f64()
-    );
-    stderr
-}
-
-/// The float32 tensors of a safetensors file (header: 8-byte length, JSON), by name.
-fn tensors(path: &Path) -> HashMap<String, Vec<f32>> {
-    let bytes = std::fs::read(path).unwrap();
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    let data = &bytes[8 + n..];
-    header
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(k, v)| *k != "__metadata__" && v["dtype"] == "F32")
-        .map(|(k, v)| {
-            let at = |i: usize| v["data_offsets"][i].as_u64().unwrap() as usize;
-            let values = data[at(0)..at(1)]
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            (k.clone(), values)
-        })
-        .collect()
+    eprintln!("{name}: {world} ranks in {:.1} s", start.elapsed().as_secs_f64());
+    done.into_iter().map(|d| d.stderr).collect()
 }
 
 /// The largest difference between two runs' checkpoints.
 fn max_difference(runs: &Path, a: &str, b: &str) -> f32 {
     let file = |run: &str| runs.join(run).join("checkpoint.safetensors");
-    let (a, b) = (tensors(&file(a)), tensors(&file(b)));
-    assert_eq!(a.len(), b.len());
-    assert!(!a.is_empty());
-    a.iter()
-        .flat_map(|(k, x)| {
-            let y = &b[k];
-            assert_eq!(x.len(), y.len(), "{k}");
-            x.iter()
-                .zip(y)
-                .map(|(p, q)| (p - q).abs())
-                .collect::<Vec<_>>()
-        })
-        .fold(0.0, f32::max)
+    sat_tests::ranks::max_difference(&file(a), &file(b))
 }
 
 /// The overlapped reducer is attached with `buckets` buckets, and from the second step

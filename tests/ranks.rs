@@ -86,17 +86,34 @@ pub fn spawn_ranks(
     args: &[&str],
     per_rank: impl Fn(usize) -> Vec<String>,
 ) -> (Procs, Vec<PathBuf>) {
+    spawn_ranks_with(cwd, world, port, args, per_rank, &[])
+}
+
+/// As [`spawn_ranks`], with `env` set in every rank (e.g. `SAT_LOG=debug`).
+pub fn spawn_ranks_with(
+    cwd: &Path,
+    world: usize,
+    port: u16,
+    args: &[&str],
+    per_rank: impl Fn(usize) -> Vec<String>,
+    env: &[(&str, &str)],
+) -> (Procs, Vec<PathBuf>) {
     let mut procs = Procs(Vec::new());
     let mut logs = Vec::new();
     for rank in 0..world {
         let log = cwd.join(format!("rank{rank}.log"));
-        let child = Command::new(sat_host())
+        let mut command = Command::new(sat_host());
+        command
+            .env_remove("SAT_PLUGIN_PATH")
+            .env_remove("SAT_LOG")
+            .env_remove("RUST_LOG");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command
             .args(args)
             .args(per_rank(rank))
             .current_dir(cwd)
-            .env_remove("SAT_PLUGIN_PATH")
-            .env_remove("SAT_LOG")
-            .env_remove("RUST_LOG")
             .env("OMP_NUM_THREADS", "1")
             .env("RANK", rank.to_string())
             .env("LOCAL_RANK", rank.to_string())
