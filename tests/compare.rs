@@ -48,6 +48,9 @@ fn two_hand_runs(root: &Path) -> (String, String) {
 fn hand_written_runs_compare_in_every_format() {
     let root = tempfile::tempdir().unwrap();
     let (done, busy) = two_hand_runs(root.path());
+    // `busy` is live: its writer holds the run directory's lock (as sat-host run does).
+    let writer = std::fs::File::create(Path::new(&busy).join(".lock")).unwrap();
+    writer.lock().unwrap();
     let md = sat(root.path(), &["compare", &done, &busy], &[])
         .success()
         .stdout;
@@ -108,6 +111,18 @@ fn hand_written_runs_compare_in_every_format() {
     assert_eq!(runs[0]["train_seconds"], 75.0);
     assert_eq!(runs[0]["saliency"], serde_json::json!(["masks"]));
     assert_eq!(runs[1]["status"], "running");
+    // Its writer gone without a word (the lock free, `running` on disk): compare records
+    // the run as failed, with the reason.
+    drop(writer);
+    let json = sat(root.path(), &["compare", "--format", "json", &busy], &[])
+        .success()
+        .stdout;
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v[0]["status"], "failed", "{json}");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(&busy).join("metrics.json")).unwrap())
+            .unwrap();
+    assert!(m["error"].as_str().unwrap().contains("found by sat-host compare"), "{m}");
     assert_eq!(runs[1]["clean_accuracy"], serde_json::Value::Null);
     let robust = |r: &serde_json::Value, label: &str| {
         r["robust"]
