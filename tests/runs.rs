@@ -1,5 +1,5 @@
 //! Training runs end to end, and plugins that fail mid-run.
-use sat_tests::{metrics, plugin_dir, tiny_run};
+use sat_tests::{metrics, plugin_dir, sat, tiny_run};
 use std::path::Path;
 
 #[test]
@@ -557,4 +557,26 @@ fn check_breakdown(r: &serde_json::Value, classes: usize) {
         );
         assert!(r["median_l2"].as_f64().unwrap() >= linf, "{what}");
     }
+}
+
+/// An ℓ2 budget is a radius, not a count of intensity levels: it is printed as a plain
+/// number (`eps 1`), never as `255/255` (issue 21), in the log, the summary and compare.
+#[test]
+fn l2_budgets_are_printed_as_plain_numbers() {
+    let cwd = tempfile::tempdir().unwrap();
+    let out = tiny_run(
+        cwd.path(),
+        &[
+            "--set", "name=l2", "--set", "eval.attacks=[\"pgd\"]", "--set",
+            "components.pgd.norm=\"l2\"", "--set", "eval.epsilons=[0.5, 1.0]", "--set",
+            "components.pgd.step_size=0.25",
+        ],
+        &[],
+    )
+    .success();
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(text.contains("pgd (l2, eps 1, 1 steps)") && text.contains("l2   eps 1 "), "{text}");
+    assert!(!text.contains("255/255") && !text.contains("128/255"), "{text}");
+    let table = sat(cwd.path(), &["compare", "runs/l2"], &[]).success().stdout;
+    assert!(table.contains("pgd l2 0.5") && table.contains("pgd l2 1 "), "{table}");
 }

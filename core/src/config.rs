@@ -51,6 +51,19 @@ impl Epsilon {
     }
 }
 
+impl Epsilon {
+    /// The budget as people write it for `norm` (`"linf"` or `"l2"`): an ℓ∞ budget in
+    /// 1/255 levels where it is one (`8/255`), an ℓ2 budget as a plain number (`0.5`, `1`:
+    /// an ℓ2 radius is not a count of intensity levels).
+    pub fn shown(self, norm: &str) -> String {
+        if norm == "l2" {
+            format!("{}", self.0)
+        } else {
+            self.to_string()
+        }
+    }
+}
+
 impl fmt::Display for Epsilon {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let levels = self.0 * 255.0;
@@ -99,6 +112,10 @@ mod tests {
         assert!(Epsilon::parse("eight").is_err());
         assert!(Epsilon::parse("nan").is_err());
         assert_eq!(Epsilon(2.0 / 255.0).to_string(), "2/255");
+        assert_eq!(Epsilon(1.0).shown("l2"), "1");
+        assert_eq!(Epsilon(0.5).shown("l2"), "0.5");
+        assert_eq!(Epsilon(1.0).shown("linf"), "255/255");
+        assert_eq!(Epsilon(8.0 / 255.0).shown("linf"), "8/255");
     }
 
     #[derive(Deserialize, Debug)]

@@ -159,7 +159,7 @@ pub fn run(global: &GlobalArgs, args: &AttackArgs) -> anyhow::Result<ExitCode> {
         result.accuracy(&result.predicted_adversarial),
         args.attack,
         threat.norm.as_str(),
-        args.eps
+        args.eps.shown(threat.norm.as_str())
     );
     Ok(ExitCode::SUCCESS)
 }

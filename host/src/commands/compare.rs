@@ -142,7 +142,12 @@ pub struct Column {
 impl Column {
     /// `pgd linf 2/255`.
     pub fn label(&self) -> String {
-        format!("{} {} {}", self.attack, self.norm, Epsilon(self.epsilon))
+        format!(
+            "{} {} {}",
+            self.attack,
+            self.norm,
+            Epsilon(self.epsilon).shown(&self.norm)
+        )
     }
 
     fn matches(&self, r: &RobustAccuracy) -> bool {

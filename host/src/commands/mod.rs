@@ -256,7 +256,7 @@ fn print_summary(metrics: &crate::report::Metrics, dir: &std::path::Path) {
             "  {:<8} {:<4} eps {:<7} {:.4}{}",
             r.attack,
             r.norm,
-            sat_core::Epsilon(r.epsilon).to_string(),
+            sat_core::Epsilon(r.epsilon).shown(&r.norm),
             r.accuracy,
             breakdown(r, &metrics.class_names)
         );

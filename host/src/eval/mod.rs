@@ -340,7 +340,8 @@ pub fn evaluate(
             let attack = create_eval_attack(registry, config, name, eps)?;
             let threat = attack.threat;
             let mut pipeline = Pipeline::new(registry, config, Some(attack))?;
-            log::info!("evaluating {name} at eps {eps}");
+            let shown = eps.shown(threat.norm.as_str());
+            log::info!("evaluating {name} at eps {shown}");
             // The same per-batch seeds for every attack: evaluations are reproducible,
             // comparable, and the same whatever the number of ranks.
             let tally = sharded_tally(
@@ -352,11 +353,11 @@ pub fn evaluate(
             )
             .map_err(|e| match e.downcast::<crate::interrupt::Interrupted>() {
                 Ok(stop) => anyhow::Error::new(stop),
-                Err(e) => e.context(format!("evaluating {name} at epsilon {eps}")),
+                Err(e) => e.context(format!("evaluating {name} at epsilon {shown}")),
             })?;
             let record = robust_record(name, &threat, &tally);
             log::info!(
-                "{name} ({}, eps {eps}, {} steps): robust accuracy {:.4}",
+                "{name} ({}, eps {shown}, {} steps): robust accuracy {:.4}",
                 threat.norm.as_str(),
                 threat.steps,
                 record.accuracy
