@@ -153,6 +153,7 @@ fn two_ranks_train_and_evaluate_as_one_process_with_the_global_batch() {
         assert_eq!(r["per_class"].as_array().unwrap().len(), 4, "{r}");
         assert_eq!(r["confusion"].as_array().unwrap().len(), 4, "{r}");
         assert!(r["misclassified"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["fooled"].as_u64().unwrap() > 0, "{r}");
         assert!(r["median_l2"].as_f64().unwrap() > 0.0, "{r}");
     }
     let (x, y) = (

@@ -548,7 +548,12 @@ fn check_breakdown(r: &serde_json::Value, classes: usize) {
     assert!(clean
         .iter()
         .all(|a| a.is_null() || (0.0..=1.0).contains(&a.as_f64().unwrap())));
-    if misclassified > 0 {
+    // The medians are over the images the attack fooled (right before, wrong after):
+    // never 0, which images already wrong before the attack would have contributed.
+    let fooled = r["fooled"].as_u64().unwrap_or(0);
+    assert!(fooled <= misclassified, "{what}");
+    assert_eq!(r["median_linf"].is_null(), fooled == 0, "{what}");
+    if fooled > 0 {
         let linf = r["median_linf"].as_f64().unwrap();
         let eps = r["epsilon"].as_f64().unwrap();
         assert!(

@@ -607,14 +607,15 @@ mod tests {
             vec![row(
                 "a",
                 RunStatus::Failed,
-                vec![robust("pgd", "l2", 128.0, 0.5)],
+                vec![robust("pgd", "l2", 127.5, 0.5)],
             )],
             true,
         );
+        // An ℓ2 budget is a plain number, not levels of 1/255.
         assert_eq!(
             table.csv().lines().collect::<Vec<_>>(),
             [
-                "run,method,clean,pgd l2 128/255,train_seconds,status",
+                "run,method,clean,pgd l2 0.5,train_seconds,status",
                 "a,attack=sat saliency=masks objective=ce model=small-cnn,0.9876,0.5,492.4,failed",
             ]
         );

@@ -281,7 +281,10 @@ fn breakdown(r: &crate::report::RobustAccuracy, class_names: &[String]) -> Strin
         );
     }
     if let (Some(l2), Some(linf)) = (r.median_l2, r.median_linf) {
-        text += &format!("  median norm l2 {l2:.4} linf {linf:.4}");
+        text += &format!(
+            "  median norm of the {} fooled l2 {l2:.4} linf {linf:.4}",
+            r.fooled
+        );
     }
     text
 }

@@ -163,11 +163,13 @@ fn tally_batch(
     let inputs = seeded_inputs(p, samples, seed, b, oracle)?;
     let predicted = predict(model, &inputs.images, classes)?;
     tally.add_predictions(labels, &predicted)?;
-    tally.add_clean(labels, &predict(model, &samples.images, classes)?)?;
+    let clean_predicted = predict(model, &samples.images, classes)?;
+    tally.add_clean(labels, &clean_predicted)?;
     if let Some(targets) = &inputs.targets {
         tally.add_targets(labels, &predicted, targets)?;
     }
-    tally.add_norms(&samples.images, &inputs.images, labels, &predicted)?;
+    let images = (&samples.images, &inputs.images);
+    tally.add_norms(images, labels, &predicted, &clean_predicted)?;
     Ok(())
 }
 
@@ -216,7 +218,9 @@ pub fn robust_record(attack: &str, threat: &ThreatModel, tally: &Tally) -> Robus
             successes: t.hits.max(0) as u64,
             evaluated: t.evaluated.max(0) as u64,
         }),
-        misclassified: tally.norms.len() as u64,
+        misclassified: (tally.total() - tally.correct_per_class().iter().sum::<i64>()).max(0)
+            as u64,
+        fooled: tally.norms.len() as u64,
         median_l2,
         median_linf,
     }

@@ -103,18 +103,24 @@ impl Tally {
         Ok(())
     }
 
-    /// Records `(‖δ‖₂, ‖δ‖∞)`, `δ = adversarial − clean`, of the images whose prediction
-    /// is not their label.
+    /// Records `(‖δ‖₂, ‖δ‖∞)`, `δ = adversarial − clean`, of the images the attack
+    /// fooled: right on the clean input (`clean_predicted`), wrong on the adversarial one
+    /// (`predicted`). An image already wrong before the attack has no perturbation to
+    /// measure (its norm would be 0 and drag the median down); papers quote the median
+    /// over the fooled images.
     pub fn add_norms(
         &mut self,
-        clean: &Tensor,
-        adversarial: &Tensor,
+        (clean, adversarial): (&Tensor, &Tensor),
         labels: &Tensor,
         predicted: &Tensor,
+        clean_predicted: &Tensor,
     ) -> anyhow::Result<()> {
         let delta =
             (adversarial.to_kind(Kind::Double) - clean.to_kind(Kind::Double)).flatten(1, -1);
-        let wrong = to_cpu(predicted).ne_tensor(&to_cpu(labels));
+        let labels = to_cpu(labels);
+        let wrong = to_cpu(predicted)
+            .ne_tensor(&labels)
+            .logical_and(&to_cpu(clean_predicted).eq_tensor(&labels));
         let l2 = delta
             .norm_scalaropt_dim(2, [1i64].as_slice(), false)
             .to_device(Device::Cpu);
@@ -307,7 +313,7 @@ mod tests {
     }
 
     #[test]
-    fn norms_are_kept_for_misclassified_images_only_and_their_median_is_exact() {
+    fn norms_are_kept_for_fooled_images_only_and_their_median_is_exact() {
         let clean = Tensor::zeros([3, 1, 2, 2], (Kind::Float, Device::Cpu));
         let adversarial = Tensor::from_slice(&[
             0.3f32, 0.4, 0.0, 0.0, // ‖·‖₂ 0.5, ‖·‖∞ 0.4
@@ -316,9 +322,20 @@ mod tests {
         ])
         .reshape([3, 1, 2, 2]);
         let mut t = Tally::new(2);
-        t.add_norms(&clean, &adversarial, &ints(&[0, 0, 1]), &ints(&[1, 0, 0]))
+        let (labels, predicted) = (ints(&[0, 0, 1]), ints(&[1, 0, 0]));
+        t.add_norms((&clean, &adversarial), &labels, &predicted, &labels)
             .unwrap();
         assert_eq!(t.norms.len(), 2);
+        // An image already wrong before the attack is not one it fooled.
+        let mut u = Tally::new(2);
+        u.add_norms(
+            (&clean, &adversarial),
+            &labels,
+            &predicted,
+            &ints(&[0, 0, 0]),
+        )
+        .unwrap();
+        assert_eq!(u.norms.len(), 1);
         let (l2, linf) = t.median_norms();
         assert!((l2.unwrap() - 0.75).abs() < 1e-6, "{l2:?}");
         assert!((linf.unwrap() - 0.7).abs() < 1e-6, "{linf:?}");

@@ -109,14 +109,18 @@ pub struct RobustAccuracy {
     /// How often a targeted attack reached its targets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub targeted: Option<TargetedSuccess>,
-    /// Images misclassified under the attack (prediction ≠ label): the successful
-    /// adversarial examples the median norms are taken over.
+    /// Images misclassified under the attack (prediction ≠ label), including those
+    /// already wrong on the clean input.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub misclassified: u64,
-    /// Median ℓ2 norm of the perturbation of the misclassified images.
+    /// Images the attack fooled: right on the clean input, wrong under the attack. The
+    /// median norms are taken over these, as papers quote them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fooled: u64,
+    /// Median ℓ2 norm of the perturbation of the fooled images.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub median_l2: Option<f64>,
-    /// Median ℓ∞ norm of the perturbation of the misclassified images.
+    /// Median ℓ∞ norm of the perturbation of the fooled images.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub median_linf: Option<f64>,
 }
@@ -326,6 +330,12 @@ impl RobustAccuracy {
             return Err(format!(
                 "class_counts sum to {counted}, samples = {}",
                 self.samples
+            ));
+        }
+        if self.fooled > self.misclassified {
+            return Err(format!(
+                "fooled = {} is more than misclassified = {}",
+                self.fooled, self.misclassified
             ));
         }
         if self.misclassified > self.samples {
