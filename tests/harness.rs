@@ -99,12 +99,8 @@ impl Run {
 /// Runs `sat-host args…` in `cwd` with `SAT_PLUGIN_PATH` cleared unless given in `env`.
 pub fn sat(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(sat_host());
-    // One intra-op thread: libtorch's multi-threaded CPU kernels may sum in another order
-    // from run to run under load (a 1e-7 difference was seen), and the tests compare
-    // runs bit for bit; it also keeps parallel tests from oversubscribing the cores.
     cmd.args(args)
         .current_dir(cwd)
-        .env("OMP_NUM_THREADS", "1")
         .env_remove("SAT_PLUGIN_PATH")
         .env_remove("SAT_LOG")
         .env_remove("RUST_LOG");
@@ -129,7 +125,6 @@ pub fn spawn_sat(cwd: &Path, args: &[&str], stderr: std::process::Stdio) -> std:
     Command::new(sat_host())
         .args(args)
         .current_dir(cwd)
-        .env("OMP_NUM_THREADS", "1")
         .env_remove("SAT_PLUGIN_PATH")
         .stdout(std::process::Stdio::null())
         .stderr(stderr)
