@@ -307,8 +307,14 @@ mod tests {
             let x = Tensor::rand([4, 3, 16, 16], (Kind::Float, Device::Cpu));
             let (ya, yb) = (a.forward_t(&x, true), b.forward_t(&x, true));
             assert!(max_diff(&ya, &yb) < 1e-5, "{arch}: {}", max_diff(&ya, &yb));
+            // Running statistics: the synchronised path sums squares where tch's kernel
+            // uses Welford, so agreement is relative to the variable's size (float32).
             for (name, t) in &va {
-                assert!(max_diff(t, &vb[name]) < 1e-6, "{arch}: {name} after a step");
+                let (diff, scale) = (max_diff(t, &vb[name]), t.abs().max().double_value(&[]));
+                assert!(
+                    diff <= 1e-5 * scale.max(1.0),
+                    "{arch}: {name} after a step differs by {diff:e} (largest value {scale})"
+                );
             }
         }
     }
