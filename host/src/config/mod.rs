@@ -40,6 +40,8 @@ pub struct RunConfig {
     pub train: TrainConfig,
     /// Evaluation after training.
     pub eval: EvalConfig,
+    /// What the run directory records besides metrics and checkpoints.
+    pub report: ReportConfig,
     /// Data-parallel training across processes (used when launched by torchrun or Slurm).
     pub distributed: DistributedConfig,
     /// Per-component configuration tables, `[components.<name>]`.
@@ -59,6 +61,7 @@ impl Default for RunConfig {
             model: ModelConfig::default(),
             train: TrainConfig::default(),
             eval: EvalConfig::default(),
+            report: ReportConfig::default(),
             distributed: DistributedConfig::default(),
             components: BTreeMap::new(),
         }
@@ -284,6 +287,22 @@ impl Default for EvalConfig {
     }
 }
 
+/// `[report]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportConfig {
+    /// TensorBoard event files in the run directory (`events.out.tfevents.*`, a new one
+    /// per process start; rank 0 alone writes): per-epoch training figures and the
+    /// evaluation as scalars, for `tensorboard --logdir runs`.
+    pub tensorboard: bool,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        Self { tensorboard: true }
+    }
+}
+
 impl RunConfig {
     /// The resolved configuration as TOML, as written into the run directory.
     pub fn to_toml(&self) -> String {
@@ -304,5 +323,30 @@ mod tests {
         let back: RunConfig = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back.eval.epsilons, c.eval.epsilons);
         assert_eq!(back.components["pgd"]["steps"].as_integer(), Some(3));
+    }
+
+    #[test]
+    fn report_keys_default_and_unknown_ones_are_refused_where_they_stand() {
+        assert!(RunConfig::default().report.tensorboard);
+        let resolved = RunConfig::default().to_toml();
+        assert!(
+            resolved.contains("[report]\ntensorboard = true"),
+            "{resolved}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[report]\ntensorboard = false\n").unwrap();
+        assert!(!load(Some(&path), &[]).unwrap().0.report.tensorboard);
+        let set = Override::parse("report.tensorboard=false").unwrap();
+        assert!(!load(None, &[set]).unwrap().0.report.tensorboard);
+        std::fs::write(&path, "seed = 1\n[report]\ntensorbord = false\n").unwrap();
+        let e = load(Some(&path), &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("c.toml:3:1: unknown key `tensorbord`; did you mean `tensorboard`?"),
+            "{e}"
+        );
+        std::fs::write(&path, "[report]\ntensorboard = 1\n").unwrap();
+        let e = load(Some(&path), &[]).unwrap_err().to_string();
+        assert!(e.contains("c.toml:2:") && e.contains("bool"), "{e}");
     }
 }

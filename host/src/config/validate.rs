@@ -144,6 +144,7 @@ pub fn ranges() -> Vec<RangeRow> {
         row(&["distributed.backend"], format!("{} (`nccl` needs a CUDA device)", ticked(&BACKENDS))),
         row(&["distributed.overlap"], "`true` (default: bucketed all-reduces under the backward pass) or `false` (one all-reduce after it)"),
         row(&["distributed.bucket_mb"], format!("{} (MiB; default 25, the first bucket at most 1)", BUCKET_MB.describe("bucket_mb"))),
+        row(&["report.tensorboard"], "`true` (default: TensorBoard event files in the run directory) or `false`"),
         row(&["seed"], "any 64-bit unsigned integer"),
     ]);
     rows

@@ -1,13 +1,16 @@
-//! The run directory: resolved config, log, metrics (JSON and CSV), plots and
-//! checkpoints; every file is written atomically (temporary file, then rename).
+//! The run directory: resolved config, log, metrics (JSON and CSV), plots, TensorBoard
+//! event files and checkpoints; every file but the appended log and event files is
+//! written atomically (temporary file, then rename).
 pub mod gallery;
 mod metrics;
 pub mod plot;
+pub mod tensorboard;
 
 pub use metrics::{
     process_status_mib, resident_mib, EpochMetrics, Metrics, RobustAccuracy, RunStatus,
     TargetedSuccess, CONFUSION_LIMIT,
 };
+pub use tensorboard::TensorBoard;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -15,7 +15,7 @@ use crate::eval;
 use crate::plugins::oracle::ModelOracle;
 use crate::plugins::pipeline::Pipeline;
 use crate::plugins::registry::Registry;
-use crate::report::{write_atomic, EpochMetrics, Metrics, RunDir, RunStatus};
+use crate::report::{write_atomic, EpochMetrics, Metrics, RunDir, RunStatus, TensorBoard};
 use anyhow::{bail, Context};
 use indicatif::ProgressBar;
 use sat_core::{OracleAdapter, OracleRef};
@@ -43,6 +43,8 @@ struct Epoch<'a, 'o> {
     pipeline: &'a mut Pipeline,
     schedule: &'a Schedule,
     oracle: &'a OracleRef<'o>,
+    /// This process's TensorBoard event file (rank 0, unless `[report] tensorboard = false`).
+    board: Option<TensorBoard>,
 }
 
 /// What training starts from.
@@ -142,6 +144,12 @@ impl Session<'_> {
             classes: train.num_classes() as u32,
         });
         let oracle = adapter.as_ref();
+        let board = (config.report.tensorboard && self.ranks.is_writer())
+            .then(|| TensorBoard::open(&self.run.path, first_epoch + 1))
+            .transpose()
+            .context(
+                "creating a TensorBoard event file ([report] tensorboard = false turns them off)",
+            )?;
         let mut epoch = Epoch {
             data: &train,
             net: &net,
@@ -149,6 +157,7 @@ impl Session<'_> {
             pipeline: &mut pipeline,
             schedule: &schedule,
             oracle: &oracle,
+            board,
         };
         for index in first_epoch..t.epochs {
             let resume_at = within.filter(|_| index == first_epoch);
@@ -159,6 +168,11 @@ impl Session<'_> {
         // Every rank evaluates the model rank 0 checkpoints.
         self.ranks.broadcast_buffers(&net.vs)?;
         self.evaluate(net.model.as_ref(), &test)?;
+        if let Some(board) = &mut epoch.board {
+            board
+                .evaluation(t.epochs, self.metrics)
+                .context("writing the TensorBoard event file")?;
+        }
         Ok(Outcome::Completed)
     }
 
@@ -537,6 +551,12 @@ impl Session<'_> {
                     self.metrics,
                 )
             })?;
+        }
+        if let (Some(board), Some(figures)) = (&mut e.board, self.metrics.epochs.last()) {
+            let lr = e.schedule.rate(index as usize * batches.batch_count());
+            board
+                .epoch(figures, lr)
+                .context("writing the TensorBoard event file")?;
         }
         if stop {
             log::warn!(
