@@ -151,6 +151,13 @@ pub fn exclusive<T>(write: impl FnOnce() -> T) -> T {
     ABORT.exclusive(write)
 }
 
+/// Forgets a stop request, so that the next command of a process that embeds sat (the
+/// Python package) starts afresh after an earlier one was interrupted.
+pub fn clear() {
+    REQUESTED.store(false, Ordering::SeqCst);
+    SIGNAL.store(0, Ordering::SeqCst);
+}
+
 /// Whether a signal asked the process to stop.
 pub fn requested() -> bool {
     REQUESTED.load(Ordering::SeqCst) || simulated()

@@ -505,4 +505,15 @@ mod tests {
             assert_eq!(text("Cargo.lock"), SAT_LOCK);
         }
     }
+
+    /// The example plugin builds with the workspace's profiles, so that sharing the
+    /// target directory (scripts/test) reuses the workspace's dependencies instead of
+    /// building libtorch's bindings a second time (ten minutes on two cores).
+    #[test]
+    fn the_example_plugin_has_the_workspace_profiles() {
+        let example: toml::Table =
+            toml::from_str(include_str!("../../../examples/centre-prior/Cargo.toml")).unwrap();
+        let ours: toml::Table = toml::from_str(SAT_MANIFEST).unwrap();
+        assert_eq!(example["profile"], ours["profile"]);
+    }
 }

@@ -83,6 +83,15 @@ impl RunArgs {
 /// the workers (`--max-restarts`, `TORCHELASTIC_RESTART_COUNT` > 0), rank 0 resumes the
 /// run directory this torchrun job made, if it holds a finished epoch.
 pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    run_into(global, args).map(|(code, _)| code)
+}
+
+/// [`run`], also returning the run directory (on rank 0; `None` on the other ranks):
+/// what `sat.run` in Python reads the metrics from.
+pub fn run_into(
+    global: &GlobalArgs,
+    args: &RunArgs,
+) -> anyhow::Result<(ExitCode, Option<PathBuf>)> {
     let launch = sat_distributed::Launch::from_env()?;
     if let Some(l) = &launch {
         crate::logging::set_rank(l.rank, l.world_size);
@@ -154,11 +163,14 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let (outcome, metrics) = result?;
     log::logger().flush();
     if !ranks.is_writer() {
-        return Ok(if outcome == Outcome::Interrupted {
-            ExitCode::from(crate::interrupt::exit_code())
-        } else {
-            ExitCode::SUCCESS
-        });
+        return Ok((
+            if outcome == Outcome::Interrupted {
+                ExitCode::from(crate::interrupt::exit_code())
+            } else {
+                ExitCode::SUCCESS
+            },
+            None,
+        ));
     }
     if outcome == Outcome::Interrupted {
         eprintln!(
@@ -167,10 +179,13 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
             run_dir.path.display(),
             run_dir.path.display()
         );
-        return Ok(ExitCode::from(crate::interrupt::exit_code()));
+        return Ok((
+            ExitCode::from(crate::interrupt::exit_code()),
+            Some(run_dir.path),
+        ));
     }
     print_summary(&metrics, &run_dir.path);
-    Ok(ExitCode::SUCCESS)
+    Ok((ExitCode::SUCCESS, Some(run_dir.path)))
 }
 
 /// On a rank other than 0 that stops early (an error: a collective with a dead rank 0;
