@@ -141,3 +141,43 @@ def test_plugins_come_from_the_package_and_sat_plugin_path(monkeypatch, tmp_path
     monkeypatch.setenv("SAT_PLUGIN_PATH", str(tmp_path / "missing"))
     with pytest.raises(sat.SatError, match="missing"):
         sat.components()
+
+
+def third_party_plugin():
+    """The example plugin crate (examples/centre-prior), built by scripts/test."""
+    from pathlib import Path
+
+    library = Path(__file__).resolve().parents[2] / "target" / "debug" / "libcentre_prior.so"
+    if not library.exists():
+        pytest.fail(f"{library} is not built (scripts/test builds examples/centre-prior)")
+    return library
+
+
+def test_a_third_party_plugin_takes_its_own_keys(test_set):
+    x, y = test_set
+    library = third_party_plugin()
+    maps = sat.Saliency("centre-prior", plugin_dirs=[library], sigma=0.1)(x, y)
+    assert maps.shape == (len(x), 1, 16, 16)
+    assert maps[:, :, 8, 8].min().item() > maps[:, :, 0, 0].max().item()
+    with pytest.raises(TypeError, match="saliency source `centre-prior` has no key `sigmaa`.*accepts: sigma"):
+        sat.Saliency("centre-prior", plugin_dirs=[library], sigmaa=0.1)
+
+
+def test_sat_plugin_path_is_honoured(monkeypatch):
+    monkeypatch.setenv("SAT_PLUGIN_PATH", str(third_party_plugin()))
+    assert "centre-prior" in {c["name"] for c in sat.components()}
+
+
+def test_a_library_others_can_write_is_refused_as_by_sat_host(tmp_path, test_set):
+    import shutil
+
+    x, y = test_set
+    exposed = tmp_path / "exposed"
+    exposed.mkdir()
+    copy = exposed / "libcentre_prior_copy.so"
+    shutil.copy2(third_party_plugin(), copy)
+    copy.chmod(0o666)
+    with pytest.raises(sat.SatError, match="writable by others"):
+        sat.Saliency("centre-prior", plugin_dirs=[copy])
+    maps = sat.Saliency("centre-prior", plugin_dirs=[copy], allow_insecure_plugins=True)(x, y)
+    assert maps.shape[0] == len(x)
