@@ -57,6 +57,17 @@ if torch.__version__.split("+")[0] != libtorch_version():
     )
 
 
+def _made(make: Any, name: str, *args: Any, plugin_dirs: Iterable[PathLike], allow_insecure_plugins: bool, config: Dict[str, Any]) -> Any:
+    """A compiled component ``make(name, *args)`` from the keywords of a constructor."""
+    return make(
+        name,
+        *args,
+        plugin_dirs=_dirs(plugin_dirs),
+        allow_insecure_plugins=allow_insecure_plugins,
+        **config,
+    )
+
+
 def _dirs(plugin_dirs: Iterable[PathLike]) -> List[str]:
     if isinstance(plugin_dirs, (str, bytes, os.PathLike)):
         plugin_dirs = [plugin_dirs]
@@ -114,12 +125,8 @@ class Attack:
         allow_insecure_plugins: bool = False,
         **config: Any,
     ) -> None:
-        self._attack = _sat.Attack(
-            name,
-            model,
-            plugin_dirs=_dirs(plugin_dirs),
-            allow_insecure_plugins=allow_insecure_plugins,
-            **config,
+        self._attack = _made(
+            _sat.Attack, name, model, plugin_dirs=plugin_dirs, allow_insecure_plugins=allow_insecure_plugins, config=config
         )
         self.model = model
         self._num_classes: Optional[int] = None
@@ -167,7 +174,8 @@ class Saliency:
     in ``[-1, 1]``. Sources read ``boxes`` (``[N, B, 4]``: ``x0, y0, x1, y1`` in pixels,
     rows of ``-1`` are padding), ``masks`` (``[N, 1, H, W]`` in ``[0, 1]``, with
     ``present``, ``[N]`` bool, for samples that have one) or a ``teacher`` model (the
-    gradient sources: ``"guided-backprop"``, ``"vanilla-gradient"``, …).
+    gradient sources that differentiate it: ``"gradient"``, ``"smoothgrad"``,
+    ``"integrated-gradients"``).
     """
 
     def __init__(
@@ -178,11 +186,8 @@ class Saliency:
         allow_insecure_plugins: bool = False,
         **config: Any,
     ) -> None:
-        self._source = _sat.Saliency(
-            name,
-            plugin_dirs=_dirs(plugin_dirs),
-            allow_insecure_plugins=allow_insecure_plugins,
-            **config,
+        self._source = _made(
+            _sat.Saliency, name, plugin_dirs=plugin_dirs, allow_insecure_plugins=allow_insecure_plugins, config=config
         )
 
     def __call__(
@@ -282,11 +287,8 @@ class Objective:
         allow_insecure_plugins: bool = False,
         **config: Any,
     ) -> None:
-        self._objective = _sat.Objective(
-            name,
-            plugin_dirs=_dirs(plugin_dirs),
-            allow_insecure_plugins=allow_insecure_plugins,
-            **config,
+        self._objective = _made(
+            _sat.Objective, name, plugin_dirs=plugin_dirs, allow_insecure_plugins=allow_insecure_plugins, config=config
         )
         self._num_classes: Dict[int, int] = {}
 

@@ -92,10 +92,10 @@ impl Attack {
         allow_insecure_plugins: bool,
         config: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
-        let registry = plugins::registry(&plugin_dirs, allow_insecure_plugins)?;
-        let component = plugins::create::<AttackBox>(&registry, name, config)?;
+        let (component, registry) =
+            plugins::made::<AttackBox>(name, &plugin_dirs, allow_insecure_plugins, config)?;
         Ok(Self {
-            component: Mutex::new(component),
+            component,
             model: PyModel::new(model),
             _registry: registry,
         })
@@ -175,10 +175,10 @@ impl Saliency {
         allow_insecure_plugins: bool,
         config: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
-        let registry = plugins::registry(&plugin_dirs, allow_insecure_plugins)?;
-        let component = plugins::create::<SaliencyBox>(&registry, name, config)?;
+        let (component, registry) =
+            plugins::made::<SaliencyBox>(name, &plugin_dirs, allow_insecure_plugins, config)?;
         Ok(Self {
-            component: Mutex::new(component),
+            component,
             _registry: registry,
         })
     }
@@ -259,10 +259,10 @@ impl Objective {
         allow_insecure_plugins: bool,
         config: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
-        let registry = plugins::registry(&plugin_dirs, allow_insecure_plugins)?;
-        let component = plugins::create::<ObjectiveBox>(&registry, name, config)?;
+        let (component, registry) =
+            plugins::made::<ObjectiveBox>(name, &plugin_dirs, allow_insecure_plugins, config)?;
         Ok(Self {
-            component: Mutex::new(component),
+            component,
             logits: Mutex::new(None),
             _registry: registry,
         })

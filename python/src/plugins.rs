@@ -54,6 +54,22 @@ pub fn registry(plugin_dirs: &[PathBuf], allow_insecure: bool) -> PyResult<Arc<R
     Ok(registry)
 }
 
+/// The component `name` of kind `B` from keywords (see [`create`]), behind a mutex, with
+/// the registry that holds its library (which must outlive it).
+pub fn made<B: ComponentHandle>(
+    name: &str,
+    plugin_dirs: &[PathBuf],
+    allow_insecure: bool,
+    config: Option<&Bound<'_, PyDict>>,
+) -> PyResult<(Mutex<Component<B>>, Arc<Registry>)>
+where
+    Component<B>: Wrap<B>,
+{
+    let registry = registry(plugin_dirs, allow_insecure)?;
+    let component = create::<B>(&registry, name, config)?;
+    Ok((Mutex::new(component), registry))
+}
+
 /// Keyword aliases in torchattacks' names.
 const ALIASES: &[(&str, &str)] = &[("eps", "epsilon"), ("alpha", "step_size")];
 
