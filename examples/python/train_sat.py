@@ -7,7 +7,9 @@ Only torch and sat: no torchvision.
 
     .venv/bin/python examples/python/train_sat.py [--epochs 8] [--out runs/python-quickstart.json]
 
-The three building blocks, in ``train_epoch``:
+The model is sat's ``small-cnn`` written in PyTorch, trained as ``examples/quickstart.toml``
+trains it (Adam 1e-3, batch 128, 8 epochs, crop and flip per sample). The three
+building blocks, in ``train_epoch``:
 - ``sat.Saliency("masks")`` turns the data set's masks into maps in [-1, 1];
 - ``sat.perturb`` turns images and maps into the SAT input (no gradient steps), its
   curriculum coin drawn from a seeded ``torch.Generator``;
@@ -25,17 +27,23 @@ import torch.nn.functional as F
 import sat
 
 
+def conv_bn(c_in, c_out):
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+
+
 class SmallCnn(nn.Module):
-    """Three 3×3 convolution blocks with BatchNorm and max-pooling, then a linear head."""
+    """sat's `small-cnn` (models/src/lib.rs) in PyTorch: five 3×3 convolutions with
+    BatchNorm, two max-pools, global average pooling, a linear head."""
 
     def __init__(self, classes: int, width: int = 32):
         super().__init__()
-        layers, channels = [], 3
-        for out in (width, 2 * width, 4 * width):
-            layers += [nn.Conv2d(channels, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(), nn.MaxPool2d(2)]
-            channels = out
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(channels, classes)
+        w1, w2, w3 = width, 2 * width, 4 * width
+        self.features = nn.Sequential(
+            conv_bn(3, w1), conv_bn(w1, w1), nn.MaxPool2d(2),
+            conv_bn(w1, w2), conv_bn(w2, w2), nn.MaxPool2d(2),
+            conv_bn(w2, w3),
+        )
+        self.head = nn.Linear(w3, classes)
 
     def forward(self, x):
         return self.head(self.features(x).mean(dim=(2, 3)))
@@ -47,13 +55,16 @@ def load_data(train_size: int, test_size: int, seed: int):
 
 
 def augment(images, masks, generator, padding=2):
-    """Random crop with padding and horizontal flip, the same for images and masks."""
+    """A random crop of the zero-padded image and a horizontal flip, drawn per sample,
+    the same for the image and its mask (the CLI's `crop_padding = 2`, `flip = true`)."""
     n, _, h, w = images.shape
     both = F.pad(torch.cat([images, masks], 1), [padding] * 4)
-    dx, dy = torch.randint(0, 2 * padding + 1, (2,), generator=generator).tolist()
-    both = both[:, :, dy : dy + h, dx : dx + w]
+    dy, dx = torch.randint(0, 2 * padding + 1, (2, n), generator=generator)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
     flip = torch.rand(n, generator=generator) < 0.5
-    both[flip] = both[flip].flip(-1)
+    cols = torch.where(flip[:, None, None, None], cols.flip(-1), cols)
+    both = both[torch.arange(n)[:, None, None, None], torch.arange(both.shape[1])[None, :, None, None], rows, cols]
     return both[:, :3].contiguous(), both[:, 3:].contiguous()
 
 
