@@ -105,6 +105,7 @@ fn name_model(e: anyhow::Error, config: &RunConfig) -> anyhow::Error {
 /// Evaluates and records the figures. A command that fails or is interrupted records
 /// nothing and leaves no directory of its own behind (see [`OutClaim`]).
 pub fn run(global: &GlobalArgs, args: &EvalArgs) -> anyhow::Result<ExitCode> {
+    keep_freed_memory();
     let target = args.target()?;
     // Under torchrun or Slurm the test set is shared out over the ranks (figures equal to
     // one process's) and rank 0 writes.
@@ -181,6 +182,26 @@ pub fn run(global: &GlobalArgs, args: &EvalArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("writing the results into {}", out.path.display()))?;
     print_summary(&metrics, &out.path);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Makes glibc's allocator keep freed memory for reuse rather than hand it back to the
+/// kernel (Linux with glibc; elsewhere nothing).
+///
+/// An attack allocates and frees tensors of the same large sizes at every step (a small
+/// CNN's activations at batch 500 are 8–33 MB). glibc serves such blocks with fresh
+/// `mmap`s (above its mmap threshold, at most 32 MiB) and returns the heap's top to the
+/// kernel (above its trim threshold), so every step faulted in and zeroed them anew: over
+/// 500 000 page faults and about a fifth of a PGD-10 evaluation's time on the CPU
+/// (docs/PERFORMANCE.md, attack speed). Without `mmap` for large blocks and with a 1 GiB
+/// trim threshold, freed blocks are reused; the process keeps its peak heap until it ends.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only sets allocator parameters, under the allocator's lock; any
+    // value is valid for these two.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
 }
 
 /// Loads the test set and the model of `target` and evaluates it as `config` says.

@@ -18,6 +18,7 @@ use crate::plugins::pipeline::{create_eval_attack, Inputs, Pipeline};
 use crate::plugins::registry::Registry;
 use crate::report::{Metrics, RobustAccuracy, TargetedSuccess, CONFUSION_LIMIT};
 use sat_core::{OracleAdapter, OracleRef, Phase, ThreatModel};
+use std::collections::HashMap;
 use tch::{nn::ModuleT, Device, Kind, Tensor};
 
 /// Accuracy of `model` on `limit` samples of `data` spread evenly over it (all if 0,
@@ -120,8 +121,48 @@ pub fn sharded_tally(
     model: &dyn ModuleT,
     data: &Data,
     spec: &Sharded,
+    pipeline: Option<&mut Pipeline>,
+    ranks: &Ranks,
+) -> anyhow::Result<Tally> {
+    tally_over(model, data, spec, pipeline, ranks, None)
+}
+
+/// The clean predictions of the evaluation batches, by batch index, with the indices of
+/// the batch's samples: [`evaluate`]'s clean pass records them and its attacked passes
+/// reuse them for a batch of the same samples (the same images, the same model in eval
+/// mode: the same predictions), instead of a second clean forward pass per attack and
+/// budget.
+#[derive(Default)]
+struct CleanPredictions {
+    batches: HashMap<usize, (Tensor, Tensor)>,
+}
+
+impl CleanPredictions {
+    /// Records the predictions of batch `b`, when its samples' indices are known.
+    fn record(&mut self, b: usize, samples: &Samples, predicted: &Tensor) {
+        if let Some(ids) = &samples.ids {
+            self.batches
+                .insert(b, (ids.shallow_clone(), predicted.shallow_clone()));
+        }
+    }
+
+    /// The recorded predictions of batch `b`, if it held the same samples.
+    fn get(&self, b: usize, samples: &Samples) -> Option<Tensor> {
+        let (ids, predicted) = self.batches.get(&b)?;
+        let now = samples.ids.as_ref()?;
+        (ids.size() == now.size() && ids.equal(now)).then(|| predicted.shallow_clone())
+    }
+}
+
+/// [`sharded_tally`], recording the clean pass's predictions in `clean` (without a
+/// pipeline) or reusing them (with one).
+fn tally_over(
+    model: &dyn ModuleT,
+    data: &Data,
+    spec: &Sharded,
     mut pipeline: Option<&mut Pipeline>,
     ranks: &Ranks,
+    mut clean: Option<&mut CleanPredictions>,
 ) -> anyhow::Result<Tally> {
     let adapter = OracleAdapter(ModelOracle {
         model,
@@ -135,7 +176,8 @@ pub fn sharded_tally(
         let batch = samples.map_err(anyhow::Error::from).and_then(|samples| {
             let samples = samples.to(spec.device);
             let p = pipeline.as_deref_mut();
-            tally_batch(&mut tally, model, &samples, p, (spec.seed, b), &oracle)
+            let c = clean.as_deref_mut();
+            tally_batch(&mut tally, model, &samples, (p, c), (spec.seed, b), &oracle)
         });
         // An attack stopped by the oracle's refusal, or a stopped data loader, is the
         // interruption.
@@ -145,25 +187,32 @@ pub fn sharded_tally(
 }
 
 /// Adds evaluation batch `b` (with the run's `seed`: `at = (seed, b)`) to `tally`: the
-/// model's predictions on the clean samples, or on the inputs `pipeline` makes from
-/// them (then also the clean predictions, the targets' hits and the norms).
+/// model's predictions on the clean samples (recorded in `clean`, if given), or on the
+/// inputs `pipeline` makes from them (then also the clean predictions, from `clean` when
+/// it holds this batch's, the targets' hits and the norms).
 fn tally_batch(
     tally: &mut Tally,
     model: &dyn ModuleT,
     samples: &Samples,
-    pipeline: Option<&mut Pipeline>,
+    (pipeline, clean): (Option<&mut Pipeline>, Option<&mut CleanPredictions>),
     (seed, b): (u64, usize),
     oracle: &OracleRef<'_>,
 ) -> anyhow::Result<()> {
     let (labels, classes) = (&samples.labels, tally.classes as i64);
     let Some(p) = pipeline else {
         let predicted = predict(model, &samples.images, classes)?;
+        if let Some(clean) = clean {
+            clean.record(b, samples, &predicted);
+        }
         return tally.add_predictions(labels, &predicted);
     };
     let inputs = seeded_inputs(p, samples, seed, b, oracle)?;
     let predicted = predict(model, &inputs.images, classes)?;
     tally.add_predictions(labels, &predicted)?;
-    let clean_predicted = predict(model, &samples.images, classes)?;
+    let clean_predicted = match clean.and_then(|c| c.get(b, samples)) {
+        Some(recorded) => recorded,
+        None => predict(model, &samples.images, classes)?,
+    };
     tally.add_clean(labels, &clean_predicted)?;
     if let Some(targets) = &inputs.targets {
         tally.add_targets(labels, &predicted, targets)?;
@@ -318,7 +367,16 @@ pub fn evaluate(
         device,
         seed: config.seed,
     };
-    let clean_tally = sharded_tally(model, test, &spec(0), None, ranks)?;
+    // The clean predictions, kept per batch for the attacked passes over the same batches.
+    let mut clean_predictions = CleanPredictions::default();
+    let clean_tally = tally_over(
+        model,
+        test,
+        &spec(0),
+        None,
+        ranks,
+        Some(&mut clean_predictions),
+    )?;
     let clean = clean_tally.accuracy();
     log::info!("clean accuracy {:.4} on {} test images", clean, test.len());
     let alignment = if eval.alignment {
@@ -348,12 +406,14 @@ pub fn evaluate(
             log::info!("evaluating {name} at eps {shown}");
             // The same per-batch seeds for every attack: evaluations are reproducible,
             // comparable, and the same whatever the number of ranks.
-            let tally = sharded_tally(
+            let began = std::time::Instant::now();
+            let tally = tally_over(
                 model,
                 test,
                 &spec(eval.max_samples),
                 Some(&mut pipeline),
                 ranks,
+                Some(&mut clean_predictions),
             )
             .map_err(|e| match e.downcast::<crate::interrupt::Interrupted>() {
                 Ok(stop) => anyhow::Error::new(stop),
@@ -361,10 +421,11 @@ pub fn evaluate(
             })?;
             let record = robust_record(name, &threat, &tally);
             log::info!(
-                "{name} ({}, eps {shown}, {} steps): robust accuracy {:.4}",
+                "{name} ({}, eps {shown}, {} steps): robust accuracy {:.4} ({:.2} s)",
                 threat.norm.as_str(),
                 threat.steps,
-                record.accuracy
+                record.accuracy,
+                began.elapsed().as_secs_f64()
             );
             robust.push(record);
         }

@@ -115,12 +115,31 @@ impl Tally {
         predicted: &Tensor,
         clean_predicted: &Tensor,
     ) -> anyhow::Result<()> {
-        let delta =
-            (adversarial.to_kind(Kind::Double) - clean.to_kind(Kind::Double)).flatten(1, -1);
         let labels = to_cpu(labels);
         let wrong = to_cpu(predicted)
             .ne_tensor(&labels)
             .logical_and(&to_cpu(clean_predicted).eq_tensor(&labels));
+        let rows = wrong.nonzero().squeeze_dim(1);
+        let fooled = rows.size()[0];
+        if fooled == 0 {
+            return Ok(());
+        }
+        // Only the fooled rows are converted and measured: a row's norms do not depend on
+        // the other rows (libtorch reduces each row alone when there are several), so they
+        // are those of the whole batch. A single row is measured within its batch, as
+        // libtorch may split a lone row's reduction over threads.
+        let (adversarial, clean, keep) = if fooled >= 2 {
+            let on = |t: &Tensor| t.index_select(0, &rows.to_device(t.device()));
+            (on(adversarial), on(clean), None)
+        } else {
+            (
+                adversarial.shallow_clone(),
+                clean.shallow_clone(),
+                Some(&wrong),
+            )
+        };
+        let delta =
+            (adversarial.to_kind(Kind::Double) - clean.to_kind(Kind::Double)).flatten(1, -1);
         let l2 = delta
             .norm_scalaropt_dim(2, [1i64].as_slice(), false)
             .to_device(Device::Cpu);
@@ -128,8 +147,12 @@ impl Tally {
             .abs()
             .amax([1i64].as_slice(), false)
             .to_device(Device::Cpu);
-        let l2 = Vec::<f64>::try_from(&l2.masked_select(&wrong))?;
-        let linf = Vec::<f64>::try_from(&linf.masked_select(&wrong))?;
+        let (l2, linf) = match keep {
+            Some(mask) => (l2.masked_select(mask), linf.masked_select(mask)),
+            None => (l2, linf),
+        };
+        let l2 = Vec::<f64>::try_from(&l2)?;
+        let linf = Vec::<f64>::try_from(&linf)?;
         self.norms.extend(l2.into_iter().zip(linf));
         Ok(())
     }

@@ -9,7 +9,7 @@
 //!   `target_classes` most likely other classes in turn (at least 4 classes).
 //!
 //! Schedules and constants follow torchattacks 3.5.1 (`apgd.py`, `apgdt.py`).
-use crate::ball::{per_sample_l2, project};
+use crate::ball::{per_sample_l2, project_owned};
 use crate::pgd::NormName;
 use sat_core::{
     component::Configurable, Attack, Batch, Epsilon, Norm, Objective, Oracle, PluginError, Target,
@@ -331,8 +331,12 @@ fn start(x: &Tensor, norm: Norm, eps: f64) -> Result<Tensor, PluginError> {
             (t, size)
         }
     };
-    Ok(x.f_add(&t.f_div(&size)?.f_mul_scalar(eps)?)?
-        .f_clamp(0.0, 1.0)?)
+    // x + ε·t/‖t‖, clamped, in the storage of the fresh quotient (addition commutes).
+    let mut point = t.f_div(&size)?;
+    let _ = point.f_mul_scalar_(eps)?;
+    let _ = point.f_add_(x)?;
+    let _ = point.f_clamp_(0.0, 1.0)?;
+    Ok(point)
 }
 
 /// The step direction: `sign(g)` for ℓ∞, `g/(‖g‖₂ + 10⁻¹²)` for ℓ2.
@@ -344,6 +348,12 @@ fn direction(gradient: &Tensor, norm: Norm) -> Result<Tensor, PluginError> {
 }
 
 /// One APGD run from a random start on `x`.
+///
+/// Every full-size tensor of the loop is computed in storage the run owns (the fresh
+/// step direction, the copies kept of the best and the successful points): in-place
+/// operations doing exactly the arithmetic of their out-of-place forms (addition
+/// commutes exactly), so the same results bit for bit with one new image-sized tensor
+/// per step instead of about fifteen.
 fn run(s: &Settings, x: &Tensor, goal: &Goal, oracle: Oracle<'_, '_>) -> Result<Run, PluginError> {
     let (eps, dims, n, device) = (s.epsilon, x.dim(), x.size()[0], x.device());
     let mut current = start(x, s.norm, eps)?;
@@ -353,12 +363,13 @@ fn run(s: &Settings, x: &Tensor, goal: &Goal, oracle: Oracle<'_, '_>) -> Result<
         success,
     } = goal.evaluate_eot(&current, oracle, s.eot_iter)?;
     let mut best_loss = loss.f_detach_copy()?;
-    let mut best_point = current.f_detach_copy()?;
-    let mut best_grad = grad.f_detach_copy()?;
-    let mut adversarial = current.f_detach_copy()?;
+    let best_point = current.f_detach_copy()?;
+    let best_grad = grad.f_detach_copy()?;
+    let adversarial = current.f_detach_copy()?;
     let mut found = success;
     let mut step = Tensor::f_full([n], 2.0 * eps, (Kind::Float, device))?;
-    let mut previous = current.f_detach_copy()?;
+    // Replaced by the start itself before the first step reads it.
+    let mut previous = current.shallow_clone();
     // torchattacks counts improvements on a zero-initialised loss history, so the first
     // step of a run is compared with a loss of 0.
     let mut last_loss = loss.f_zeros_like()?;
@@ -371,29 +382,37 @@ fn run(s: &Settings, x: &Tensor, goal: &Goal, oracle: Oracle<'_, '_>) -> Result<
     let mut since = 0u32;
     for k in 0..s.steps {
         let eta = per_sample(&step, dims)?;
-        let z = project(
-            &current.f_add(&direction(&grad, s.norm)?.f_mul(&eta)?)?,
-            x,
-            s.norm,
-            eps,
-        )?;
+        // z = P(current + η·direction)
+        let mut z = direction(&grad, s.norm)?;
+        let _ = z.f_mul_(&eta)?;
+        let _ = z.f_add_(&current)?;
+        let z = project_owned(z, x, s.norm, eps)?;
         let next = if k == 0 {
             z
         } else {
-            let towards = z.f_sub(&current)?.f_mul_scalar(s.momentum)?;
-            let inertia = current.f_sub(&previous)?.f_mul_scalar(1.0 - s.momentum)?;
-            project(&current.f_add(&towards)?.f_add(&inertia)?, x, s.norm, eps)?
+            // P(current + α·(z − current) + (1 − α)·(current − previous)), in z's storage.
+            let mut inertia = current.f_sub(&previous)?;
+            let _ = inertia.f_mul_scalar_(1.0 - s.momentum)?;
+            let mut towards = z;
+            let _ = towards.f_sub_(&current)?;
+            let _ = towards.f_mul_scalar_(s.momentum)?;
+            let _ = towards.f_add_(&current)?;
+            let _ = towards.f_add_(&inertia)?;
+            project_owned(towards, x, s.norm, eps)?
         };
         previous = current;
         current = next;
         let probe = goal.evaluate_eot(&current, oracle, s.eot_iter)?;
-        adversarial = current.f_where_self(&per_sample(&probe.success, dims)?, &adversarial)?;
+        let success_x = per_sample(&probe.success, dims)?;
+        let _ = current.f_where_self_out(&adversarial, &success_x, &adversarial)?;
         found = found.f_logical_or(&probe.success)?;
         improved = improved.f_add(&probe.loss.f_gt_tensor(&last_loss)?.f_to_kind(Kind::Float)?)?;
         let better = probe.loss.f_gt_tensor(&best_loss)?;
         let better_x = per_sample(&better, dims)?;
-        best_point = current.f_where_self(&better_x, &best_point)?;
-        best_grad = probe.gradient.f_where_self(&better_x, &best_grad)?;
+        let _ = current.f_where_self_out(&best_point, &better_x, &best_point)?;
+        let _ = probe
+            .gradient
+            .f_where_self_out(&best_grad, &better_x, &best_grad)?;
         best_loss = probe.loss.f_where_self(&better, &best_loss)?;
         last_loss = probe.loss;
         grad = probe.gradient;
@@ -409,7 +428,7 @@ fn run(s: &Settings, x: &Tensor, goal: &Goal, oracle: Oracle<'_, '_>) -> Result<
             let reduce = too_few.f_logical_or(&stalled)?;
             let reduce_x = per_sample(&reduce, dims)?;
             step = step.f_div_scalar(2.0)?.f_where_self(&reduce, &step)?;
-            current = best_point.f_where_self(&reduce_x, &current)?;
+            let _ = best_point.f_where_self_out(&current, &reduce_x, &current)?;
             grad = best_grad.f_where_self(&reduce_x, &grad)?;
             reduced_at_last = reduce;
             best_at_last = best_loss.f_detach_copy()?;

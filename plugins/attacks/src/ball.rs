@@ -10,9 +10,49 @@ pub fn project(
     norm: Norm,
     epsilon: f64,
 ) -> Result<Tensor, PluginError> {
-    let delta = x.f_sub(origin)?;
-    let delta = match norm {
-        Norm::Linf => delta.f_clamp(-epsilon, epsilon)?,
+    into_ball(x.f_sub(origin)?, origin, norm, epsilon)
+}
+
+/// [`project`] of a point the caller owns (a fresh tensor that nothing else refers to),
+/// computed in its storage: the same operations on the same values, so the same result
+/// bit for bit, without a new tensor per operation.
+pub fn project_owned(
+    mut x: Tensor,
+    origin: &Tensor,
+    norm: Norm,
+    epsilon: f64,
+) -> Result<Tensor, PluginError> {
+    let _ = x.f_sub_(origin)?;
+    into_ball(x, origin, norm, epsilon)
+}
+
+/// `project(point + step_size · direction, origin)`, computed in the storage of
+/// `direction`, which the caller owns (a fresh tensor, such as [`ascent_direction`]'s):
+/// the same result bit for bit as the expression (addition commutes exactly).
+pub fn step_and_project(
+    mut direction: Tensor,
+    step_size: f64,
+    point: &Tensor,
+    origin: &Tensor,
+    (norm, epsilon): (Norm, f64),
+) -> Result<Tensor, PluginError> {
+    let _ = direction.f_mul_scalar_(step_size)?;
+    let _ = direction.f_add_(point)?;
+    project_owned(direction, origin, norm, epsilon)
+}
+
+/// `origin + delta` with `delta` cut to the ball, then clamped to `[0, 1]`, in `delta`'s
+/// storage.
+fn into_ball(
+    mut delta: Tensor,
+    origin: &Tensor,
+    norm: Norm,
+    epsilon: f64,
+) -> Result<Tensor, PluginError> {
+    match norm {
+        Norm::Linf => {
+            let _ = delta.f_clamp_(-epsilon, epsilon)?;
+        }
         Norm::L2 => {
             let norms = per_sample_l2(&delta)?;
             let factor = norms
@@ -20,10 +60,12 @@ pub fn project(
                 .f_reciprocal()?
                 .f_mul_scalar(epsilon)?
                 .f_clamp_max(1.0)?;
-            delta.f_mul(&factor)?
+            let _ = delta.f_mul_(&factor)?;
         }
-    };
-    Ok(origin.f_add(&delta)?.f_clamp(0.0, 1.0)?)
+    }
+    let _ = delta.f_add_(origin)?;
+    let _ = delta.f_clamp_(0.0, 1.0)?;
+    Ok(delta)
 }
 
 /// ℓ2 norm of each sample, shaped `[N, 1, 1, 1]` (broadcastable over the sample).
@@ -55,21 +97,27 @@ pub fn random_start(
     norm: Norm,
     epsilon: f64,
 ) -> Result<Tensor, PluginError> {
-    let delta = match norm {
-        Norm::Linf => draws
-            .uniform_like(purpose, images)?
-            .f_mul_scalar(2.0 * epsilon)?
-            .f_sub_scalar(epsilon)?,
+    // Each step in the storage of the fresh draw (the same values as out of place).
+    let mut start = match norm {
+        Norm::Linf => {
+            let mut u = draws.uniform_like(purpose, images)?;
+            let _ = u.f_mul_scalar_(2.0 * epsilon)?;
+            let _ = u.f_sub_scalar_(epsilon)?;
+            u
+        }
         Norm::L2 => {
             let direction = draws.normal_like(&format!("{purpose}.direction"), images)?;
-            let unit = direction.f_div(&per_sample_l2(&direction)?.f_clamp_min(1e-12)?)?;
+            let mut unit = direction.f_div(&per_sample_l2(&direction)?.f_clamp_min(1e-12)?)?;
             let radius = draws
                 .uniform_like(&format!("{purpose}.radius"), &per_sample_l2(images)?)?
                 .f_mul_scalar(epsilon)?;
-            unit.f_mul(&radius)?
+            let _ = unit.f_mul_(&radius)?;
+            unit
         }
     };
-    Ok(images.f_add(&delta)?.f_clamp(0.0, 1.0)?)
+    let _ = start.f_add_(images)?;
+    let _ = start.f_clamp_(0.0, 1.0)?;
+    Ok(start)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! FGSM (Goodfellow et al.) and FGSM with a random start ("fast is better than free").
 //! `fgsm` can be targeted: one signed step down the cross-entropy of the target class.
-use crate::ball::{ascent_direction, project, random_start};
+use crate::ball::{ascent_direction, random_start, step_and_project};
 use crate::pgd::choose_targets;
 use sat_core::{
     component::Configurable, Attack, Batch, Epsilon, Norm, Objective, Oracle, PluginError, Target,
@@ -64,8 +64,8 @@ impl Attack for Fgsm {
             Some(t) => (t.shallow_clone(), -eps),
         };
         let g = oracle.input_gradient(&x, Objective::cross_entropy(&classes))?;
-        let step = x.f_add(&ascent_direction(&g.gradient, Norm::Linf)?.f_mul_scalar(step_size)?)?;
-        project(&step, &x, Norm::Linf, eps)
+        let direction = ascent_direction(&g.gradient, Norm::Linf)?;
+        step_and_project(direction, step_size, &x, &x, (Norm::Linf, eps))
     }
     fn targets(&self) -> Option<Tensor> {
         self.targets.as_ref().map(Tensor::shallow_clone)
@@ -122,10 +122,14 @@ impl Attack for FgsmRs {
         let eps = self.config.epsilon.0;
         let start = random_start(batch.draws(), "fgsm-rs.start", &x, Norm::Linf, eps)?;
         let g = oracle.input_gradient(&start, Objective::cross_entropy(&batch.labels()))?;
-        let step = start.f_add(
-            &ascent_direction(&g.gradient, Norm::Linf)?.f_mul_scalar(self.config.step_size.0)?,
-        )?;
-        project(&step, &x, Norm::Linf, eps)
+        let direction = ascent_direction(&g.gradient, Norm::Linf)?;
+        step_and_project(
+            direction,
+            self.config.step_size.0,
+            &start,
+            &x,
+            (Norm::Linf, eps),
+        )
     }
 }
 
@@ -138,6 +142,7 @@ sat_core::register_attack!(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ball::project;
     use sat_core::{testing::LinearModel, Phase};
     use tch::{Device, Kind};
 

@@ -1,6 +1,6 @@
 //! Projected gradient descent (Madry et al.), ℓ∞ or ℓ2, with random start and restarts;
 //! untargeted (ascent on the label's cross-entropy) or targeted (descent on the target's).
-use crate::ball::{ascent_direction, project, random_start};
+use crate::ball::{ascent_direction, random_start, step_and_project};
 use sat_core::{
     component::Configurable, Attack, Batch, Draws, Epsilon, Norm, Objective, Oracle, PluginError,
     Target, ThreatModel,
@@ -124,8 +124,8 @@ impl Pgd {
         };
         for _ in 0..c.steps {
             let g = oracle.input_gradient(&adv, Objective::cross_entropy(classes))?;
-            let step = adv.f_add(&ascent_direction(&g.gradient, norm)?.f_mul_scalar(step_size)?)?;
-            adv = project(&step, x, norm, eps)?;
+            let direction = ascent_direction(&g.gradient, norm)?;
+            adv = step_and_project(direction, step_size, &adv, x, (norm, eps))?;
         }
         Ok(adv)
     }
@@ -192,7 +192,7 @@ sat_core::register_attack!(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ball::per_sample_l2;
+    use crate::ball::{per_sample_l2, project};
     use sat_core::{testing::LinearModel, Phase};
     use tch::Device;
 
