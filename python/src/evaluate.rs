@@ -101,10 +101,12 @@ pub fn evaluate(
     registry
         .check_component_tables(&config.components, &source, "components")
         .map_err(errors::value)?;
+    // The set is held on the CPU, as the CLI holds it; each batch moves to the model's
+    // device (the images' device).
     let device = x.device();
     let data = sat_data::Data::Memory(sat_data::Dataset {
-        images: x,
-        labels: y,
+        images: x.to_device(tch::Device::Cpu),
+        labels: y.to_device(tch::Device::Cpu),
         boxes: None,
         masks: None,
         class_names: classes,
