@@ -140,18 +140,22 @@ fn now() -> f64 {
 /// This machine's name for event file names (letters, digits, `-`, `_`, `.`; `localhost`
 /// when unknown).
 fn host_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname writes at most that much.
-    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    let name: String = String::from_utf8_lossy(&buf[..end])
+    // The kernel's name for the machine (what gethostname returns), read without unsafe
+    // code: `unsafe` is kept to the tensor boundary.
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let name: String = raw
+        .trim()
         .chars()
+        .take(255)
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         .collect();
-    if ok && !name.is_empty() {
-        name
-    } else {
+    if name.is_empty() {
         "localhost".into()
+    } else {
+        name
     }
 }
 
