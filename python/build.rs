@@ -57,13 +57,23 @@ fn python_include() -> Result<PathBuf, String> {
         .or_else(|| env::var_os("VIRTUAL_ENV").map(|v| Path::new(&v).join("bin/python")))
         .unwrap_or_else(|| PathBuf::from("python3"));
     let out = Command::new(&python)
-        .args(["-c", "import sysconfig; print(sysconfig.get_path('include'))"])
+        .args([
+            "-c",
+            "import sys, sysconfig; print(sysconfig.get_path('include')); print(f'{sys.version_info[0]}.{sys.version_info[1]}')",
+        ])
         .output()
         .map_err(|e| format!("running {}: {e}", python.display()))?;
-    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let found = String::from_utf8_lossy(&out.stdout);
+    let mut lines = found.lines();
+    let dir = PathBuf::from(lines.next().unwrap_or_default().trim());
     if dir.join("Python.h").is_file() {
-        Ok(dir)
-    } else {
-        Err(format!("{} has no Python.h", dir.display()))
+        return Ok(dir);
     }
+    // An interpreter built without its headers: the distribution's for the same version
+    // (Debian's python3-dev), which `scripts/setup-libtorch` installs when missing.
+    let system = PathBuf::from(format!("/usr/include/python{}", lines.next().unwrap_or_default().trim()));
+    if system.join("Python.h").is_file() {
+        return Ok(system);
+    }
+    Err(format!("neither {} nor {} has Python.h", dir.display(), system.display()))
 }
