@@ -361,6 +361,9 @@ def evaluate(
     epsilons = [float(eps)] if isinstance(eps, (int, float)) else [float(e) for e in eps]
     if isinstance(attacks, str):
         attacks = [attacks]
+    if class_names is None:
+        # As many classes as the model has logits, whichever labels this set holds.
+        class_names = [str(c) for c in range(_classes(model, images))]
     with _eval_mode(model):
         text = _sat.evaluate(
             model,
@@ -372,7 +375,7 @@ def evaluate(
             max_samples=max_samples,
             seed=seed,
             components=components,
-            class_names=list(class_names) if class_names is not None else None,
+            class_names=list(class_names),
             plugin_dirs=_dirs(plugin_dirs),
             allow_insecure_plugins=allow_insecure_plugins,
         )

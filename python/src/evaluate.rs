@@ -83,6 +83,8 @@ pub fn evaluate(
         set(&["eval", "batch_size"], toml::Value::Integer(batch_size as i64)),
         set(&["eval", "max_samples"], toml::Value::Integer(max_samples as i64)),
         set(&["seed"], toml::Value::Integer(seed as i64)),
+        // The alignment is a gradient pass over the set that this call does not return.
+        set(&["eval", "alignment"], toml::Value::Boolean(false)),
     ];
     if let Some(components) = components {
         for (name, table) in components.iter() {

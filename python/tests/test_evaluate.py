@@ -47,3 +47,11 @@ def test_errors_name_what_is_wrong(model, test_set):
 
     with pytest.raises(RuntimeError, match="no forward today"):
         sat.evaluate(broken, x, y, attacks=["fgsm"])
+
+
+def test_a_set_holding_some_classes_only_is_evaluated_on_the_models_classes(model, test_set):
+    x, y = test_set
+    keep = y == 0
+    result = sat.evaluate(model, x[keep], y[keep], attacks=["fgsm"])
+    assert result["class_names"] == ["0", "1", "2"]
+    assert len(result["robust_accuracy"][0]["confusion"]) == 3
