@@ -17,6 +17,7 @@ pub mod error;
 pub mod flowers17;
 pub mod image_folder;
 pub mod imagenet;
+pub mod jpeg;
 pub mod loader;
 pub mod progress;
 pub mod resize;

@@ -34,53 +34,60 @@ pub fn region_planes(
     size: u32,
     sampling: Sampling,
 ) -> Vec<u8> {
-    scaled_region_planes(pixels, dims, channels, region, 1, size, sampling)
+    let (x, y, w, h) = region;
+    crop_planes(
+        pixels,
+        dims,
+        channels,
+        (x as f64, y as f64, w as f64, h as f64),
+        size,
+        sampling,
+    )
 }
 
-/// [`region_planes`] of an image decoded at `1 / scale` of its size (`dims` are the
-/// decoded image's), `region` given in the full-size image's pixels.
-pub fn scaled_region_planes(
+/// [`region_planes`] with the region's edges at fractional pixels (`(x, y, width,
+/// height)`, clamped to the image); the filter reads pixels beyond the region where the
+/// image has them, as PIL's `resize(box=…)` does.
+pub fn crop_planes(
     pixels: &[u8],
     (width, height): (u32, u32),
     channels: usize,
-    region: Region,
-    scale: u32,
+    region: (f64, f64, f64, f64),
     size: u32,
     sampling: Sampling,
 ) -> Vec<u8> {
     let (x, y, w, h) = region;
-    let interleaved =
-        if scale == 1 && (x, y, w, h) == (0, 0, width, height) && (w, h) == (size, size) {
-            pixels.to_vec()
+    let whole = (x, y, w, h) == (0.0, 0.0, width as f64, height as f64);
+    let interleaved = if whole && (width, height) == (size, size) {
+        pixels.to_vec()
+    } else {
+        let kind = if channels == 3 {
+            PixelType::U8x3
         } else {
-            let kind = if channels == 3 {
-                PixelType::U8x3
-            } else {
-                PixelType::U8
-            };
-            let source = ImageRef::new(width, height, pixels, kind)
-                .expect("the buffer holds width · height pixels");
-            let mut out = Image::new(size, size, kind);
-            let algorithm = match sampling {
-                Sampling::Bilinear => ResizeAlg::Convolution(FilterType::Bilinear),
-                Sampling::Nearest => ResizeAlg::Nearest,
-            };
-            let s = scale.max(1) as f64;
-            let (cx, cy) = (
-                (x as f64 / s).min(width as f64 - 1.0),
-                (y as f64 / s).min(height as f64 - 1.0),
-            );
-            let options = ResizeOptions::new().resize_alg(algorithm).crop(
-                cx,
-                cy,
-                (w as f64 / s).min(width as f64 - cx),
-                (h as f64 / s).min(height as f64 - cy),
-            );
-            RESIZER
-                .with(|r| r.borrow_mut().resize(&source, &mut out, &options))
-                .expect("a resize between images of one pixel type within bounds");
-            out.into_vec()
+            PixelType::U8
         };
+        let source = ImageRef::new(width, height, pixels, kind)
+            .expect("the buffer holds width · height pixels");
+        let mut out = Image::new(size, size, kind);
+        let algorithm = match sampling {
+            Sampling::Bilinear => ResizeAlg::Convolution(FilterType::Bilinear),
+            Sampling::Nearest => ResizeAlg::Nearest,
+        };
+        let (cx, cy) = (
+            x.clamp(0.0, width as f64 - 1.0),
+            y.clamp(0.0, height as f64 - 1.0),
+        );
+        let options = ResizeOptions::new().resize_alg(algorithm).crop(
+            cx,
+            cy,
+            w.min(width as f64 - cx),
+            h.min(height as f64 - cy),
+        );
+        RESIZER
+            .with(|r| r.borrow_mut().resize(&source, &mut out, &options))
+            .expect("a resize between images of one pixel type within bounds");
+        out.into_vec()
+    };
     if channels == 1 {
         return interleaved;
     }

@@ -12,8 +12,8 @@
 use super::RawSample;
 use crate::augment::Crop;
 use crate::config::Recipe;
-use crate::decode::{decode_bytes, decode_region, dimensions};
-use crate::resize::{region_planes, scaled_region_planes, Region, Sampling};
+use crate::decode::{area_planes, decode_bytes, decode_region, dimensions};
+use crate::resize::{region_planes, Region, Sampling};
 use crate::rng::SplitMix;
 use image::GrayImage;
 
@@ -275,17 +275,10 @@ pub fn prepare(
         } => (centre_crop(w, h, size, eval_crop), false),
         _ => ((0, 0, w, h), false),
     };
-    // Decoded at the coarsest DCT scale that still gives the region `size` pixels.
-    let (image, scale) = decode_region(&raw.image, region, size)?;
-    let mut pixels = scaled_region_planes(
-        image.as_raw(),
-        image.dimensions(),
-        3,
-        region,
-        scale,
-        size,
-        Sampling::Bilinear,
-    );
+    // Decoded at the coarsest DCT scale that still gives the region `size` pixels, and
+    // only as far as the region (and the filter's reach) goes.
+    let area = decode_region(&raw.image, region, size)?;
+    let mut pixels = area_planes(&area, region, size);
     let mut boxes = crop_boxes(&boxes, region, size);
     let mut mask = mask.map(|m| crop_mask(&m, region, size));
     let side = size as usize;
