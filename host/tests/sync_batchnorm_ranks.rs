@@ -18,8 +18,10 @@ const STEPS: usize = 3;
 const HALF: i64 = 8;
 
 fn config(sync: bool) -> RunConfig {
-    let mut c = RunConfig::default();
-    c.seed = 21;
+    let mut c = RunConfig {
+        seed: 21,
+        ..Default::default()
+    };
     c.model.arch = "preact-resnet18".into();
     c.model.width = 4;
     c.data.image_size = 16;

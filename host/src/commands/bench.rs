@@ -268,6 +268,18 @@ impl Bench<'_> {
     }
 
     /// Measures row `spec` for `arch`.
+    /// The `i`-th batch of the bench data (wrapping around it), on the device.
+    fn batch(&self, i: usize) -> anyhow::Result<crate::data::Samples> {
+        let batch = self.plan.batch;
+        let index = Tensor::arange_start(
+            i as i64 * batch,
+            (i as i64 + 1) * batch,
+            (Kind::Int64, Device::Cpu),
+        )
+        .remainder(self.data.len());
+        Ok(self.data.select(&index)?.to(self.device))
+    }
+
     fn row(&self, arch: &str, spec: &RowSpec) -> anyhow::Result<Row> {
         let (config, net) = self.setup(arch, spec)?;
         let (row, attack) = (spec.0, spec.2);
@@ -290,13 +302,7 @@ impl Bench<'_> {
         reset_peak();
         let mut timed = 0.0;
         for i in 0..plan.warmup + plan.steps {
-            let index = Tensor::arange_start(
-                i as i64 * plan.batch,
-                (i as i64 + 1) * plan.batch,
-                (Kind::Int64, Device::Cpu),
-            )
-            .remainder(self.data.len());
-            let samples = self.data.select(&index)?.to(device);
+            let samples = self.batch(i)?;
             synchronize(device);
             let start = Instant::now();
             if eval_row {

@@ -438,6 +438,29 @@ impl BenchArgs {
     }
 }
 
+/// The batches `data bench` times, as their sizes: whole batches (`Stage::Full`) or
+/// decoded images only (`Stage::Decode`).
+fn bench_batches(
+    stage: Stage,
+    source: Arc<ShardSource>,
+    plan: EpochPlan,
+) -> Box<dyn Iterator<Item = Result<usize, crate::data::DataError>>> {
+    match stage {
+        Stage::Full => Box::new(
+            ShardEpoch::new(source, plan).map(|b| b.map(|s| s.labels.size()[0] as usize)),
+        ),
+        Stage::Decode => {
+            let total = source.len().div_ceil(plan.batch_size);
+            let order = source.order(plan.seed, plan.epoch);
+            let batches: Vec<Vec<i64>> =
+                order.chunks(plan.batch_size).map(<[i64]>::to_vec).collect();
+            let (workers, prefetch) = source.parallelism();
+            let decode = move |j: usize| source.decode_only(&batches[j]);
+            Box::new(Loader::new(total, 0, workers, prefetch, Box::new(decode)))
+        }
+    }
+}
+
 fn run_bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let config = args.config()?;
     // The consumer only stacks batches: libtorch's intra-op threads would spin on the
@@ -458,20 +481,7 @@ fn run_bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         start_batch: 0,
     };
     let total = source.len().div_ceil(args.batch_size);
-    let mut epoch: Box<dyn Iterator<Item = Result<usize, crate::data::DataError>>> =
-        match args.stage {
-            Stage::Full => Box::new(
-                ShardEpoch::new(source, plan).map(|b| b.map(|s| s.labels.size()[0] as usize)),
-            ),
-            Stage::Decode => {
-                let order = source.order(plan.seed, plan.epoch);
-                let batches: Vec<Vec<i64>> =
-                    order.chunks(args.batch_size).map(<[i64]>::to_vec).collect();
-                let (workers, prefetch) = source.parallelism();
-                let decode = move |j: usize| source.decode_only(&batches[j]);
-                Box::new(Loader::new(total, 0, workers, prefetch, Box::new(decode)))
-            }
-        };
+    let mut epoch = bench_batches(args.stage, source, plan);
     epoch.next().context("the split has no samples")??;
     let first_batch_s = start.elapsed().as_secs_f64();
     let wanted = if args.batches == 0 {

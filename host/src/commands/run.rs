@@ -124,25 +124,13 @@ pub fn run_into(
     )?[0]
         > 0.0;
     // Rank 0 holds the run directory's lock for the whole run (`_lock`).
-    let (run_dir, _lock) = if ranks.is_writer() {
-        let (run_dir, lock) = open_run_dir(&config, resume.as_deref(), identity.as_deref())?;
-        if let Some(note) = elastic_note {
-            log::warn!("{note}");
-        }
-        ranks.share_path("run_dir", Some(run_dir.path.clone()))?;
-        (run_dir, Some(lock))
-    } else {
-        let run_dir = RunDir {
-            path: ranks.share_path("run_dir", None)?,
-        };
-        // Where the run directory is on a shared file system, this rank's warnings and
-        // errors go to its log.txt too (appended, one line at a time).
-        if let Ok(f) = open_append_no_follow(&run_dir.file("log.txt")) {
-            crate::logging::tee_to(f);
-        }
-        (run_dir, None)
-    };
-    log::info!("run directory {}", run_dir.path.display());
+    let (run_dir, _lock) = join_run_dir(
+        &config,
+        &ranks,
+        resume.as_deref(),
+        identity.as_deref(),
+        elastic_note,
+    )?;
     // A second Ctrl-C ends the process at once, recording the interruption first.
     let _abort = ranks.is_writer().then(|| {
         let run = run_dir.clone();
@@ -162,15 +150,55 @@ pub fn run_into(
     }
     let (outcome, metrics) = result?;
     log::logger().flush();
+    Ok(conclude(outcome, &metrics, &ranks, run_dir))
+}
+
+/// The run directory: rank 0 opens it (or the one it resumes), holds its lock and tells
+/// the other ranks its path; they join it and copy their warnings to its log.
+fn join_run_dir(
+    config: &RunConfig,
+    ranks: &Ranks,
+    resume: Option<&std::path::Path>,
+    identity: Option<&str>,
+    elastic_note: Option<String>,
+) -> anyhow::Result<(RunDir, Option<RunLock>)> {
+    let (run_dir, lock) = if ranks.is_writer() {
+        let (run_dir, lock) = open_run_dir(config, resume, identity)?;
+        if let Some(note) = elastic_note {
+            log::warn!("{note}");
+        }
+        ranks.share_path("run_dir", Some(run_dir.path.clone()))?;
+        (run_dir, Some(lock))
+    } else {
+        let run_dir = RunDir {
+            path: ranks.share_path("run_dir", None)?,
+        };
+        // Where the run directory is on a shared file system, this rank's warnings and
+        // errors go to its log.txt too (appended, one line at a time).
+        if let Ok(f) = open_append_no_follow(&run_dir.file("log.txt")) {
+            crate::logging::tee_to(f);
+        }
+        (run_dir, None)
+    };
+    log::info!("run directory {}", run_dir.path.display());
+    Ok((run_dir, lock))
+}
+
+/// The exit code of a finished run and, on rank 0, its directory, after printing the
+/// summary or, when interrupted, how to continue.
+fn conclude(
+    outcome: Outcome,
+    metrics: &Metrics,
+    ranks: &Ranks,
+    run_dir: RunDir,
+) -> (ExitCode, Option<PathBuf>) {
+    let code = if outcome == Outcome::Interrupted {
+        ExitCode::from(crate::interrupt::exit_code())
+    } else {
+        ExitCode::SUCCESS
+    };
     if !ranks.is_writer() {
-        return Ok((
-            if outcome == Outcome::Interrupted {
-                ExitCode::from(crate::interrupt::exit_code())
-            } else {
-                ExitCode::SUCCESS
-            },
-            None,
-        ));
+        return (code, None);
     }
     if outcome == Outcome::Interrupted {
         eprintln!(
@@ -179,13 +207,10 @@ pub fn run_into(
             run_dir.path.display(),
             run_dir.path.display()
         );
-        return Ok((
-            ExitCode::from(crate::interrupt::exit_code()),
-            Some(run_dir.path),
-        ));
+    } else {
+        print_summary(metrics, &run_dir.path);
     }
-    print_summary(&metrics, &run_dir.path);
-    Ok((ExitCode::SUCCESS, Some(run_dir.path)))
+    (code, Some(run_dir.path))
 }
 
 /// On a rank other than 0 that stops early (an error: a collective with a dead rank 0;

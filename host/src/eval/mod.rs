@@ -349,6 +349,29 @@ fn alignment_sums(
     Ok((total, n))
 }
 
+/// The mean Etmann alignment over the test set (every rank's share summed).
+fn mean_alignment(
+    model: &dyn ModuleT,
+    test: &Data,
+    config: &RunConfig,
+    device: Device,
+    ranks: &Ranks,
+) -> anyhow::Result<f64> {
+    let eval = &config.eval;
+    let (total, n) = alignment_sums(
+        model,
+        test,
+        eval.max_samples,
+        eval.batch_size,
+        device,
+        ranks,
+    )?;
+    let sums = ranks.sum(&[total, n as f64], device)?;
+    let a = sums[0] / sums[1].max(1.0);
+    log::info!("mean Etmann alignment {a:.4}");
+    Ok(a)
+}
+
 /// Clean accuracy on the whole test set and robust accuracy for every attack and budget
 /// of `[eval]`, sharded over `ranks` (see the module's documentation).
 pub fn evaluate(
@@ -380,18 +403,7 @@ pub fn evaluate(
     let clean = clean_tally.accuracy();
     log::info!("clean accuracy {:.4} on {} test images", clean, test.len());
     let alignment = if eval.alignment {
-        let (total, n) = alignment_sums(
-            model,
-            test,
-            eval.max_samples,
-            eval.batch_size,
-            device,
-            ranks,
-        )?;
-        let sums = ranks.sum(&[total, n as f64], device)?;
-        let a = sums[0] / sums[1].max(1.0);
-        log::info!("mean Etmann alignment {a:.4}");
-        Some(a)
+        Some(mean_alignment(model, test, config, device, ranks)?)
     } else {
         None
     };

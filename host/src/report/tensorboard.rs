@@ -340,6 +340,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::manual_rotate)] // the mask spelled out as TensorFlow writes it
     fn crc32c_matches_the_known_vectors() {
         // The check value of CRC-32C, and RFC 3720's (iSCSI) test patterns.
         assert_eq!(crc32c(b"123456789"), 0xE306_9283);
@@ -357,6 +358,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::manual_rotate)] // the mask spelled out as TensorFlow writes it
     fn a_record_is_length_checksum_data_checksum() {
         let data = b"abc";
         let r = record(data);
