@@ -332,6 +332,13 @@ class Objective:
         return f"Objective({self.name!r})"
 
 
+def _whole(name: str, value: Any, least: int) -> None:
+    """Refuses ``value`` unless it is an integer of at least ``least``, naming ``name``
+    (the extension would raise an ``OverflowError`` that names nothing)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{name} must be an integer of at least {least}, not {value!r}")
+
+
 def evaluate(
     model: Any,
     images: torch.Tensor,
@@ -361,6 +368,9 @@ def evaluate(
     epsilons = [float(eps)] if isinstance(eps, (int, float)) else [float(e) for e in eps]
     if isinstance(attacks, str):
         attacks = [attacks]
+    _whole("batch_size", batch_size, 1)
+    _whole("max_samples", max_samples, 0)
+    _whole("seed", seed, 0)
     if class_names is None:
         # As many classes as the model has logits, whichever labels this set holds.
         class_names = [str(c) for c in range(_classes(model, images))]

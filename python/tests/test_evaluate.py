@@ -48,6 +48,11 @@ def test_errors_name_what_is_wrong(model, test_set):
     with pytest.raises(RuntimeError, match="no forward today"):
         sat.evaluate(broken, x, y, attacks=["fgsm"])
 
+    # Counts out of range are refused by name, not as an anonymous OverflowError.
+    for key, value in [("max_samples", -1), ("batch_size", 0), ("seed", -3), ("batch_size", 2.5)]:
+        with pytest.raises(ValueError, match=f"{key} must be an integer of at least"):
+            sat.evaluate(model, x, y, attacks=["fgsm"], **{key: value})
+
 
 def test_a_set_holding_some_classes_only_is_evaluated_on_the_models_classes(model, test_set):
     x, y = test_set
