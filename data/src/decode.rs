@@ -56,14 +56,20 @@ fn is_jpeg(bytes: &[u8]) -> bool {
 
 /// The `(width, height)` an image's header declares, refused beyond [`MAX_PIXELS`].
 pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), String> {
-    let (w, h) = if is_jpeg(bytes) {
+    if is_jpeg(bytes) {
         let header = jpeg::with_decoder(|d| d.header(bytes))?;
-        (header.width, header.height)
-    } else {
-        reader(bytes)?
-            .into_dimensions()
-            .map_err(|e| format!("cannot decode image: {e}"))?
-    };
+        return Ok((header.width, header.height));
+    }
+    let (w, h) = reader(bytes)?
+        .into_dimensions()
+        .map_err(|e| format!("cannot decode image: {e}"))?;
+    declared_size(w, h)?;
+    Ok((w, h))
+}
+
+/// Refuses an image whose header declares more than [`MAX_PIXELS`] pixels, or none,
+/// before anything is allocated for it.
+pub(crate) fn declared_size(w: u32, h: u32) -> Result<(), String> {
     if w as u64 * h as u64 > MAX_PIXELS {
         return Err(format!(
             "the image declares {w}×{h} pixels, more than the {MAX_PIXELS} sat decodes"
@@ -72,7 +78,7 @@ pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), String> {
     if w == 0 || h == 0 {
         return Err("empty image".into());
     }
-    Ok((w, h))
+    Ok(())
 }
 
 /// An image reader over `bytes`, its format guessed, with the decoder limits.
@@ -105,7 +111,7 @@ pub fn decode_rgb(bytes: &[u8], scale: u32) -> Result<image::RgbImage, String> {
     if !is_jpeg(bytes) {
         return Ok(decode_bytes(bytes)?.into_rgb8());
     }
-    dimensions(bytes)?;
+    // The decoder reads the header first, refusing it beyond MAX_PIXELS.
     let area = jpeg::with_decoder(|d| d.decode(bytes, scale, None))?;
     Ok(image::RgbImage::from_raw(area.width, area.height, area.pixels).expect("3 · w · h bytes"))
 }
@@ -141,7 +147,6 @@ pub fn decode_region(bytes: &[u8], region: Region, size: u32) -> Result<Area, St
             scale: 1,
         });
     }
-    dimensions(bytes)?;
     let scale = [8, 4, 2]
         .into_iter()
         .find(|&s| region.2 / s >= size && region.3 / s >= size)
@@ -158,6 +163,7 @@ pub fn decode_region(bytes: &[u8], region: Region, size: u32) -> Result<Area, St
         (region.2 / scale + 1 + x - left).saturating_add(reach),
         (region.3 / scale + 1 + y - top).saturating_add(reach),
     );
+    // The decoder reads the header first, refusing it beyond MAX_PIXELS.
     jpeg::with_decoder(|d| d.decode(bytes, scale, Some(wanted)))
 }
 

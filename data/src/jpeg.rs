@@ -79,13 +79,7 @@ impl Decoder {
         // SAFETY: tj3Init takes an init type and returns an owned handle or null.
         let raw = unsafe { tj::tj3Init(tj::TJINIT_TJINIT_DECOMPRESS as libc::c_int) };
         let handle = NonNull::new(raw).ok_or("libjpeg-turbo could not make a decompressor")?;
-        let mut decoder = Decoder { handle };
-        // Refuse decode bombs inside libjpeg-turbo too (callers check headers first).
-        decoder.set(
-            tj::TJPARAM_TJPARAM_MAXPIXELS,
-            crate::decode::MAX_PIXELS.min(i32::MAX as u64) as libc::c_int,
-        )?;
-        Ok(decoder)
+        Ok(Decoder { handle })
     }
 
     /// libjpeg-turbo's message for the last failed call on this handle.
@@ -96,22 +90,13 @@ impl Decoder {
         format!("cannot decode image: {}", message.to_string_lossy().trim())
     }
 
-    fn set(&mut self, parameter: tj::TJPARAM, value: libc::c_int) -> Result<(), String> {
-        // SAFETY: the handle is live; tj3Set only reads its integer arguments.
-        let status =
-            unsafe { tj::tj3Set(self.handle.as_ptr(), parameter as libc::c_int, value) };
-        if status != 0 {
-            return Err(self.error());
-        }
-        Ok(())
-    }
-
     fn get(&mut self, parameter: tj::TJPARAM) -> libc::c_int {
         // SAFETY: the handle is live; tj3Get reads one of its fields.
         unsafe { tj::tj3Get(self.handle.as_ptr(), parameter as libc::c_int) }
     }
 
-    /// Reads the header of `bytes` (nothing is decoded or allocated for the pixels).
+    /// Reads the header of `bytes` (nothing is decoded or allocated for the pixels),
+    /// refusing one that declares more than [`crate::decode::MAX_PIXELS`] pixels.
     pub fn header(&mut self, bytes: &[u8]) -> Result<Header, String> {
         if !declares_a_frame(bytes) {
             // TurboJPEG reports success for a stream without a frame (tables only) and
@@ -133,6 +118,7 @@ impl Decoder {
         if width <= 0 || height <= 0 {
             return Err("cannot decode image: the header declares no pixels".into());
         }
+        crate::decode::declared_size(width as u32, height as u32)?;
         let subsampling = self.get(tj::TJPARAM_TJPARAM_SUBSAMP);
         let mcu_width = usize::try_from(subsampling)
             .ok()
